@@ -1,0 +1,352 @@
+// The local stack: the same three parts as docker-compose.yml, on this machine, without Docker.
+// Postgres 15 (the machine's binaries) with the repo's postgres.conf, pg_hba.conf and init/; the built service
+// started the way the Dockerfile starts it (node dist/server.js); nginx with the repo's nginx.conf, where only
+// the upstream address, the listen address and the file paths differ. Used by `npm run stack` and the tests.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, copyFileSync, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+
+export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../..');
+export const REPO_ROOT = resolve(SERVICE_DIR, '..');
+
+export interface StackSettings {
+  stackDir: string;
+  httpPort: number;
+  pgPort: number;
+  servicePort: number;
+  /** Empty: made on first start and kept in $STACK_DIR/postgres-password. */
+  postgresPassword: string;
+  pgBinDir: string;
+  /** Unprivileged OS user that runs Postgres when the stack runs as root (Postgres refuses root). */
+  pgOsUser: string;
+  /** Extra environment for the service (any setting of src/config.ts). */
+  serviceEnv: Record<string, string>;
+  /** Where the service's output goes: each line, as written. */
+  onServiceLine: (line: string) => void;
+}
+
+export class StackError extends Error {
+  override name = 'StackError';
+}
+
+interface OsUser {
+  uid: number;
+  gid: number;
+}
+
+const ADMIN_KEY_LINE = /ADMIN KEY: (sk_[A-Za-z0-9]+)/;
+
+function osUser(name: string): OsUser {
+  const id = (flag: string) => spawnSync('id', [flag, name], { encoding: 'utf8' });
+  const uid = id('-u');
+  const gid = id('-g');
+  if (uid.status !== 0 || gid.status !== 0) {
+    throw new StackError(`Postgres refuses to run as root and the OS user '${name}' does not exist: create it (useradd --system ${name}) or set STACK_PG_OS_USER`);
+  }
+  return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
+}
+
+function findNginx(): string {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/local/sbin', '/sbin'])) {
+    const candidate = join(dir, 'nginx');
+    if (dir && existsSync(candidate)) return candidate;
+  }
+  throw new StackError('nginx not found: install it (Debian/Ubuntu: apt-get install -y nginx)');
+}
+
+function checkPostgresBinaries(binDir: string): void {
+  const postgres = join(binDir, 'postgres');
+  if (!existsSync(postgres) || !existsSync(join(binDir, 'initdb'))) {
+    throw new StackError(`PostgreSQL 15 server binaries not found in ${binDir}: install them (Debian/Ubuntu: apt-get install -y postgresql-15) or set PG_BIN_DIR`);
+  }
+  const version = spawnSync(postgres, ['--version'], { encoding: 'utf8' }).stdout ?? '';
+  if (!/\(PostgreSQL\) 15\./.test(version)) {
+    throw new StackError(`${postgres} is not PostgreSQL 15 (${version.trim() || 'no version'}): set PG_BIN_DIR to a PostgreSQL 15 bin directory`);
+  }
+}
+
+/** Waits for `check` to resolve, retrying until `timeoutMs`; fails early if `child` exits. */
+async function waitFor(what: string, check: () => Promise<boolean>, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new StackError(`${what} exited (code ${child.exitCode ?? child.signalCode}) before it was ready; see its log`);
+    }
+    if (await check().catch(() => false)) return;
+    await sleep(100);
+  }
+  throw new StackError(`${what} was not ready after ${timeoutMs / 1000} s; see its log`);
+}
+
+async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals, timeoutMs = 15_000): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = once(child, 'exit');
+  child.kill(signal);
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  await exited;
+  clearTimeout(timer);
+}
+
+export class LocalStack {
+  readonly settings: StackSettings;
+  readonly paths;
+  adminKey = '';
+  private postgres?: ChildProcess;
+  private service?: ChildProcess;
+  private nginx?: ChildProcess;
+  private readonly pgUser?: OsUser;
+  private readonly logStreams: WriteStream[] = [];
+
+  constructor(settings: StackSettings) {
+    this.settings = settings;
+    const dir = resolve(settings.stackDir);
+    this.paths = {
+      dir,
+      pgData: join(dir, 'pgdata'),
+      pgConf: join(dir, 'pgconf'),
+      socketDir: join(dir, 'run'),
+      logs: join(dir, 'logs'),
+      nginx: join(dir, 'nginx'),
+      backups: join(dir, 'backups'),
+      passwordFile: join(dir, 'postgres-password'),
+    };
+    if (process.getuid?.() === 0) this.pgUser = osUser(settings.pgOsUser);
+  }
+
+  get httpUrl(): string {
+    return `http://127.0.0.1:${this.settings.httpPort}`;
+  }
+
+  get serviceUrl(): string {
+    return `http://127.0.0.1:${this.settings.servicePort}`;
+  }
+
+  /** The superuser password: the setting, or the one made when this STACK_DIR was first initialised. */
+  get postgresPassword(): string {
+    return this.settings.postgresPassword || readFileSync(this.paths.passwordFile, 'utf8').trim();
+  }
+
+  /** Superuser connection settings, as the operator's psql would use them (TCP on 127.0.0.1). */
+  superuserConnection(database = 'postgres'): pg.ClientConfig {
+    return { host: '127.0.0.1', port: this.settings.pgPort, user: 'postgres', password: this.postgresPassword, database };
+  }
+
+  async start(): Promise<void> {
+    checkPostgresBinaries(this.settings.pgBinDir);
+    const nginxBin = findNginx();
+    this.prepareDirectories();
+    try {
+      await this.startPostgres();
+      await this.startService();
+      await this.startNginx(nginxBin);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async stop(): Promise<void> {
+    await stopChild(this.nginx, 'SIGQUIT');
+    await this.stopService();
+    await this.stopPostgres();
+    for (const stream of this.logStreams.splice(0)) stream.end();
+  }
+
+  private ownForPostgres(path: string): void {
+    if (this.pgUser) chownSync(path, this.pgUser.uid, this.pgUser.gid);
+  }
+
+  private prepareDirectories(): void {
+    const { dir, pgConf, socketDir, logs, nginx, backups } = this.paths;
+    mkdirSync(dir, { recursive: true });
+    for (const sub of [pgConf, socketDir, logs, backups, join(nginx, 'cache')]) mkdirSync(sub, { recursive: true });
+    this.ownForPostgres(socketDir);
+    this.ownForPostgres(logs);
+    // The container mounts these files read-only; here Postgres reads copies inside STACK_DIR, so that the
+    // unprivileged OS user needs no access to the checkout.
+    for (const file of ['postgres.conf', 'pg_hba.conf']) {
+      const copy = join(pgConf, file);
+      copyFileSync(join(REPO_ROOT, file), copy);
+      chmodSync(copy, 0o644);
+    }
+    if (this.pgUser) {
+      const probe = spawnSync('test', ['-w', socketDir, '-a', '-r', join(pgConf, 'postgres.conf')], { uid: this.pgUser.uid, gid: this.pgUser.gid });
+      if (probe.status !== 0) {
+        throw new StackError(`the OS user '${this.settings.pgOsUser}' cannot reach STACK_DIR=${dir} (a parent directory is not traversable): choose a STACK_DIR such as /tmp/pg-provisioner`);
+      }
+    }
+  }
+
+  private logFile(name: string): WriteStream {
+    const stream = createWriteStream(join(this.paths.logs, name), { flags: 'a' });
+    this.logStreams.push(stream);
+    return stream;
+  }
+
+  private pg(command: string): string {
+    return join(this.settings.pgBinDir, command);
+  }
+
+  private asPostgresUser() {
+    return this.pgUser ? { uid: this.pgUser.uid, gid: this.pgUser.gid } : {};
+  }
+
+  private initdb(): void {
+    const { pgData, passwordFile, dir } = this.paths;
+    let password = this.settings.postgresPassword;
+    if (!password) {
+      password = spawnSync('openssl', ['rand', '-hex', '24'], { encoding: 'utf8' }).stdout?.trim() || crypto.randomUUID().replaceAll('-', '');
+      writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
+    }
+    mkdirSync(pgData, { recursive: true, mode: 0o700 });
+    this.ownForPostgres(pgData);
+    const pwfile = join(dir, 'initdb-password');
+    writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
+    this.ownForPostgres(pwfile);
+    try {
+      const result = spawnSync(
+        this.pg('initdb'),
+        ['-D', pgData, '--username=postgres', `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8', '--locale=C.UTF-8'],
+        { ...this.asPostgresUser(), encoding: 'utf8', cwd: dir },
+      );
+      if (result.status !== 0) throw new StackError(`initdb failed:\n${result.stderr}`);
+    } finally {
+      rmSync(pwfile, { force: true });
+    }
+  }
+
+  /** Runs init/*.sql once, in order, as the postgres image's entrypoint does on an empty data directory. */
+  private runInitScripts(): void {
+    const initDir = join(REPO_ROOT, 'init');
+    for (const file of readdirSync(initDir).filter((f) => f.endsWith('.sql')).sort()) {
+      const result = spawnSync(
+        this.pg('psql'),
+        ['-v', 'ON_ERROR_STOP=1', '--no-psqlrc', '-q', '-h', this.paths.socketDir, '-p', String(this.settings.pgPort), '-U', 'postgres', '-d', 'postgres', '-f', join(initDir, file)],
+        { encoding: 'utf8', env: { ...process.env, PGPASSWORD: this.postgresPassword } },
+      );
+      if (result.status !== 0) throw new StackError(`init/${file} failed:\n${result.stderr}`);
+    }
+  }
+
+  async startPostgres(): Promise<void> {
+    const { pgData, pgConf, socketDir } = this.paths;
+    const fresh = !existsSync(join(pgData, 'PG_VERSION'));
+    if (fresh) {
+      rmSync(pgData, { recursive: true, force: true });
+      this.initdb();
+    }
+    const log = this.logFile('postgres.log');
+    this.postgres = spawn(
+      this.pg('postgres'),
+      [
+        '-D', pgData,
+        '-c', `config_file=${join(pgConf, 'postgres.conf')}`,
+        '-c', `hba_file=${join(pgConf, 'pg_hba.conf')}`,
+        '-c', 'listen_addresses=127.0.0.1',
+        '-c', `port=${this.settings.pgPort}`,
+        '-c', `unix_socket_directories=${socketDir}`,
+      ],
+      { ...this.asPostgresUser(), stdio: ['ignore', 'pipe', 'pipe'], cwd: this.paths.dir },
+    );
+    this.postgres.stdout?.pipe(log, { end: false });
+    this.postgres.stderr?.pipe(log, { end: false });
+    await waitFor('Postgres', () => this.postgresAnswers(), this.postgres);
+    if (fresh) {
+      try {
+        this.runInitScripts();
+      } catch (err) {
+        // Like the image: a data directory whose init failed is not reused; the next start begins afresh.
+        await this.stopPostgres();
+        rmSync(pgData, { recursive: true, force: true });
+        throw err;
+      }
+    }
+  }
+
+  private async postgresAnswers(): Promise<boolean> {
+    const client = new pg.Client({ ...this.superuserConnection(), host: this.paths.socketDir, connectionTimeoutMillis: 1000 });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      await client.query('SELECT 1');
+      return true;
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+
+  /** Fast shutdown (SIGINT): in-flight transactions are rolled back, nothing committed is lost. */
+  async stopPostgres(): Promise<void> {
+    await stopChild(this.postgres, 'SIGINT', 30_000);
+  }
+
+  serviceEnvironment(): Record<string, string> {
+    return {
+      HOST: '127.0.0.1',
+      PORT: String(this.settings.servicePort),
+      DATABASE_HOST: this.paths.socketDir,
+      DATABASE_PORT: String(this.settings.pgPort),
+      POSTGRES_PASSWORD: this.postgresPassword,
+      PUBLIC_DB_HOST: '127.0.0.1',
+      PUBLIC_DB_PORT: String(this.settings.pgPort),
+      BACKUP_DIR: this.paths.backups,
+      ...this.settings.serviceEnv,
+    };
+  }
+
+  async startService(): Promise<void> {
+    const entry = join(SERVICE_DIR, 'dist', 'server.js');
+    if (!existsSync(entry)) throw new StackError(`${entry} is missing: run npm --prefix service run build first`);
+    this.adminKey = '';
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment() };
+    // Started exactly as the Dockerfile's CMD starts it.
+    this.service = spawn(process.execPath, ['dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    for (const stream of [this.service.stdout, this.service.stderr]) {
+      createInterface({ input: stream! }).on('line', (line) => {
+        const key = ADMIN_KEY_LINE.exec(line);
+        if (key?.[1]) this.adminKey = key[1];
+        this.settings.onServiceLine(line);
+      });
+    }
+    await waitFor('the service', async () => (await fetch(`${this.serviceUrl}/health`)).status > 0 && this.adminKey !== '', this.service);
+  }
+
+  async stopService(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await stopChild(this.service, signal);
+  }
+
+  /** The repo's nginx.conf with only the upstream address, the listen address and the file paths changed. */
+  nginxConfig(): string {
+    const { nginx, logs } = this.paths;
+    const replacements: Array<[RegExp, string]> = [
+      [/server service:8080 resolve;/, `server 127.0.0.1:${this.settings.servicePort};`],
+      [/listen 80;/, `listen 127.0.0.1:${this.settings.httpPort};`],
+      [/\/var\/run\/nginx\.pid/, join(nginx, 'nginx.pid')],
+      [/\/var\/log\/nginx\/error\.log/, join(logs, 'nginx-error.log')],
+      [/\/var\/log\/nginx\/access\.log/, join(logs, 'nginx-access.log')],
+      [/\/var\/cache\/nginx\//g, `${join(nginx, 'cache')}/`],
+    ];
+    let config = readFileSync(join(REPO_ROOT, 'nginx.conf'), 'utf8');
+    for (const [pattern, value] of replacements) {
+      if (!pattern.test(config)) throw new StackError(`nginx.conf no longer contains ${pattern}; update scripts/local-stack.ts`);
+      config = config.replace(pattern, value);
+    }
+    return config;
+  }
+
+  async startNginx(nginxBin = findNginx()): Promise<void> {
+    const configFile = join(this.paths.nginx, 'nginx.conf');
+    writeFileSync(configFile, this.nginxConfig());
+    const errorLog = join(this.paths.logs, 'nginx-error.log');
+    const log = this.logFile('nginx-stderr.log');
+    this.nginx = spawn(nginxBin, ['-p', this.paths.nginx, '-e', errorLog, '-c', configFile, '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.nginx.stdout?.pipe(log, { end: false });
+    this.nginx.stderr?.pipe(log, { end: false });
+    await waitFor('nginx', async () => (await fetch(`${this.httpUrl}/`)).status === 200, this.nginx);
+  }
+}

@@ -1,0 +1,97 @@
+// buildApp(config): the whole HTTP service as a Fastify instance: plugins, routes and the one error handler.
+// It never listens; src/server.ts does, and tests use it the same way.
+import { STATUS_CODES } from 'node:http';
+import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import {
+  hasZodFastifySchemaValidationErrors,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import { nanoid } from 'nanoid';
+import type { Config } from './config.js';
+import { isDatabaseUnavailable } from './errors.js';
+import { loggerOptions } from './logger.js';
+import adminAuth from './plugins/admin-auth.js';
+import database from './plugins/database.js';
+import healthRoutes from './routes/health.js';
+import provisionRoutes from './routes/provision.js';
+
+export interface BuildOptions {
+  /** The admin key made at boot (src/server.ts); every admin route checks it. */
+  adminKey: string;
+}
+
+const BODY_LIMIT_BYTES = 16 * 1024;
+
+function errorBody(statusCode: number, message: string) {
+  return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message };
+}
+
+export async function buildApp(config: Config, { adminKey }: BuildOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: loggerOptions(config),
+    logController: new LogController({ disableRequestLogging: true }), // one line per request: onResponse below
+    bodyLimit: BODY_LIMIT_BYTES,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => nanoid(12),
+    trustProxy: 'loopback,uniquelocal', // nginx, on this machine or the compose network
+    return503OnClosing: true,
+  }).withTypeProvider<ZodTypeProvider>();
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  // On shutdown, answers still in flight ask nginx to drop their keep-alive connection, so that closing the
+  // server never waits for idle upstream connections to time out.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    request.log.info(
+      {
+        method: request.method,
+        url: request.routeOptions.url ?? request.url.split('?')[0],
+        statusCode: reply.statusCode,
+        responseTimeMs: Math.round(reply.elapsedTime * 10) / 10,
+        client: request.ip,
+      },
+      'request',
+    );
+  });
+
+  // The one error handler: 4xx say what was wrong; 5xx say nothing about the inside, which goes to the log.
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    if (hasZodFastifySchemaValidationErrors(err)) {
+      const message = err.validation.map((issue) => issue.message).join('; ');
+      return reply.code(400).send(errorBody(400, message));
+    }
+    const statusCode = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : undefined;
+    if (statusCode) {
+      request.log.info({ code: err.code }, err.message);
+      return reply.code(statusCode).send(errorBody(statusCode, err.message));
+    }
+    if (isDatabaseUnavailable(err) || err.statusCode === 503) {
+      request.log.error({ err }, 'database unavailable');
+      return reply.code(503).send(errorBody(503, 'the database is unavailable, retry later'));
+    }
+    request.log.error({ err }, 'request failed');
+    return reply.code(500).send(errorBody(500, 'Internal Server Error'));
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    reply.code(404).send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`));
+  });
+
+  await app.register(database, { config });
+  await app.register(adminAuth, { adminKey });
+  await app.register(healthRoutes, { config });
+  await app.register(provisionRoutes, { config });
+
+  return app;
+}

@@ -1,0 +1,57 @@
+// Owns the service's settings: one zod schema for the environment, parsed once at start.
+// Handlers never read process.env; they get the parsed Config.
+import { z } from 'zod';
+
+const port = z.coerce.number().int().min(1).max(65535);
+const durationMs = z.coerce.number().int().min(1);
+
+export const ConfigSchema = z.object({
+  HOST: z.string().min(1).default('0.0.0.0'),
+  PORT: port.default(8080),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Pretty, human-readable logs; defaults to "only when stdout is a terminal". */
+  LOG_PRETTY: z.stringbool().optional(),
+
+  /** Where the service reaches Postgres as the superuser: a Unix socket directory (default) or a host name. */
+  DATABASE_HOST: z.string().min(1).default('/var/run/postgresql'),
+  DATABASE_PORT: port.default(5432),
+  POSTGRES_USER: z.string().min(1).default('postgres'),
+  POSTGRES_PASSWORD: z
+    .string({ error: 'required: set it in .env or the environment' })
+    .min(1, 'required: set it in .env or the environment'),
+  /** The system's own database, created by init/02-create-databases.sql. */
+  SYSTEM_DATABASE: z.string().min(1).default('provisioner'),
+  DATABASE_POOL_SIZE: z.coerce.number().int().min(2).max(20).default(5),
+  DATABASE_CONNECT_TIMEOUT_MS: durationMs.default(5_000),
+  DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(30_000),
+  HEALTH_TIMEOUT_MS: durationMs.default(1_500),
+
+  /** Host and port written into the connection strings handed to apps. */
+  PUBLIC_DB_HOST: z.string().min(1).default('postgres'),
+  PUBLIC_DB_PORT: port.default(5432),
+
+  /** Limits set on every app's login role (see SECURITY.md). */
+  APP_CONNECTION_LIMIT: z.coerce.number().int().min(1).max(1000).default(10),
+  APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
+  APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
+  APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Parses the environment; throws a ConfigError whose message names every bad setting. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const result = ConfigSchema.safeParse(env);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((issue) => {
+    const name = issue.path.join('.');
+    const value = env[name];
+    const hint = value === undefined ? 'is missing' : 'is invalid';
+    return `  ${name} ${hint}: ${issue.message}`;
+  });
+  throw new ConfigError(`Invalid configuration:\n${problems.join('\n')}`);
+}

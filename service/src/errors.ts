@@ -1,0 +1,33 @@
+// Owns the service's error vocabulary and the one mapping from failures to HTTP status codes.
+import createError from '@fastify/error';
+
+export const AppExistsError = createError<[string]>('APP_EXISTS', "app '%s' already exists", 409);
+export const AppNotFoundError = createError<[string]>('APP_NOT_FOUND', "app '%s' does not exist", 404);
+export const InvalidAdminKeyError = createError('INVALID_ADMIN_KEY', 'invalid admin key', 401);
+export const MissingAdminKeyError = createError(
+  'MISSING_ADMIN_KEY',
+  'admin_key is required (in the JSON body, or as "Authorization: Bearer <key>")',
+  400,
+);
+export const DatabaseUnavailableError = createError('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later', 503);
+
+/** SQLSTATE classes and codes that mean "Postgres cannot serve us right now", not "the request is wrong". */
+const UNAVAILABLE_SQLSTATES = [
+  /^08/, // connection exception
+  /^53/, // insufficient resources (too many connections, disk full, out of memory)
+  /^57P0[1-4]$/, // admin/crash shutdown, cannot connect now, database dropped
+  /^57014$/, // query canceled (statement_timeout)
+  /^55P03$/, // lock not available (lock_timeout)
+];
+
+/** Node-level failures reaching Postgres: refused, reset, timed out, socket gone. */
+const UNAVAILABLE_MESSAGES = [/timeout/i, /ECONNREFUSED|ECONNRESET|ENOENT|EPIPE|ETIMEDOUT|EHOSTUNREACH/, /Connection terminated/i, /not queryable/i];
+
+/** True when an error from pg means the database is away or overloaded (→ 503), not a bug (→ 500). */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return UNAVAILABLE_SQLSTATES.some((re) => re.test(code));
+  if (typeof code === 'string' && UNAVAILABLE_MESSAGES.some((re) => re.test(code))) return true;
+  return UNAVAILABLE_MESSAGES.some((re) => re.test(err.message));
+}

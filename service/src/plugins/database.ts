@@ -1,0 +1,19 @@
+// Owns the database's lifetime inside the app: decorates `app.db` and closes the pool when the app closes.
+import fp from 'fastify-plugin';
+import type { Config } from '../config.js';
+import { ProvisionerDb } from '../db/provisioner-db.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    db: ProvisionerDb;
+  }
+}
+
+export default fp<{ config: Config }>(
+  async (app, { config }) => {
+    const db = new ProvisionerDb(config, app.log);
+    app.decorate('db', db);
+    app.addHook('onClose', async () => db.close());
+  },
+  { name: 'database' },
+);

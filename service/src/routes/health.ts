@@ -1,0 +1,35 @@
+// GET /health: 200 when Postgres answers within HEALTH_TIMEOUT_MS, 503 otherwise. Never slower than that.
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { Config } from '../config.js';
+
+const HealthSchema = z.object({ status: z.literal('ok') });
+const UnhealthySchema = z.object({
+  statusCode: z.literal(503),
+  error: z.string(),
+  status: z.literal('unavailable'),
+  message: z.string(),
+});
+
+const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
+  app.get(
+    '/health',
+    { schema: { summary: 'Is the service up and Postgres answering?', response: { 200: HealthSchema, 503: UnhealthySchema } } },
+    async (request, reply) => {
+      try {
+        await app.db.ping(config.HEALTH_TIMEOUT_MS);
+        return { status: 'ok' as const };
+      } catch (err) {
+        request.log.warn({ err }, 'health check: database not answering');
+        return reply.code(503).send({
+          statusCode: 503,
+          error: 'Service Unavailable',
+          status: 'unavailable',
+          message: 'the database is not answering',
+        });
+      }
+    },
+  );
+};
+
+export default healthRoutes;

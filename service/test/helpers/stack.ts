@@ -1,0 +1,160 @@
+// Starts a real local stack (Postgres 15, the built service, nginx) in a fresh temporary STACK_DIR on free
+// ports, for one test file. Everything the tests check goes through it as an operator or an app would.
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { LocalStack, type StackSettings } from '../../scripts/local-stack.js';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export interface TestStack {
+  stack: LocalStack;
+  /** Every line the service has written so far (stdout and stderr). */
+  serviceLines: string[];
+  post(path: string, body: unknown, headers?: Record<string, string>): Promise<JsonResponse>;
+  get(path: string, headers?: Record<string, string>): Promise<JsonResponse>;
+  provision(appName: string): Promise<ProvisionedApp>;
+  /** A superuser connection (TCP 127.0.0.1, as the operator's psql), for checking the catalogs. */
+  superuser<T>(work: (client: pg.Client) => Promise<T>, database?: string): Promise<T>;
+  /** The text of every log the stack writes: the service's output, Postgres's and nginx's logs. */
+  allLogs(): string;
+  stop(): Promise<void>;
+}
+
+export interface JsonResponse {
+  status: number;
+  headers: Headers;
+  body: Record<string, unknown>;
+  text: string;
+}
+
+export interface ProvisionedApp {
+  connection_string: string;
+  app_name: string;
+  database: string;
+  username: string;
+  host: string;
+  port: number;
+}
+
+export async function request(url: string, init: RequestInit = {}): Promise<JsonResponse> {
+  const response = await fetch(url, init);
+  const text = await response.text();
+  let body: Record<string, unknown> = {};
+  try {
+    body = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    body = {};
+  }
+  return { status: response.status, headers: response.headers, body, text };
+}
+
+export async function startTestStack(overrides: Partial<StackSettings> = {}): Promise<TestStack> {
+  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-test-'));
+  chmodSync(stackDir, 0o755); // the unprivileged Postgres user must reach it
+  const serviceLines: string[] = [];
+  const stack = new LocalStack({
+    stackDir,
+    httpPort: await freePort(),
+    pgPort: await freePort(),
+    servicePort: await freePort(),
+    postgresPassword: 'test-superuser-password-Zq81',
+    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
+    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
+    serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info' },
+    onServiceLine: (line) => serviceLines.push(line),
+    ...overrides,
+  });
+  await stack.start();
+
+  const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+    request(`${stack.httpUrl}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+
+  const testStack: TestStack = {
+    stack,
+    serviceLines,
+    post,
+    get: (path, headers = {}) => request(`${stack.httpUrl}${path}`, { headers }),
+    async provision(appName) {
+      const response = await post('/provision', { app_name: appName, admin_key: stack.adminKey });
+      if (response.status !== 201) throw new Error(`provision ${appName}: ${response.status} ${response.text}`);
+      return response.body as unknown as ProvisionedApp;
+    },
+    async superuser(work, database = 'postgres') {
+      const client = new pg.Client(stack.superuserConnection(database));
+      await client.connect();
+      try {
+        return await work(client);
+      } finally {
+        await client.end();
+      }
+    },
+    allLogs() {
+      const files = ['postgres.log', 'nginx-access.log', 'nginx-error.log', 'nginx-stderr.log'];
+      const fileText = files.map((file) => {
+        try {
+          return readFileSync(join(stack.paths.logs, file), 'utf8');
+        } catch {
+          return '';
+        }
+      });
+      return [...serviceLines, ...fileText].join('\n');
+    },
+    async stop() {
+      await stack.stop();
+      rmSync(stackDir, { recursive: true, force: true });
+    },
+  };
+  return testStack;
+}
+
+/** Connects as an app would, with a connection string exactly as the service returned it. */
+export async function connectAs(connectionString: string): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis: 5000 });
+  client.on('error', () => {});
+  await client.connect();
+  return client;
+}
+
+/** A connection string for the same login, pointed at another database. */
+export function withDatabase(connectionString: string, database: string): string {
+  const url = new URL(connectionString);
+  url.pathname = `/${database}`;
+  return url.toString();
+}
+
+/** Runs `work` as the app; always closes the connection. */
+export async function asApp<T>(connectionString: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = await connectAs(connectionString);
+  try {
+    return await work(client);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** The error a promise rejects with (fails the test if it resolves). */
+export async function rejectionOf(promise: Promise<unknown>): Promise<Error & { code?: string }> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as Error & { code?: string };
+  }
+  throw new Error('expected the operation to fail, but it succeeded');
+}

@@ -1,0 +1,68 @@
+// The stack's life: the service refuses bad settings, shuts down gracefully, and a restarted stack keeps every
+// app while giving a new admin key.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SERVICE_DIR } from '../scripts/local-stack.js';
+import { asApp, startTestStack, type TestStack } from './helpers/stack.js';
+
+describe('service start-up', () => {
+  it('stops with a message naming a missing or bad setting', () => {
+    const run = (env: Record<string, string>) =>
+      spawnSync(process.execPath, [join(SERVICE_DIR, 'dist', 'server.js')], { env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8', timeout: 10_000 });
+    const missing = run({});
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /POSTGRES_PASSWORD is missing/);
+    const bad = run({ POSTGRES_PASSWORD: 'x', PORT: 'http', PUBLIC_DB_PORT: '99999' });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /PORT is invalid/);
+    assert.match(bad.stderr, /PUBLIC_DB_PORT is invalid/);
+    assert.doesNotMatch(bad.stdout + bad.stderr, /ADMIN KEY/);
+  });
+});
+
+describe('stack restart', () => {
+  let t: TestStack;
+  before(async () => {
+    t = await startTestStack();
+  });
+  after(async () => {
+    await t?.stop();
+  });
+
+  it('keeps every app and its data, gives a new admin key, and refuses the old one', async () => {
+    const app = await t.provision('survivor');
+    await asApp(app.connection_string, (c) => c.query("CREATE TABLE notes AS SELECT 'kept' AS v"));
+    const oldKey = t.stack.adminKey;
+
+    await t.stack.stop();
+    await t.stack.start();
+
+    assert.notEqual(t.stack.adminKey, oldKey);
+    assert.match(t.stack.adminKey, /^sk_[A-Za-z0-9]{40}$/);
+    const rows = await asApp(app.connection_string, async (c) => (await c.query('SELECT v FROM notes')).rows);
+    assert.deepEqual(rows, [{ v: 'kept' }]);
+    assert.equal((await t.post('/provision', { app_name: 'after_restart', admin_key: oldKey })).status, 401);
+    assert.equal((await t.post('/provision', { app_name: 'after_restart', admin_key: t.stack.adminKey })).status, 201);
+    assert.equal((await t.post('/provision', { app_name: 'survivor', admin_key: t.stack.adminKey })).status, 409);
+  });
+
+  it('shuts the service down cleanly on SIGTERM, finishing the request in flight', async () => {
+    const inFlight = t.post('/provision', { app_name: 'in_flight', admin_key: t.stack.adminKey });
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await t.stack.stopService('SIGTERM');
+    const response = await inFlight;
+    assert.ok([201, 503].includes(response.status), `got ${response.status}`);
+    assert.ok(t.serviceLines.some((line) => line.includes('shutting down')));
+    const halfMade = await t.superuser(async (db) =>
+      (
+        await db.query(`SELECT r.rolname FROM pg_roles r WHERE r.rolname = 'app_in_flight_user'
+                          AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = 'app_in_flight')`)
+      ).rowCount,
+    );
+    assert.equal(halfMade, 0, 'no role without its database');
+    await t.stack.startService();
+    assert.equal((await t.get('/health')).status, 200);
+  });
+});

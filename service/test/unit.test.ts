@@ -1,0 +1,154 @@
+// Unit tests: the pure pieces (settings, names, secrets, error mapping, the local stack's nginx.conf edits).
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers } from '../src/app-names.js';
+import { ConfigError, loadConfig } from '../src/config.js';
+import { isDatabaseUnavailable } from '../src/errors.js';
+import { REDACTED_PATHS } from '../src/logger.js';
+import { isAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/secrets.js';
+import { LocalStack } from '../scripts/local-stack.js';
+
+describe('config', () => {
+  it('applies defaults when only the required setting is given', () => {
+    const config = loadConfig({ POSTGRES_PASSWORD: 'pw' });
+    assert.equal(config.PORT, 8080);
+    assert.equal(config.DATABASE_HOST, '/var/run/postgresql');
+    assert.equal(config.PUBLIC_DB_HOST, 'postgres');
+    assert.equal(config.PUBLIC_DB_PORT, 5432);
+    assert.equal(config.LOG_PRETTY, undefined);
+  });
+
+  it('names a missing required setting', () => {
+    assert.throws(() => loadConfig({}), (err: Error) => err instanceof ConfigError && /POSTGRES_PASSWORD is missing/.test(err.message));
+  });
+
+  it('names every invalid setting at once', () => {
+    assert.throws(
+      () => loadConfig({ POSTGRES_PASSWORD: 'pw', PORT: 'eighty', LOG_PRETTY: 'maybe', APP_TEMP_FILE_LIMIT: 'lots' }),
+      (err: Error) => /PORT is invalid/.test(err.message) && /LOG_PRETTY is invalid/.test(err.message) && /APP_TEMP_FILE_LIMIT is invalid/.test(err.message),
+    );
+  });
+
+  it('parses flags as words, not as truthy strings', () => {
+    assert.equal(loadConfig({ POSTGRES_PASSWORD: 'pw', LOG_PRETTY: 'false' }).LOG_PRETTY, false);
+    assert.equal(loadConfig({ POSTGRES_PASSWORD: 'pw', LOG_PRETTY: 'true' }).LOG_PRETTY, true);
+  });
+});
+
+describe('app names', () => {
+  it('accepts every name of 3-32 characters of [a-z0-9_]', () => {
+    for (const name of ['abc', 'a_b', '___', '123', 'x'.repeat(32), 'my_app_2', 'user', 'postgres', 'template1']) {
+      assert.equal(AppNameSchema.safeParse(name).success, true, name);
+    }
+  });
+
+  it('rejects everything else with a message saying what is wrong', () => {
+    const cases: Array<[unknown, RegExp]> = [
+      ['ab', /at least 3/],
+      ['x'.repeat(33), /at most 32/],
+      ['MyApp', /lowercase/],
+      ['my-app', /lowercase/],
+      ['my app', /lowercase/],
+      ['аpp', /lowercase/], // Cyrillic а
+      ['app\u0000x', /lowercase/],
+      ["x'; DROP ROLE postgres; --", /lowercase|at most/],
+      [42, /must be a string/],
+    ];
+    for (const [name, message] of cases) {
+      const result = AppNameSchema.safeParse(name);
+      assert.equal(result.success, false, String(name));
+      assert.match(result.error!.issues.map((i) => i.message).join(' '), message);
+    }
+  });
+
+  it('derives app_<name> and app_<name>_user, and refuses to derive from an unchecked name', () => {
+    assert.deepEqual(appIdentifiers('shop'), { appName: 'shop', database: 'app_shop', username: 'app_shop_user' });
+    assert.throws(() => appIdentifiers('Shop"; --'), TypeError);
+    assert.equal(APP_NAME_PATTERN.test('a'.repeat(32)), true);
+  });
+
+  it('keeps every pair of names apart within each catalog, and within Postgres identifier length', () => {
+    const family = ['abc', 'abc_user', 'abc_user_user', 'app_abc', 'abc_app', 'user_abc', 'a'.repeat(32)];
+    const databases = new Set(family.map((n) => appIdentifiers(n).database));
+    const roles = new Set(family.map((n) => appIdentifiers(n).username));
+    assert.equal(databases.size, family.length);
+    assert.equal(roles.size, family.length);
+    for (const n of family) assert.ok(appIdentifiers(n).username.length <= 63);
+  });
+});
+
+describe('secrets', () => {
+  it('makes admin keys of sk_ and 40 alphanumerics that grep -oP "sk_\\w+" takes whole', () => {
+    const key = newAdminKey();
+    assert.match(key, /^sk_[A-Za-z0-9]{40}$/);
+    assert.equal(/sk_\w+/.exec(`🔑 ADMIN KEY: ${key}"}`)?.[0], key);
+    assert.notEqual(newAdminKey(), key);
+  });
+
+  it('makes app passwords of 32 alphanumerics', () => {
+    assert.match(newAppPassword(), /^[A-Za-z0-9]{32}$/);
+    assert.notEqual(newAppPassword(), newAppPassword());
+  });
+
+  it('accepts only the exact admin key', () => {
+    const key = newAdminKey();
+    assert.equal(isAdminKey(key, key), true);
+    assert.equal(isAdminKey(key.slice(0, -1), key), false);
+    assert.equal(isAdminKey(`${key}x`, key), false);
+    assert.equal(isAdminKey('', key), false);
+    assert.equal(isAdminKey(undefined, key), false);
+  });
+
+  it('computes the SCRAM-SHA-256 verifier Postgres computes (RFC 7677 shape, deterministic for a salt)', async () => {
+    const salt = Buffer.alloc(16, 7);
+    const verifier = await scramSha256Verifier('pencil', salt);
+    assert.match(verifier, /^SCRAM-SHA-256\$4096:[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{44}:[A-Za-z0-9+/=]{44}$/);
+    assert.equal(await scramSha256Verifier('pencil', salt), verifier);
+    assert.notEqual(await scramSha256Verifier('pencil'), verifier);
+    assert.ok(!verifier.includes('pencil'));
+  });
+});
+
+describe('error mapping', () => {
+  const pgError = (code: string) => Object.assign(new Error('boom'), { code });
+  it('treats connection, resource and shutdown failures as "unavailable" (503)', () => {
+    for (const code of ['08006', '53300', '57P01', '57P03', '57014', 'ECONNREFUSED']) assert.equal(isDatabaseUnavailable(pgError(code)), true, code);
+    assert.equal(isDatabaseUnavailable(new Error('timeout exceeded when trying to connect')), true);
+    assert.equal(isDatabaseUnavailable(new Error('Connection terminated unexpectedly')), true);
+  });
+  it('treats everything else as a bug (500)', () => {
+    for (const code of ['42601', '42501', '23505', 'XX000']) assert.equal(isDatabaseUnavailable(pgError(code)), false, code);
+    assert.equal(isDatabaseUnavailable('not an error'), false);
+  });
+});
+
+describe('logging', () => {
+  it('redacts the admin key, passwords, connection strings and the Authorization header', () => {
+    for (const path of ['req.headers.authorization', 'admin_key', '*.admin_key', '*.password', '*.connection_string']) {
+      assert.ok(REDACTED_PATHS.includes(path), path);
+    }
+  });
+});
+
+describe('local stack', () => {
+  it("uses the repo's nginx.conf with only the upstream, the listen address and the file paths changed", () => {
+    const stack = new LocalStack({
+      stackDir: '/tmp/pgprov-unit',
+      httpPort: 18088,
+      pgPort: 15432,
+      servicePort: 18080,
+      postgresPassword: 'x',
+      pgBinDir: '/nonexistent',
+      pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
+      serviceEnv: {},
+      onServiceLine: () => {},
+    });
+    const config = stack.nginxConfig();
+    assert.match(config, /server 127\.0\.0\.1:18080;/);
+    assert.match(config, /listen 127\.0\.0\.1:18088;/);
+    assert.doesNotMatch(config, /\/var\/(log|cache|run)\//);
+    assert.doesNotMatch(config, /service:8080/);
+    assert.match(config, /limit_req_zone/);
+    assert.match(config, /server_tokens off/);
+  });
+});

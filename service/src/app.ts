@@ -20,6 +20,8 @@ import provisionRoutes from './routes/provision.js';
 export interface BuildOptions {
   /** The admin key made at boot (src/server.ts); every admin route checks it. */
   adminKey: string;
+  /** Where logs go instead of stdout (tests). */
+  logStream?: NodeJS.WritableStream;
 }
 
 const BODY_LIMIT_BYTES = 16 * 1024;
@@ -28,9 +30,9 @@ function errorBody(statusCode: number, message: string) {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message };
 }
 
-export async function buildApp(config: Config, { adminKey }: BuildOptions): Promise<FastifyInstance> {
+export async function buildApp(config: Config, { adminKey, logStream }: BuildOptions): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: loggerOptions(config),
+    logger: logStream ? { ...loggerOptions(config, false), stream: logStream } : loggerOptions(config),
     logController: new LogController({ disableRequestLogging: true }), // one line per request: onResponse below
     bodyLimit: BODY_LIMIT_BYTES,
     requestIdHeader: 'x-request-id',

@@ -1,6 +1,6 @@
 // Owns log settings: JSON lines (pretty only on a terminal), and the fixed redaction paths that keep
 // keys, passwords and connection strings out of every log line.
-import type { FastifyServerOptions } from 'fastify';
+import type { LoggerOptions } from 'pino';
 import type { Config } from './config.js';
 
 const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'authorization', 'POSTGRES_PASSWORD'];
@@ -13,7 +13,7 @@ export const REDACTED_PATHS = [
   ...SECRET_FIELDS.map((field) => `*.*.${field}`),
 ];
 
-export function loggerOptions(config: Config, stdoutIsTty = process.stdout.isTTY): FastifyServerOptions['logger'] {
+export function loggerOptions(config: Config, stdoutIsTty = process.stdout.isTTY): LoggerOptions {
   const pretty = config.LOG_PRETTY ?? stdoutIsTty;
   return {
     level: config.LOG_LEVEL,

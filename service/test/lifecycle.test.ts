@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SERVICE_DIR } from '../scripts/local-stack.js';
-import { asApp, startTestStack, type TestStack } from './helpers/stack.js';
+import { asApp, rejectionOf, startTestStack, type TestStack } from './helpers/stack.js';
 
 describe('service start-up', () => {
   it('stops with a message naming a missing or bad setting', () => {
@@ -19,6 +19,13 @@ describe('service start-up', () => {
     assert.match(bad.stderr, /PORT is invalid/);
     assert.match(bad.stderr, /PUBLIC_DB_PORT is invalid/);
     assert.doesNotMatch(bad.stdout + bad.stderr, /ADMIN KEY/);
+  });
+});
+
+describe('local stack start-up', () => {
+  it('names a missing Postgres binary and how to install it', async () => {
+    const err = await rejectionOf(startTestStack({ pgBinDir: '/nonexistent/bin' }));
+    assert.match(err.message, /PostgreSQL 15 server binaries not found in \/nonexistent\/bin: install them \(Debian\/Ubuntu: apt-get install -y postgresql-15\)/);
   });
 });
 
@@ -62,6 +69,13 @@ describe('stack restart', () => {
       ).rowCount,
     );
     assert.equal(halfMade, 0, 'no role without its database');
+
+    // With the service down, nginx answers for it, in JSON.
+    for (const response of [await t.get('/health'), await t.post('/provision', { app_name: 'nobody_home' })]) {
+      assert.equal(response.status, 503);
+      assert.equal(response.body.statusCode, 503);
+      assert.match(String(response.body.message), /not reachable/);
+    }
     await t.stack.startService();
     assert.equal((await t.get('/health')).status, 200);
   });

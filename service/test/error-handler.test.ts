@@ -1,0 +1,75 @@
+// The one error handler, on branches real Postgres cannot be made to reach on demand: an unexpected database
+// error must become a bare 500, and a lost connection a 503, with the detail only in the log.
+// (The database is stubbed here, and only here; every other test runs against the real stack.)
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
+
+const adminKey = 'sk_unit0000000000000000000000000000000000';
+let app: FastifyInstance;
+
+before(async () => {
+  app = await buildApp(loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_LEVEL: 'silent' }), { adminKey });
+});
+after(async () => {
+  await app.close();
+});
+
+const provision = () => app.inject({ method: 'POST', url: '/provision', payload: { app_name: 'stubbed', admin_key: adminKey } });
+
+describe('error handler', () => {
+  it('answers an unexpected database error with a bare 500: no SQL, no Postgres message, no stack', async () => {
+    app.db.createApp = async () => {
+      throw Object.assign(new Error('syntax error at or near "DROP ROLE app_x_user"'), { code: '42601', where: 'SQL statement' });
+    };
+    const response = await provision();
+    assert.equal(response.statusCode, 500);
+    assert.deepEqual(response.json(), { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' });
+    assert.doesNotMatch(response.body, /syntax|DROP|SQL|at /);
+  });
+
+  it('answers a lost database connection with a 503 that says to retry', async () => {
+    app.db.createApp = async () => {
+      throw Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' });
+    };
+    const response = await provision();
+    assert.equal(response.statusCode, 503);
+    assert.deepEqual(response.json(), { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable, retry later' });
+  });
+
+  it('answers a thrown non-database bug with a bare 500 too', async () => {
+    app.db.createApp = async () => {
+      throw new TypeError("Cannot read properties of undefined (reading 'rows')");
+    };
+    const response = await provision();
+    assert.equal(response.statusCode, 500);
+    assert.doesNotMatch(response.body, /rows|TypeError/);
+  });
+});
+
+describe('request logs', () => {
+  it('write one line per request, with no key, password or connection string', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false' });
+    const logged = await buildApp(config, { adminKey, logStream: sink });
+    logged.db.createApp = async () => {};
+    const response = await logged.inject({ method: 'POST', url: '/provision', payload: { app_name: 'quiet', admin_key: adminKey }, headers: { authorization: `Bearer ${adminKey}` } });
+    assert.equal(response.statusCode, 201);
+    const password = new URL(response.json().connection_string).password;
+    await logged.close();
+    const text = lines.join('');
+    assert.equal(lines.filter((line) => line.includes('"msg":"request"')).length, 1);
+    assert.ok(!text.includes(adminKey));
+    assert.ok(!text.includes(password));
+    assert.ok(!text.includes('postgres://'));
+  });
+});

@@ -17,14 +17,31 @@ export interface AppIdentifiers {
   database: string;
   /** The app's login role: app_<name>_user. */
   username: string;
+  /**
+   * A NOLOGIN role named exactly like the database, app_<name>, whose only member is the login role.
+   * pg_hba.conf's `samerole` admits a login to a database only if it is a member of the role named like that
+   * database: the pairing of app and database that Postgres 15's pg_hba.conf can express.
+   */
+  accessRole: string;
 }
 
 /**
  * Derives the database and role names of an app. Throws on a name outside the allowlist, so no caller can
- * build SQL from an unchecked name even by mistake. Databases and roles live in separate catalogs, so
- * app_<name> and app_<name>_user are each unique across all valid names (see test/app-names.test.ts).
+ * build SQL from an unchecked name even by mistake.
  */
 export function appIdentifiers(appName: string): AppIdentifiers {
   if (!APP_NAME_PATTERN.test(appName)) throw new TypeError(`not a valid app name: ${JSON.stringify(appName)}`);
-  return { appName, database: `app_${appName}`, username: `app_${appName}_user` };
+  return { appName, database: `app_${appName}`, username: `app_${appName}_user`, accessRole: `app_${appName}` };
+}
+
+/**
+ * The other app names whose roles would collide with this app's: app `x`'s login role app_x_user is named like
+ * app `x_user`'s access role, so `x` collides with `x_user`, and `x_user` also with `x_user_user`. Such a pair
+ * cannot coexist without one app's login passing pg_hba.conf for the other's database, so the second of a
+ * pair is refused (409), whichever comes first.
+ */
+export function collidingAppNames(appName: string): string[] {
+  const candidates = [`${appName}_user`];
+  if (appName.endsWith('_user')) candidates.push(appName.slice(0, -'_user'.length));
+  return candidates.filter((name) => APP_NAME_PATTERN.test(name));
 }

@@ -76,6 +76,8 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
     const statusCode = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : undefined;
     if (statusCode) {
       request.log.info({ code: err.code }, err.message);
+      const { retryAfterSeconds } = err as { retryAfterSeconds?: number };
+      if (retryAfterSeconds !== undefined) reply.header('retry-after', String(retryAfterSeconds));
       return reply.code(statusCode).send(errorBody(statusCode, err.message));
     }
     if (isDatabaseUnavailable(err) || err.statusCode === 503) {
@@ -91,7 +93,11 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   });
 
   await app.register(database, { config });
-  await app.register(adminAuth, { adminKey });
+  await app.register(adminAuth, {
+    adminKey,
+    maxFailedAttempts: config.AUTH_MAX_FAILED_ATTEMPTS,
+    failedAttemptsWindowMs: config.AUTH_FAILED_ATTEMPTS_WINDOW_MS,
+  });
   await app.register(healthRoutes, { config });
   await app.register(provisionRoutes, { config });
 

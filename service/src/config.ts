@@ -30,6 +30,10 @@ export const ConfigSchema = z.object({
   PUBLIC_DB_HOST: z.string().min(1).default('postgres'),
   PUBLIC_DB_PORT: port.default(5432),
 
+  /** Wrong admin keys one client address may present per window before it is locked out (429). */
+  AUTH_MAX_FAILED_ATTEMPTS: z.coerce.number().int().min(1).default(10),
+  AUTH_FAILED_ATTEMPTS_WINDOW_MS: durationMs.default(60_000),
+
   /** Limits set on every app's login role (see SECURITY.md). */
   APP_CONNECTION_LIMIT: z.coerce.number().int().min(1).max(1000).default(10),
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),

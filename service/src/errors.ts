@@ -2,12 +2,22 @@
 import createError from '@fastify/error';
 
 export const AppExistsError = createError<[string]>('APP_EXISTS', "app '%s' already exists", 409);
+export const AppNameConflictError = createError<[string, string, string]>(
+  'APP_NAME_CONFLICT',
+  "app_name '%s' cannot be used while app '%s' exists: Postgres would give both a role named %s",
+  409,
+);
 export const AppNotFoundError = createError<[string]>('APP_NOT_FOUND', "app '%s' does not exist", 404);
 export const InvalidAdminKeyError = createError('INVALID_ADMIN_KEY', 'invalid admin key', 401);
 export const MissingAdminKeyError = createError(
   'MISSING_ADMIN_KEY',
   'admin_key is required (in the JSON body, or as "Authorization: Bearer <key>")',
   400,
+);
+export const TooManyFailedAttemptsError = createError<[number]>(
+  'TOO_MANY_FAILED_ATTEMPTS',
+  'too many wrong admin keys from this address: retry in %d s',
+  429,
 );
 export const DatabaseUnavailableError = createError('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later', 503);
 

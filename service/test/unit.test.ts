@@ -1,7 +1,7 @@
 // Unit tests: the pure pieces (settings, names, secrets, error mapping, the local stack's nginx.conf edits).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers } from '../src/app-names.js';
+import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/app-names.js';
 import { ConfigError, loadConfig } from '../src/config.js';
 import { isDatabaseUnavailable } from '../src/errors.js';
 import { REDACTED_PATHS } from '../src/logger.js';
@@ -62,9 +62,21 @@ describe('app names', () => {
   });
 
   it('derives app_<name> and app_<name>_user, and refuses to derive from an unchecked name', () => {
-    assert.deepEqual(appIdentifiers('shop'), { appName: 'shop', database: 'app_shop', username: 'app_shop_user' });
+    assert.deepEqual(appIdentifiers('shop'), { appName: 'shop', database: 'app_shop', username: 'app_shop_user', accessRole: 'app_shop' });
     assert.throws(() => appIdentifiers('Shop"; --'), TypeError);
     assert.equal(APP_NAME_PATTERN.test('a'.repeat(32)), true);
+  });
+
+  it('names the apps whose roles would collide with this one', () => {
+    assert.deepEqual(collidingAppNames('x_user'), ['x_user_user']); // "x" alone is too short to be an app
+    assert.deepEqual(collidingAppNames('abc'), ['abc_user']);
+    assert.deepEqual(collidingAppNames('abc_user').sort(), ['abc', 'abc_user_user']);
+    assert.deepEqual(collidingAppNames('a'.repeat(32)), []); // a 37-character sibling is not a valid name
+    assert.deepEqual(collidingAppNames('ab_user'), ['ab_user_user']); // "ab" is too short to be an app
+    // Outside each name's colliding siblings, no two apps share a role name.
+    const family = ['abc', 'abc_user_user', 'app_abc', 'abc_app', 'user_abc'];
+    const roles = family.flatMap((n) => [appIdentifiers(n).username, appIdentifiers(n).accessRole]);
+    assert.equal(new Set(roles).size, roles.length);
   });
 
   it('keeps every pair of names apart within each catalog, and within Postgres identifier length', () => {

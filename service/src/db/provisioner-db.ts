@@ -3,9 +3,9 @@
 // values that DDL cannot take as $n parameters are quoted with escapeLiteral.
 import pg from 'pg';
 import type { FastifyBaseLogger } from 'fastify';
-import type { AppIdentifiers } from '../app-names.js';
+import { appIdentifiers, collidingAppNames, type AppIdentifiers } from '../app-names.js';
 import type { Config } from '../config.js';
-import { AppExistsError, DatabaseUnavailableError } from '../errors.js';
+import { AppExistsError, AppNameConflictError, DatabaseUnavailableError } from '../errors.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
@@ -70,34 +70,36 @@ export class ProvisionerDb {
   }
 
   /**
-   * Creates the app's login role and database. CREATE DATABASE cannot share a transaction with anything, so
-   * the steps run one after another and, if any fails, the steps already done are undone before the error
-   * is rethrown: no half-made app is left behind. A name taken by a concurrent request fails with
+   * Creates the app's roles and database. CREATE DATABASE cannot share a transaction with anything, so the
+   * steps run one after another and, if any fails, the steps already done are undone before the error is
+   * rethrown: no half-made app is left behind. A name taken by a concurrent request fails with
    * AppExistsError and undoes nothing of the winner's.
    */
   async createApp(app: AppIdentifiers, passwordVerifier: string, limits: AppRoleLimits): Promise<void> {
     const role = ident(app.username);
+    const accessRole = ident(app.accessRole);
     const database = ident(app.database);
-    let roleCreated = false;
+    let rolesCreated = false;
     let databaseCreated = false;
     const client = await this.pool.connect();
-    let clientBroken: Error | undefined;
     try {
       try {
         // One simple-protocol message with several statements runs as one implicit transaction:
-        // the role appears with its limits, or not at all.
+        // the roles appear with their limits, or not at all.
         await client.query(
-          `CREATE ROLE ${role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS
-             CONNECTION LIMIT ${limits.connectionLimit} PASSWORD ${literal(passwordVerifier)} IN ROLE ${ident(APPS_GROUP_ROLE)};
+          `CREATE ROLE ${accessRole} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+           CREATE ROLE ${role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS
+             CONNECTION LIMIT ${limits.connectionLimit} PASSWORD ${literal(passwordVerifier)}
+             IN ROLE ${ident(APPS_GROUP_ROLE)}, ${accessRole};
            ALTER ROLE ${role} SET temp_file_limit = ${literal(limits.tempFileLimit)};
            ALTER ROLE ${role} SET statement_timeout = ${literal(limits.statementTimeout)};
            ALTER ROLE ${role} SET idle_in_transaction_session_timeout = ${literal(limits.idleInTransactionTimeout)};`,
         );
       } catch (err) {
-        if (DUPLICATE_ROLE.has(sqlState(err) ?? '')) throw new AppExistsError(app.appName);
+        if (DUPLICATE_ROLE.has(sqlState(err) ?? '')) throw await this.nameTakenError(client, app);
         throw err;
       }
-      roleCreated = true;
+      rolesCreated = true;
 
       try {
         await client.query(`CREATE DATABASE ${database}`);
@@ -114,20 +116,34 @@ export class ProvisionerDb {
          GRANT CONNECT, CREATE, TEMPORARY ON DATABASE ${database} TO ${role};`,
       );
       await this.inDatabase(app.database, (appDb) => appDb.query(`ALTER SCHEMA public OWNER TO ${role}`));
+      client.release();
     } catch (err) {
-      clientBroken = err instanceof Error && !sqlState(err) ? err : undefined;
-      await this.undoCreateApp(app, { roleCreated, databaseCreated });
+      // A SQL error leaves the connection usable; anything else (lost connection, timeout) does not.
+      client.release(err instanceof Error && !sqlState(err) ? err : undefined);
+      await this.undoCreateApp(app, { rolesCreated, databaseCreated });
       throw err;
-    } finally {
-      client.release(clientBroken);
     }
   }
 
-  private async undoCreateApp(app: AppIdentifiers, done: { roleCreated: boolean; databaseCreated: boolean }): Promise<void> {
-    if (!done.roleCreated && !done.databaseCreated) return;
+  /** Why the app's role names are taken: the app exists (or is being made), or a colliding app exists. */
+  private async nameTakenError(client: pg.PoolClient, app: AppIdentifiers): Promise<Error> {
+    const siblings = collidingAppNames(app.appName).map(appIdentifiers);
+    const { rows } = await client.query<{ rolname: string }>(
+      `SELECT r.rolname FROM pg_roles r
+        WHERE r.rolname = ANY($1::text[]) AND pg_has_role(r.oid, $2, 'MEMBER') AND r.rolcanlogin`,
+      [siblings.map((s) => s.username), APPS_GROUP_ROLE],
+    );
+    const existing = siblings.find((s) => rows.some((r) => r.rolname === s.username));
+    if (!existing) return new AppExistsError(app.appName);
+    const shared = existing.username === app.accessRole ? app.accessRole : app.username;
+    return new AppNameConflictError(app.appName, existing.appName, shared);
+  }
+
+  private async undoCreateApp(app: AppIdentifiers, done: { rolesCreated: boolean; databaseCreated: boolean }): Promise<void> {
+    if (!done.rolesCreated && !done.databaseCreated) return;
     try {
       if (done.databaseCreated) await this.pool.query(`DROP DATABASE IF EXISTS ${ident(app.database)} WITH (FORCE)`);
-      if (done.roleCreated) await this.pool.query(`DROP ROLE IF EXISTS ${ident(app.username)}`);
+      if (done.rolesCreated) await this.pool.query(`DROP ROLE IF EXISTS ${ident(app.username)}, ${ident(app.accessRole)}`);
       this.log.warn({ app: app.appName }, 'provisioning failed; the steps already done were undone');
     } catch (err) {
       this.log.error({ err, app: app.appName }, 'provisioning failed and could not be undone; objects of this app remain');

@@ -1,8 +1,12 @@
 // Owns admin authentication: the key may come as "Authorization: Bearer <key>" or, for POST /provision as
-// the original README shows, as `admin_key` in the JSON body. Checked in constant time.
+// the original README shows, as `admin_key` in the JSON body. It is checked in constant time, and a client
+// that keeps presenting wrong keys is locked out for a while (429), right key or not, so that guessing is slow
+// and a lucky guess cannot be told from a wrong one during the lockout. Right keys are never counted: an
+// operator's burst of provisioning is not slowed down.
 import fp from 'fastify-plugin';
+import rateLimit from '@fastify/rate-limit';
 import type { FastifyRequest } from 'fastify';
-import { InvalidAdminKeyError, MissingAdminKeyError } from '../errors.js';
+import { InvalidAdminKeyError, MissingAdminKeyError, TooManyFailedAttemptsError } from '../errors.js';
 import { isAdminKey } from '../secrets.js';
 
 declare module 'fastify' {
@@ -10,6 +14,16 @@ declare module 'fastify' {
     requireAdminKey: (request: FastifyRequest) => Promise<void>;
   }
 }
+
+export interface AdminAuthOptions {
+  adminKey: string;
+  /** Wrong keys one client address may present per window before it is locked out. */
+  maxFailedAttempts: number;
+  failedAttemptsWindowMs: number;
+}
+
+/** Clients locked out at once, at most: beyond this the oldest lockouts are forgotten first. */
+const MAX_TRACKED_LOCKOUTS = 10_000;
 
 function presentedKey(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
@@ -21,12 +35,37 @@ function presentedKey(request: FastifyRequest): string | undefined {
   return typeof body?.admin_key === 'string' ? body.admin_key : undefined;
 }
 
-export default fp<{ adminKey: string }>(
-  async (app, { adminKey }) => {
+export default fp<AdminAuthOptions>(
+  async (app, { adminKey, maxFailedAttempts, failedAttemptsWindowMs }) => {
+    await app.register(rateLimit, { global: false });
+    // Counts wrong keys only: called once per failed attempt, keyed by the client address nginx saw.
+    const countFailedAttempt = app.createRateLimit({ max: maxFailedAttempts, timeWindow: failedAttemptsWindowMs });
+    const lockedOutUntil = new Map<string, number>();
+
+    const lockedOut = (client: string): number | undefined => {
+      const until = lockedOutUntil.get(client);
+      if (until === undefined) return undefined;
+      if (until > Date.now()) return until;
+      lockedOutUntil.delete(client);
+      return undefined;
+    };
+
+    const tooMany = (seconds: number) => Object.assign(new TooManyFailedAttemptsError(seconds), { retryAfterSeconds: seconds });
+
     app.decorate('requireAdminKey', async (request: FastifyRequest) => {
+      const until = lockedOut(request.ip);
+      if (until !== undefined) throw tooMany(Math.ceil((until - Date.now()) / 1000));
       const key = presentedKey(request);
       if (key === undefined) throw new MissingAdminKeyError();
-      if (!isAdminKey(key, adminKey)) throw new InvalidAdminKeyError();
+      if (isAdminKey(key, adminKey)) return;
+      const limit = await countFailedAttempt(request);
+      if (!limit.isAllowed && limit.isExceeded) {
+        if (lockedOutUntil.size >= MAX_TRACKED_LOCKOUTS) lockedOutUntil.delete(lockedOutUntil.keys().next().value!);
+        lockedOutUntil.set(request.ip, Date.now() + limit.ttl);
+        request.log.warn({ client: request.ip }, 'too many wrong admin keys: client locked out');
+        throw tooMany(limit.ttlInSeconds);
+      }
+      throw new InvalidAdminKeyError();
     });
   },
   { name: 'admin-auth' },

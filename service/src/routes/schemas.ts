@@ -12,6 +12,7 @@ export const errorResponses = {
   400: ErrorSchema,
   401: ErrorSchema,
   409: ErrorSchema,
+  429: ErrorSchema,
   500: ErrorSchema,
   503: ErrorSchema,
 };

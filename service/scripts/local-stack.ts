@@ -295,15 +295,18 @@ export class LocalStack {
       PUBLIC_DB_HOST: '127.0.0.1',
       PUBLIC_DB_PORT: String(this.settings.pgPort),
       BACKUP_DIR: this.paths.backups,
+      PG_DUMP_PATH: this.pg('pg_dump'),
+      PG_RESTORE_PATH: this.pg('pg_restore'),
       ...this.settings.serviceEnv,
     };
   }
 
-  async startService(): Promise<void> {
+  /** Starts the service; `extraEnv` adds or overrides settings for this start only (tests: CRASH_AT). */
+  async startService(extraEnv: Record<string, string> = {}): Promise<void> {
     const entry = join(SERVICE_DIR, 'dist', 'server.js');
     if (!existsSync(entry)) throw new StackError(`${entry} is missing: run npm --prefix service run build first`);
     this.adminKey = '';
-    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment() };
+    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment(), ...extraEnv };
     // Started exactly as the Dockerfile's CMD starts it.
     this.service = spawn(process.execPath, ['dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [this.service.stdout, this.service.stderr]) {
@@ -318,6 +321,13 @@ export class LocalStack {
 
   async stopService(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     await stopChild(this.service, signal);
+  }
+
+  /** Resolves when the service process has exited by itself (tests: after a CRASH_AT point). */
+  async serviceExited(): Promise<void> {
+    const service = this.service;
+    if (!service || service.exitCode !== null || service.signalCode !== null) return;
+    await once(service, 'exit');
   }
 
   /** The repo's nginx.conf with only the upstream address, the listen address and the file paths changed. */

@@ -2,8 +2,10 @@
 // It never listens; src/server.ts does, and tests use it the same way.
 import { STATUS_CODES } from 'node:http';
 import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import swagger from '@fastify/swagger';
 import {
   hasZodFastifySchemaValidationErrors,
+  jsonSchemaTransform,
   serializerCompiler,
   validatorCompiler,
   type ZodTypeProvider,
@@ -14,6 +16,9 @@ import { isDatabaseUnavailable } from './errors.js';
 import { loggerOptions } from './logger.js';
 import adminAuth from './plugins/admin-auth.js';
 import database from './plugins/database.js';
+import lifecycle from './plugins/lifecycle.js';
+import metrics from './plugins/metrics.js';
+import appsRoutes from './routes/apps.js';
 import healthRoutes from './routes/health.js';
 import provisionRoutes from './routes/provision.js';
 
@@ -78,6 +83,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
       request.log.info({ code: err.code }, err.message);
       const { retryAfterSeconds } = err as { retryAfterSeconds?: number };
       if (retryAfterSeconds !== undefined) reply.header('retry-after', String(retryAfterSeconds));
+      if (statusCode === 401) reply.header('www-authenticate', 'Bearer');
       return reply.code(statusCode).send(errorBody(statusCode, err.message));
     }
     if (isDatabaseUnavailable(err) || err.statusCode === 503) {
@@ -92,7 +98,19 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
     reply.code(404).send(errorBody(404, `no route for ${request.method} ${request.url.split('?')[0]}`));
   });
 
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'pg-provisioner', description: 'Hands each app its own isolated Postgres database.', version: '0.1.0' },
+      components: { securitySchemes: { adminKey: { type: 'http', scheme: 'bearer', description: 'the admin key (sk_…) from the service log' } } },
+      security: [{ adminKey: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+
   await app.register(database, { config });
+  await app.register(metrics);
+  await app.register(lifecycle, { config });
   await app.register(adminAuth, {
     adminKey,
     maxFailedAttempts: config.AUTH_MAX_FAILED_ATTEMPTS,
@@ -100,6 +118,10 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   });
   await app.register(healthRoutes, { config });
   await app.register(provisionRoutes, { config });
+  await app.register(appsRoutes, { config });
+
+  // The OpenAPI document, generated from the routes' zod schemas. On the service's port; nginx does not route it.
+  app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
 
   return app;
 }

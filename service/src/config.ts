@@ -24,7 +24,24 @@ export const ConfigSchema = z.object({
   DATABASE_POOL_SIZE: z.coerce.number().int().min(2).max(20).default(5),
   DATABASE_CONNECT_TIMEOUT_MS: durationMs.default(5_000),
   DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(30_000),
+  /** How long an operation waits for another one on the same app (or any Postgres lock) before giving up. */
+  DATABASE_LOCK_TIMEOUT_MS: durationMs.default(10_000),
   HEALTH_TIMEOUT_MS: durationMs.default(1_500),
+
+  /** Backups: where dumps are written (compose mounts ./backups here), and the client programs (PostgreSQL 15). */
+  BACKUP_DIR: z.string().min(1).default('/backups'),
+  PG_DUMP_PATH: z.string().min(1).default('pg_dump'),
+  PG_RESTORE_PATH: z.string().min(1).default('pg_restore'),
+  BACKUP_TIMEOUT_MS: durationMs.default(15 * 60_000),
+
+  /** The reconciler repairs half-made and half-removed apps at start and then every this often. */
+  RECONCILE_INTERVAL_MS: durationMs.default(60_000),
+
+  /**
+   * Tests only: the name of a crash point (e.g. provision:after-create-database) at which the process kills
+   * itself with SIGKILL, to prove that reconciliation repairs whatever a crash leaves. Never set in production.
+   */
+  CRASH_AT: z.string().optional(),
 
   /** Host and port written into the connection strings handed to apps. */
   PUBLIC_DB_HOST: z.string().min(1).default('postgres'),

@@ -7,6 +7,12 @@ export const AppNameConflictError = createError<[string, string, string]>(
   "app_name '%s' cannot be used while app '%s' exists: Postgres would give both a role named %s",
   409,
 );
+export const AppBusyError = createError<[string]>(
+  'APP_BUSY',
+  "another operation on app '%s' is in progress: retry when it has finished",
+  409,
+);
+export const BackupNotFoundError = createError<[string, string]>('BACKUP_NOT_FOUND', "app '%s' has no backup named '%s'", 404);
 export const AppNotFoundError = createError<[string]>('APP_NOT_FOUND', "app '%s' does not exist", 404);
 export const InvalidAdminKeyError = createError('INVALID_ADMIN_KEY', 'invalid admin key', 401);
 export const MissingAdminKeyError = createError(
@@ -14,6 +20,7 @@ export const MissingAdminKeyError = createError(
   'admin_key is required (in the JSON body, or as "Authorization: Bearer <key>")',
   400,
 );
+export const MissingAuthorizationError = createError('MISSING_AUTHORIZATION', 'send the admin key as "Authorization: Bearer <key>"', 401);
 export const TooManyFailedAttemptsError = createError<[number]>(
   'TOO_MANY_FAILED_ATTEMPTS',
   'too many wrong admin keys from this address: retry in %d s',

@@ -7,12 +7,13 @@ import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { appIdentifiers } from '../src/app-names.js';
 
 const adminKey = 'sk_unit0000000000000000000000000000000000';
 let app: FastifyInstance;
 
 before(async () => {
-  app = await buildApp(loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_LEVEL: 'silent' }), { adminKey });
+  app = await buildApp(loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_LEVEL: 'silent', RECONCILE_INTERVAL_MS: '3600000' }), { adminKey });
 });
 after(async () => {
   await app.close();
@@ -22,7 +23,7 @@ const provision = () => app.inject({ method: 'POST', url: '/provision', payload:
 
 describe('error handler', () => {
   it('answers an unexpected database error with a bare 500: no SQL, no Postgres message, no stack', async () => {
-    app.db.createApp = async () => {
+    app.lifecycle.provision = async () => {
       throw Object.assign(new Error('syntax error at or near "DROP ROLE app_x_user"'), { code: '42601', where: 'SQL statement' });
     };
     const response = await provision();
@@ -32,7 +33,7 @@ describe('error handler', () => {
   });
 
   it('answers a lost database connection with a 503 that says to retry', async () => {
-    app.db.createApp = async () => {
+    app.lifecycle.provision = async () => {
       throw Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' });
     };
     const response = await provision();
@@ -41,7 +42,7 @@ describe('error handler', () => {
   });
 
   it('answers a thrown non-database bug with a bare 500 too', async () => {
-    app.db.createApp = async () => {
+    app.lifecycle.provision = async () => {
       throw new TypeError("Cannot read properties of undefined (reading 'rows')");
     };
     const response = await provision();
@@ -61,7 +62,7 @@ describe('request logs', () => {
     });
     const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false' });
     const logged = await buildApp(config, { adminKey, logStream: sink });
-    logged.db.createApp = async () => {};
+    logged.lifecycle.provision = async (name) => ({ app: appIdentifiers(name), password: 'Pw0123456789abcdefghijABCDEFGHIJ' });
     const response = await logged.inject({ method: 'POST', url: '/provision', payload: { app_name: 'quiet', admin_key: adminKey }, headers: { authorization: `Bearer ${adminKey}` } });
     assert.equal(response.statusCode, 201);
     const password = new URL(response.json().connection_string).password;

@@ -6,12 +6,15 @@
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
 import type { FastifyRequest } from 'fastify';
-import { InvalidAdminKeyError, MissingAdminKeyError, TooManyFailedAttemptsError } from '../errors.js';
+import { InvalidAdminKeyError, MissingAdminKeyError, MissingAuthorizationError, TooManyFailedAttemptsError } from '../errors.js';
 import { isAdminKey } from '../secrets.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
+    /** For POST /provision: the key as a Bearer header or as admin_key in the body; missing is a 400. */
     requireAdminKey: (request: FastifyRequest) => Promise<void>;
+    /** For the other admin routes: the key as a Bearer header only; missing is a 401. */
+    requireBearerKey: (request: FastifyRequest) => Promise<void>;
   }
 }
 
@@ -25,12 +28,14 @@ export interface AdminAuthOptions {
 /** Clients locked out at once, at most: beyond this the oldest lockouts are forgotten first. */
 const MAX_TRACKED_LOCKOUTS = 10_000;
 
-function presentedKey(request: FastifyRequest): string | undefined {
+function bearerKey(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization;
-  if (typeof header === 'string') {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    return match?.[1] ?? header;
-  }
+  if (typeof header !== 'string') return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1] ?? header; // anything else is a wrong key, never a missing one
+}
+
+function bodyKey(request: FastifyRequest): string | undefined {
   const body = request.body as { admin_key?: unknown } | undefined;
   return typeof body?.admin_key === 'string' ? body.admin_key : undefined;
 }
@@ -52,11 +57,10 @@ export default fp<AdminAuthOptions>(
 
     const tooMany = (seconds: number) => Object.assign(new TooManyFailedAttemptsError(seconds), { retryAfterSeconds: seconds });
 
-    app.decorate('requireAdminKey', async (request: FastifyRequest) => {
+    const check = async (request: FastifyRequest, key: string | undefined, missing: () => Error) => {
       const until = lockedOut(request.ip);
       if (until !== undefined) throw tooMany(Math.ceil((until - Date.now()) / 1000));
-      const key = presentedKey(request);
-      if (key === undefined) throw new MissingAdminKeyError();
+      if (key === undefined) throw missing();
       if (isAdminKey(key, adminKey)) return;
       const limit = await countFailedAttempt(request);
       if (!limit.isAllowed && limit.isExceeded) {
@@ -66,7 +70,10 @@ export default fp<AdminAuthOptions>(
         throw tooMany(limit.ttlInSeconds);
       }
       throw new InvalidAdminKeyError();
-    });
+    };
+
+    app.decorate('requireAdminKey', (request: FastifyRequest) => check(request, bearerKey(request) ?? bodyKey(request), () => new MissingAdminKeyError()));
+    app.decorate('requireBearerKey', (request: FastifyRequest) => check(request, bearerKey(request), () => new MissingAuthorizationError()));
   },
   { name: 'admin-auth' },
 );

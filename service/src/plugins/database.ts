@@ -1,17 +1,17 @@
 // Owns the database's lifetime inside the app: decorates `app.db` and closes the pool when the app closes.
 import fp from 'fastify-plugin';
 import type { Config } from '../config.js';
-import { ProvisionerDb } from '../db/provisioner-db.js';
+import { Database } from '../db/database.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
-    db: ProvisionerDb;
+    db: Database;
   }
 }
 
 export default fp<{ config: Config }>(
   async (app, { config }) => {
-    const db = new ProvisionerDb(config, app.log);
+    const db = new Database(config, app.log);
     app.decorate('db', db);
     app.addHook('onClose', async () => db.close());
   },

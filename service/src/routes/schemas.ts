@@ -1,6 +1,8 @@
-// Owns the response shapes shared by every route. Response schemas are allowlists: a field not named here
-// never leaves the service.
+// Owns the shapes shared by routes. Response schemas are allowlists: a field not named here never leaves
+// the service.
 import { z } from 'zod';
+import { AppNameSchema, type AppIdentifiers } from '../app-names.js';
+import type { Config } from '../config.js';
 
 export const ErrorSchema = z.object({
   statusCode: z.number().int(),
@@ -11,8 +13,40 @@ export const ErrorSchema = z.object({
 export const errorResponses = {
   400: ErrorSchema,
   401: ErrorSchema,
+  404: ErrorSchema,
   409: ErrorSchema,
   429: ErrorSchema,
   500: ErrorSchema,
   503: ErrorSchema,
 };
+
+export const AppNameParamsSchema = z.object({ name: AppNameSchema });
+
+/** What an app needs to connect; returned by provisioning and rotation, and nowhere else. */
+export const CredentialsSchema = z.object({
+  connection_string: z.string(),
+  app_name: z.string(),
+  database: z.string(),
+  username: z.string(),
+  host: z.string(),
+  port: z.number().int(),
+});
+
+export function credentialsBody(config: Config, app: AppIdentifiers, password: string): z.infer<typeof CredentialsSchema> {
+  const user = encodeURIComponent(app.username);
+  const secret = encodeURIComponent(password);
+  const { PUBLIC_DB_HOST: host, PUBLIC_DB_PORT: port } = config;
+  return {
+    connection_string: `postgres://${user}:${secret}@${host}:${port}/${app.database}?sslmode=disable`,
+    app_name: app.appName,
+    database: app.database,
+    username: app.username,
+    host,
+    port,
+  };
+}
+
+/** Where an admin request came from and which request it was, for the audit log. */
+export function requestContext(request: { id: string; ip: string }) {
+  return { requestId: request.id, client: request.ip };
+}

@@ -26,6 +26,10 @@ export interface TestStack {
   post(path: string, body: unknown, headers?: Record<string, string>): Promise<JsonResponse>;
   get(path: string, headers?: Record<string, string>): Promise<JsonResponse>;
   provision(appName: string): Promise<ProvisionedApp>;
+  /** An admin request through nginx with the current key as a Bearer token. */
+  admin(method: string, path: string, body?: unknown): Promise<JsonResponse>;
+  /** Waits until the service writes a line matching `pattern`, looking at lines from index `from` on. */
+  waitForServiceLine(pattern: RegExp, from?: number, timeoutMs?: number): Promise<string>;
   /** A superuser connection (TCP 127.0.0.1, as the operator's psql), for checking the catalogs. */
   superuser<T>(work: (client: pg.Client) => Promise<T>, database?: string): Promise<T>;
   /** The text of every log the stack writes: the service's output, Postgres's and nginx's logs. */
@@ -95,6 +99,20 @@ export async function startTestStack(overrides: Partial<StackSettings> = {}): Pr
       const response = await post('/provision', { app_name: appName, admin_key: stack.adminKey });
       if (response.status !== 201) throw new Error(`provision ${appName}: ${response.status} ${response.text}`);
       return response.body as unknown as ProvisionedApp;
+    },
+    admin(method, path, body) {
+      const headers: Record<string, string> = { authorization: `Bearer ${stack.adminKey}` };
+      if (body !== undefined) headers['content-type'] = 'application/json';
+      return request(`${stack.httpUrl}${path}`, { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
+    },
+    async waitForServiceLine(pattern, from = 0, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        const line = serviceLines.slice(from).find((l) => pattern.test(l));
+        if (line) return line;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      throw new Error(`the service wrote no line matching ${pattern} within ${timeoutMs} ms`);
     },
     async superuser(work, database = 'postgres') {
       const client = new pg.Client(stack.superuserConnection(database));

@@ -1,0 +1,41 @@
+// Owns the bookkeeping schema in the system's own database (`provisioner`, created by
+// init/02-create-databases.sql). Applied at every start; each statement is idempotent, so a data directory
+// initialised by an older version is brought up to date.
+
+export const SCHEMA_SQL = `
+CREATE TABLE IF NOT EXISTS apps (
+  app_name   text PRIMARY KEY CHECK (app_name ~ '^[a-z0-9_]{3,32}$'),
+  -- creating: objects may be half-made; ready: complete; deleting: objects may be half-removed.
+  state      text NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS audit_log (
+  id         bigserial PRIMARY KEY,
+  at         timestamptz NOT NULL DEFAULT now(),
+  action     text NOT NULL,
+  app_name   text,
+  outcome    text NOT NULL,
+  request_id text,
+  client     text,
+  detail     jsonb
+);
+CREATE INDEX IF NOT EXISTS audit_log_app_name ON audit_log (app_name, at);
+
+-- Append-only: rows can be added, never changed or removed (not even by the superuser, short of dropping
+-- the trigger).
+CREATE OR REPLACE FUNCTION audit_log_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'audit_log is append-only';
+END
+$$;
+DROP TRIGGER IF EXISTS audit_log_no_update_or_delete ON audit_log;
+CREATE TRIGGER audit_log_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_log
+  FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+  FOR EACH STATEMENT EXECUTE FUNCTION audit_log_is_append_only();
+
+REVOKE ALL ON apps, audit_log FROM PUBLIC;
+`;

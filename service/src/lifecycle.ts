@@ -1,0 +1,426 @@
+// Owns an app's life: provision, rotate, back up, restore, delete, and the reconciler that repairs whatever a
+// crash left half-done. Each operation holds the app's advisory lock, so operations on one app run one at a
+// time. Every multi-step operation records its intent in the registry first, so a crash between any two
+// statements leaves something reconcile() finishes or removes. Crash points (CRASH_AT) let the tests prove it.
+import type { FastifyBaseLogger } from 'fastify';
+import type pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { appIdentifiers, collidingAppNames, type AppIdentifiers } from './app-names.js';
+import type { BackupFile, Backups } from './backups.js';
+import type { Config } from './config.js';
+import {
+  addAccessRole,
+  allowConnections,
+  appNamesWithObjects,
+  appObjects,
+  createAppRoles,
+  createDatabase,
+  disableLogin,
+  dropAppRoles,
+  dropDatabase,
+  DUPLICATE_DATABASE_STATE,
+  DUPLICATE_ROLE_STATES,
+  endSessionsOfRole,
+  existingAppLogins,
+  handDatabaseToApp,
+  setPassword,
+  swapInDatabase,
+  WORK_DATABASE_PREFIXES,
+  workDatabases,
+  type AppRoleLimits,
+} from './db/app-objects.js';
+import { sqlState, type Database } from './db/database.js';
+import {
+  adoptApp,
+  appendAudit,
+  appsInState,
+  findApp,
+  readyAppSummaries,
+  registerApp,
+  registeredAppNames,
+  setAppState,
+  unregisterApp,
+  type AppSummary,
+} from './db/registry.js';
+import { AppExistsError, AppNameConflictError, AppNotFoundError } from './errors.js';
+import { newAppPassword, scramSha256Verifier } from './secrets.js';
+
+/** Who asked: written to the audit log with every operation. */
+export interface RequestContext {
+  requestId?: string;
+  client?: string;
+}
+
+/** Told of every operation's end, for metrics: name, outcome, seconds. */
+export type OperationObserver = (operation: string, outcome: string, seconds: number) => void;
+
+export interface Credentials {
+  app: AppIdentifiers;
+  password: string;
+}
+
+export interface ReconcileReport {
+  repaired: Array<{ app: string; action: string }>;
+  skippedBusy: number;
+}
+
+/** An audit outcome for an error: its code when it is one of ours, else "failed". */
+function outcomeOf(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code.toLowerCase() : 'failed';
+}
+
+export class AppLifecycle {
+  private readonly db: Database;
+  private readonly backups: Backups;
+  private readonly config: Config;
+  private readonly log: FastifyBaseLogger;
+  private readonly observe: OperationObserver;
+  private readonly limits: AppRoleLimits;
+
+  constructor(db: Database, backups: Backups, config: Config, log: FastifyBaseLogger, observe: OperationObserver = () => {}) {
+    this.db = db;
+    this.backups = backups;
+    this.config = config;
+    this.log = log;
+    this.observe = observe;
+    this.limits = {
+      connectionLimit: config.APP_CONNECTION_LIMIT,
+      tempFileLimit: config.APP_TEMP_FILE_LIMIT,
+      statementTimeout: config.APP_STATEMENT_TIMEOUT,
+      idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
+    };
+  }
+
+  /** Tests only: dies here, at once and without cleaning up, when CRASH_AT names this point. */
+  private async crashPoint(point: string): Promise<void> {
+    if (this.config.CRASH_AT !== point) return;
+    this.log.fatal({ point }, 'CRASH_AT: killing the process here');
+    process.kill(process.pid, 'SIGKILL');
+    await new Promise(() => {}); // never resumes
+  }
+
+  /** Runs an operation, then records it in the audit log and tells the observer, whatever its outcome. */
+  private async audited<T>(action: string, appName: string | undefined, context: RequestContext, work: () => Promise<T>, detail?: (result: T) => Record<string, unknown>): Promise<T> {
+    const started = process.hrtime.bigint();
+    let outcome = 'ok';
+    let extra: Record<string, unknown> | undefined;
+    try {
+      const result = await work();
+      extra = detail?.(result);
+      return result;
+    } catch (err) {
+      outcome = outcomeOf(err);
+      throw err;
+    } finally {
+      this.observe(action, outcome, Number(process.hrtime.bigint() - started) / 1e9);
+      await appendAudit(this.db.pool, { action, appName, outcome, ...context, detail: extra }).catch((err) =>
+        this.log.warn({ err, action, app: appName }, 'could not write the audit log'),
+      );
+    }
+  }
+
+  private async readyApp(client: pg.ClientBase, appName: string): Promise<AppIdentifiers> {
+    const registered = await findApp(client, appName);
+    if (!registered || registered.state !== 'ready') throw new AppNotFoundError(appName);
+    return appIdentifiers(appName);
+  }
+
+  // --- provision -------------------------------------------------------------------------------------------
+
+  /**
+   * Creates the app: registry row (state creating, committed first), roles, database, hand-over, then state
+   * ready. A failure undoes the steps done; a crash leaves the registry row, and reconcile() removes the rest.
+   */
+  async provision(appName: string, context: RequestContext): Promise<Credentials> {
+    await this.db.ready();
+    return this.audited('provision', appName, context, () =>
+      this.db.withAppLock(appName, async (client) => {
+        const app = appIdentifiers(appName);
+        if (!(await registerApp(client, appName))) throw new AppExistsError(appName);
+        await this.crashPoint('provision:after-register');
+        const progress = { rolesCreated: false, databaseCreated: false };
+        try {
+          const password = newAppPassword();
+          try {
+            await createAppRoles(client, app, await scramSha256Verifier(password), this.limits);
+          } catch (err) {
+            if (DUPLICATE_ROLE_STATES.has(sqlState(err) ?? '')) throw await this.nameTakenError(client, app);
+            throw err;
+          }
+          progress.rolesCreated = true;
+          await this.crashPoint('provision:after-create-roles');
+          try {
+            await createDatabase(client, app.database);
+          } catch (err) {
+            // A database of that name that is not registered: not ours, never dropped (the reconciler reports it).
+            if (sqlState(err) === DUPLICATE_DATABASE_STATE) throw new AppExistsError(appName);
+            throw err;
+          }
+          progress.databaseCreated = true;
+          await this.crashPoint('provision:after-create-database');
+          await handDatabaseToApp(client, this.db, app.database, app);
+          await this.crashPoint('provision:after-hand-over');
+          await setAppState(client, appName, 'ready');
+          return { app, password };
+        } catch (err) {
+          await this.undoProvision(client, app, progress);
+          throw err;
+        }
+      }),
+    );
+  }
+
+  /** Removes what a failed provision made, on the locked connection; if that fails, reconcile() will. */
+  private async undoProvision(client: pg.ClientBase, app: AppIdentifiers, progress: { rolesCreated: boolean; databaseCreated: boolean }): Promise<void> {
+    try {
+      if (progress.databaseCreated) await dropDatabase(client, app.database);
+      if (progress.rolesCreated) await dropAppRoles(client, app);
+      await unregisterApp(client, app.appName);
+      if (progress.rolesCreated) this.log.warn({ app: app.appName }, 'provisioning failed; the steps already done were undone');
+    } catch (err) {
+      this.log.error({ err, app: app.appName }, 'provisioning failed and could not be undone now; the reconciler will remove it');
+    }
+  }
+
+  /** Why the app's role names are taken: a colliding app exists, or the roles are leftovers of this app. */
+  private async nameTakenError(client: pg.ClientBase, app: AppIdentifiers): Promise<Error> {
+    const siblings = collidingAppNames(app.appName).map(appIdentifiers);
+    const existing = await existingAppLogins(client, siblings.map((s) => s.username));
+    const sibling = siblings.find((s) => existing.includes(s.username));
+    if (!sibling) return new AppExistsError(app.appName);
+    const shared = sibling.username === app.accessRole ? app.accessRole : app.username;
+    return new AppNameConflictError(app.appName, sibling.appName, shared);
+  }
+
+  // --- read ------------------------------------------------------------------------------------------------
+
+  async list(): Promise<AppSummary[]> {
+    await this.db.ready();
+    return readyAppSummaries(this.db.pool);
+  }
+
+  async get(appName: string): Promise<AppSummary> {
+    await this.db.ready();
+    const [summary] = await readyAppSummaries(this.db.pool, appName);
+    if (!summary) throw new AppNotFoundError(appName);
+    return summary;
+  }
+
+  // --- rotate ----------------------------------------------------------------------------------------------
+
+  /** A new password; the old one is refused from the moment this returns, and its sessions are ended. */
+  async rotate(appName: string, context: RequestContext): Promise<Credentials & { sessionsEnded: number }> {
+    await this.db.ready();
+    return this.audited(
+      'rotate',
+      appName,
+      context,
+      () =>
+        this.db.withAppLock(appName, async (client) => {
+          const app = await this.readyApp(client, appName);
+          const password = newAppPassword();
+          await setPassword(client, app, await scramSha256Verifier(password));
+          await this.crashPoint('rotate:after-set-password');
+          const sessionsEnded = await endSessionsOfRole(client, app);
+          return { app, password, sessionsEnded };
+        }),
+      (result) => ({ sessions_ended: result.sessionsEnded }),
+    );
+  }
+
+  // --- backups ---------------------------------------------------------------------------------------------
+
+  async backup(appName: string, context: RequestContext): Promise<BackupFile> {
+    await this.db.ready();
+    return this.audited(
+      'backup',
+      appName,
+      context,
+      () => this.db.withAppLock(appName, async (client) => this.backups.dump(await this.readyApp(client, appName))),
+      (backup) => ({ file: backup.file }),
+    );
+  }
+
+  async listBackups(appName: string): Promise<BackupFile[]> {
+    await this.db.ready();
+    const registered = await findApp(this.db.pool, appName);
+    if (!registered || registered.state !== 'ready') throw new AppNotFoundError(appName);
+    return this.backups.list(appIdentifiers(appName));
+  }
+
+  /**
+   * Restores a backup into a new database beside the app's, then swaps the two in one transaction: the app
+   * sees either its old data or the restored data, never a mix, even across a crash.
+   */
+  async restore(appName: string, file: string, context: RequestContext): Promise<void> {
+    await this.db.ready();
+    await this.audited(
+      'restore',
+      appName,
+      context,
+      () =>
+        this.db.withAppLock(appName, async (client) => {
+          const app = await this.readyApp(client, appName);
+          const path = await this.backups.pathOf(app, file);
+          const restoring = WORK_DATABASE_PREFIXES.restoring + appName;
+          const retired = WORK_DATABASE_PREFIXES.retired + appName;
+          await dropDatabase(client, restoring);
+          await createDatabase(client, restoring);
+          await this.crashPoint('restore:after-create-copy');
+          try {
+            await handDatabaseToApp(client, this.db, restoring, app);
+            await this.backups.restore(path, restoring, app);
+            await this.crashPoint('restore:after-restore');
+            await this.swapWithRetries(client, app, restoring, retired);
+            await this.crashPoint('restore:after-swap');
+          } catch (err) {
+            await dropDatabase(client, restoring).catch(() => {});
+            await allowConnections(client, app.database).catch(() => {});
+            throw err;
+          }
+          await dropDatabase(client, retired);
+        }),
+      () => ({ file }),
+    );
+  }
+
+  /** Renaming needs a database nobody is in; ended sessions take a moment to go. */
+  private async swapWithRetries(client: pg.ClientBase, app: AppIdentifiers, replacement: string, retired: string): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await swapInDatabase(client, app, replacement, retired);
+        return;
+      } catch (err) {
+        if (sqlState(err) !== '55006' || attempt >= 50) throw err;
+        await sleep(100);
+      }
+    }
+  }
+
+  // --- delete ----------------------------------------------------------------------------------------------
+
+  /**
+   * Backs the app up (unless told not to), marks it deleting (committed), ends its sessions and removes its
+   * database and roles, whatever the app made inside; then the name is free again.
+   */
+  async delete(appName: string, options: { backup: boolean }, context: RequestContext): Promise<{ backup: string | null }> {
+    await this.db.ready();
+    return this.audited(
+      'delete',
+      appName,
+      context,
+      () =>
+        this.db.withAppLock(appName, async (client) => {
+          const registered = await findApp(client, appName);
+          if (!registered) throw new AppNotFoundError(appName);
+          const app = appIdentifiers(appName);
+          let backup: string | null = null;
+          if (options.backup && registered.state === 'ready') backup = (await this.backups.dump(app)).file;
+          await this.crashPoint('delete:after-backup');
+          await setAppState(client, appName, 'deleting');
+          await this.crashPoint('delete:after-mark-deleting');
+          await this.removeAppObjects(client, app);
+          await unregisterApp(client, appName);
+          return { backup };
+        }),
+      (result) => ({ backup: result.backup }),
+    );
+  }
+
+  /** Removes whatever exists of the app's objects: login first refused, sessions ended, database, roles. */
+  private async removeAppObjects(client: pg.ClientBase, app: AppIdentifiers): Promise<void> {
+    const objects = await appObjects(client, app);
+    if (objects.loginRole) {
+      await disableLogin(client, app);
+      await endSessionsOfRole(client, app);
+    }
+    await this.crashPoint('delete:after-end-sessions');
+    await dropDatabase(client, app.database);
+    await this.crashPoint('delete:after-drop-database');
+    await dropAppRoles(client, app);
+  }
+
+  // --- reconcile -------------------------------------------------------------------------------------------
+
+  /**
+   * Finds and repairs what crashes left: apps half-made (creating) are removed, apps half-removed (deleting)
+   * are finished, restore leftovers are dropped, a database left refusing connections is opened again, and
+   * complete apps missing from the registry (made before it existed) are adopted. Apps whose lock is held are
+   * being worked on right now and are skipped until the next run.
+   */
+  async reconcile(): Promise<ReconcileReport> {
+    await this.db.ready();
+    const report: ReconcileReport = { repaired: [], skippedBusy: 0 };
+    const repaired = async (app: string, action: string) => {
+      report.repaired.push({ app, action });
+      this.log.warn({ app, action }, 'reconciler repaired an app');
+      await appendAudit(this.db.pool, { action: 'reconcile', appName: app, outcome: action }).catch(() => {});
+    };
+    const locked = async (appName: string, work: (client: pg.PoolClient) => Promise<void>) => {
+      const done = await this.db.tryWithAppLock(appName, async (client) => {
+        await work(client);
+        return true;
+      });
+      if (!done) report.skippedBusy++;
+    };
+
+    for (const { app_name: appName } of await appsInState(this.db.pool, ['creating', 'deleting'])) {
+      await locked(appName, async (client) => {
+        const current = await findApp(client, appName);
+        if (!current || current.state === 'ready') return;
+        await this.removeAppObjects(client, appIdentifiers(appName));
+        await unregisterApp(client, appName);
+        await repaired(appName, current.state === 'creating' ? 'removed half-made app' : 'finished deleting app');
+      });
+    }
+
+    for (const database of await workDatabases(this.db.pool)) {
+      const appName = database.replace(WORK_DATABASE_PREFIXES.restoring, '').replace(WORK_DATABASE_PREFIXES.retired, '');
+      await locked(appName, async (client) => {
+        const app = appIdentifiers(appName);
+        await dropDatabase(client, database);
+        const objects = await appObjects(client, app);
+        if (objects.database && !objects.databaseAllowsConnections) await allowConnections(client, app.database);
+        await repaired(appName, `dropped restore leftover ${database}`);
+      });
+    }
+
+    for (const { app_name: appName } of await appsInState(this.db.pool, ['ready'])) {
+      const app = appIdentifiers(appName);
+      const objects = await appObjects(this.db.pool, app);
+      if (objects.database && !objects.databaseAllowsConnections) {
+        await locked(appName, async (client) => {
+          await allowConnections(client, app.database);
+          await repaired(appName, 'allowed connections again');
+        });
+      } else if (!objects.database || !objects.loginRole || !objects.accessRole) {
+        this.log.error({ app: appName, objects }, 'app is registered as ready but some of its objects are missing; left for the operator');
+      }
+    }
+
+    const registered = new Set(await registeredAppNames(this.db.pool));
+    for (const appName of await appNamesWithObjects(this.db.pool)) {
+      if (registered.has(appName)) continue;
+      await locked(appName, async (client) => {
+        if (await findApp(client, appName)) return;
+        const app = appIdentifiers(appName);
+        const objects = await appObjects(client, app);
+        if (objects.loginRole && objects.accessRole && objects.database) {
+          await adoptApp(client, appName);
+          await repaired(appName, 'adopted unregistered app');
+        } else if (objects.loginRole && objects.database) {
+          await addAccessRole(client, app);
+          await adoptApp(client, appName);
+          await repaired(appName, 'adopted unregistered app made before access roles, and gave it one');
+        } else if (!objects.database) {
+          await dropAppRoles(client, app);
+          await repaired(appName, 'removed roles left without a database');
+        } else {
+          this.log.warn({ app: appName, objects }, 'database app_<name> exists without its roles; not ours to drop, left for the operator');
+        }
+      });
+    }
+    return report;
+  }
+}

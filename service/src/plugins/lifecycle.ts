@@ -1,0 +1,43 @@
+// Owns the app lifecycle inside the app: decorates `app.lifecycle`, and runs the reconciler once at start and
+// then every RECONCILE_INTERVAL_MS, never two runs at once; closing the app waits for a run in progress.
+import fp from 'fastify-plugin';
+import { Backups } from '../backups.js';
+import type { Config } from '../config.js';
+import { AppLifecycle } from '../lifecycle.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    lifecycle: AppLifecycle;
+  }
+}
+
+export default fp<{ config: Config }>(
+  async (app, { config }) => {
+    const lifecycle = new AppLifecycle(app.db, new Backups(config), config, app.log, app.observeOperation);
+    app.decorate('lifecycle', lifecycle);
+
+    let timer: NodeJS.Timeout | undefined;
+    let running: Promise<void> | undefined;
+    const reconcileOnce = () => {
+      running ??= lifecycle
+        .reconcile()
+        .then((report) => app.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy }, 'reconcile finished'))
+        .catch((err) => app.log.warn({ err }, 'reconcile failed; it will run again'))
+        .finally(() => {
+          running = undefined;
+        });
+      return running;
+    };
+
+    app.addHook('onReady', async () => {
+      void reconcileOnce();
+      timer = setInterval(() => void reconcileOnce(), config.RECONCILE_INTERVAL_MS);
+      timer.unref();
+    });
+    app.addHook('onClose', async () => {
+      clearInterval(timer);
+      await running;
+    });
+  },
+  { name: 'lifecycle', dependencies: ['database', 'metrics'] },
+);

@@ -1,0 +1,67 @@
+// Owns Prometheus metrics, served at GET /metrics on the service's own port (nginx does not route it):
+// requests and latency per route, outcomes and latency per app operation, pool usage, number of apps, and
+// the process's own (memory, event loop, GC).
+import fp from 'fastify-plugin';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { countReadyApps } from '../db/registry.js';
+import type { OperationObserver } from '../lifecycle.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    observeOperation: OperationObserver;
+  }
+}
+
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+export default fp(
+  async (app) => {
+    const register = new Registry();
+    collectDefaultMetrics({ register, prefix: 'pgprov_' });
+
+    const requests = new Counter({ name: 'pgprov_http_requests_total', help: 'HTTP requests by route, method and status', labelNames: ['route', 'method', 'status'], registers: [register] });
+    const requestSeconds = new Histogram({ name: 'pgprov_http_request_duration_seconds', help: 'HTTP request latency by route and method', labelNames: ['route', 'method'], buckets: LATENCY_BUCKETS, registers: [register] });
+    const operations = new Counter({ name: 'pgprov_operations_total', help: 'App operations by name and outcome', labelNames: ['operation', 'outcome'], registers: [register] });
+    const operationSeconds = new Histogram({ name: 'pgprov_operation_duration_seconds', help: 'App operation latency by name', labelNames: ['operation'], buckets: LATENCY_BUCKETS, registers: [register] });
+    new Gauge({
+      name: 'pgprov_db_pool_connections',
+      help: 'Superuser pool connections by state (total, idle, waiting requests)',
+      labelNames: ['state'],
+      registers: [register],
+      collect() {
+        this.set({ state: 'total' }, app.db.pool.totalCount);
+        this.set({ state: 'idle' }, app.db.pool.idleCount);
+        this.set({ state: 'waiting' }, app.db.pool.waitingCount);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_apps',
+      help: 'Apps that are ready',
+      registers: [register],
+      async collect() {
+        try {
+          this.set(await countReadyApps(app.db.pool));
+        } catch {
+          // Postgres away: the gauge keeps its last value; /health says why.
+        }
+      },
+    });
+
+    app.decorate('observeOperation', (operation: string, outcome: string, seconds: number) => {
+      operations.inc({ operation, outcome });
+      operationSeconds.observe({ operation }, seconds);
+    });
+
+    app.addHook('onResponse', async (request, reply) => {
+      const route = request.routeOptions.url ?? 'unknown';
+      requests.inc({ route, method: request.method, status: String(reply.statusCode) });
+      requestSeconds.observe({ route, method: request.method }, reply.elapsedTime / 1000);
+    });
+
+    app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+      reply.type(register.contentType);
+      return register.metrics();
+    });
+  },
+  { name: 'metrics', dependencies: ['database'] },
+);

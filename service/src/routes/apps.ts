@@ -1,0 +1,116 @@
+// /apps: list and inspect apps, rotate a password, take, list and restore backups, delete an app.
+// Every route takes the admin key as "Authorization: Bearer <key>".
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { appIdentifiers } from '../app-names.js';
+import { BACKUP_FILE_PATTERN } from '../backups.js';
+import type { Config } from '../config.js';
+import type { AppSummary } from '../db/registry.js';
+import { AppNameParamsSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
+
+const AppSchema = z.object({
+  app_name: z.string(),
+  database: z.string(),
+  username: z.string(),
+  created_at: z.string(),
+  size_bytes: z.number().int(),
+  connections: z.number().int(),
+});
+
+const BackupSchema = z.object({ file: z.string(), size_bytes: z.number().int(), created_at: z.string() });
+
+const RestoreBodySchema = z.strictObject(
+  { file: z.string({ error: 'file is required: the name of one of this app\'s backups' }).regex(BACKUP_FILE_PATTERN, 'file must be a backup file name, as GET /apps/:name/backups lists them') },
+  { error: (issue) => (issue.code === 'invalid_type' ? 'the body must be a JSON object' : undefined) },
+);
+
+const DeleteQuerySchema = z.strictObject({ backup: z.stringbool({ error: 'backup must be true or false' }).default(true) });
+
+function appBody(summary: AppSummary): z.infer<typeof AppSchema> {
+  const ids = appIdentifiers(summary.app_name);
+  return {
+    app_name: ids.appName,
+    database: ids.database,
+    username: ids.username,
+    created_at: summary.created_at.toISOString(),
+    size_bytes: Math.round(summary.size_bytes),
+    connections: summary.connections,
+  };
+}
+
+const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
+  app.addHook('preHandler', async (request) => app.requireBearerKey(request));
+
+  app.get(
+    '/apps',
+    { schema: { summary: 'List every app', response: { 200: z.object({ apps: z.array(AppSchema) }), ...errorResponses } } },
+    async () => ({ apps: (await app.lifecycle.list()).map(appBody) }),
+  );
+
+  app.get(
+    '/apps/:name',
+    { schema: { summary: 'One app', params: AppNameParamsSchema, response: { 200: AppSchema, ...errorResponses } } },
+    async (request) => appBody(await app.lifecycle.get(request.params.name)),
+  );
+
+  app.post(
+    '/apps/:name/rotate',
+    {
+      schema: {
+        summary: "Give the app a new password: the old one is refused at once and its sessions are ended",
+        params: AppNameParamsSchema,
+        response: { 200: CredentialsSchema.extend({ sessions_ended: z.number().int() }), ...errorResponses },
+      },
+    },
+    async (request) => {
+      const rotated = await app.lifecycle.rotate(request.params.name, requestContext(request));
+      return { ...credentialsBody(config, rotated.app, rotated.password), sessions_ended: rotated.sessionsEnded };
+    },
+  );
+
+  app.post(
+    '/apps/:name/backups',
+    { schema: { summary: "Back up the app's database (pg_dump, custom format)", params: AppNameParamsSchema, response: { 201: BackupSchema, ...errorResponses } } },
+    async (request, reply) => reply.code(201).send(await app.lifecycle.backup(request.params.name, requestContext(request))),
+  );
+
+  app.get(
+    '/apps/:name/backups',
+    { schema: { summary: "The app's backups, newest first", params: AppNameParamsSchema, response: { 200: z.object({ backups: z.array(BackupSchema) }), ...errorResponses } } },
+    async (request) => ({ backups: await app.lifecycle.listBackups(request.params.name) }),
+  );
+
+  app.post(
+    '/apps/:name/restore',
+    {
+      schema: {
+        summary: "Replace the app's database with one of its backups",
+        params: AppNameParamsSchema,
+        body: RestoreBodySchema,
+        response: { 200: z.object({ app_name: z.string(), restored: z.string() }), ...errorResponses },
+      },
+    },
+    async (request) => {
+      await app.lifecycle.restore(request.params.name, request.body.file, requestContext(request));
+      return { app_name: request.params.name, restored: request.body.file };
+    },
+  );
+
+  app.delete(
+    '/apps/:name',
+    {
+      schema: {
+        summary: 'Delete the app: a backup first (unless ?backup=false), then its sessions, database and roles',
+        params: AppNameParamsSchema,
+        querystring: DeleteQuerySchema,
+        response: { 200: z.object({ deleted: z.string(), backup: z.string().nullable() }), ...errorResponses },
+      },
+    },
+    async (request) => {
+      const { backup } = await app.lifecycle.delete(request.params.name, { backup: request.query.backup }, requestContext(request));
+      return { deleted: request.params.name, backup };
+    },
+  );
+};
+
+export default appsRoutes;

@@ -1,0 +1,126 @@
+// Crash safety: the service is killed (SIGKILL, via CRASH_AT) between the statements of provision, rotate,
+// restore and delete. After a restart, the reconciler must leave every app complete or absent, and every app
+// the client was told exists must still work.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { asApp, startTestStack, type ProvisionedApp, type TestStack } from './helpers/stack.js';
+
+let t: TestStack;
+let survivor: ProvisionedApp;
+
+before(async () => {
+  t = await startTestStack();
+  survivor = await t.provision('survivor');
+  await asApp(survivor.connection_string, (c) => c.query("CREATE TABLE kept AS SELECT 'yes' AS v"));
+});
+after(async () => {
+  await t?.stop();
+});
+
+/** Restarts the service with CRASH_AT=point, runs `trigger`, waits for the crash, restarts it normally, waits for reconcile. */
+async function crashAt(point: string, trigger: () => Promise<unknown>): Promise<void> {
+  await t.stack.stopService();
+  await t.stack.startService({ CRASH_AT: point });
+  const answer = await trigger();
+  assert.equal((answer as { status?: number }).status, 503, `${point}: the client is told the service is unreachable`);
+  await t.stack.serviceExited();
+  const from = t.serviceLines.length;
+  await t.stack.startService();
+  await t.waitForServiceLine(/"msg":"reconcile finished"/, from);
+}
+
+interface AppState {
+  registry: string[];
+  loginRole: boolean;
+  accessRole: boolean;
+  database: boolean;
+  allowsConnections: boolean | null;
+  workDatabases: string[];
+}
+
+async function stateOf(appName: string): Promise<AppState> {
+  const registry = await t.superuser(async (db) => (await db.query('SELECT state FROM apps WHERE app_name = $1', [appName])).rows.map((r) => r.state), 'provisioner');
+  return t.superuser(async (db) => {
+    const row = (
+      await db.query(
+        `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS login, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS access,
+                (SELECT datallowconn FROM pg_database WHERE datname = $2) AS allow`,
+        [`app_${appName}_user`, `app_${appName}`],
+      )
+    ).rows[0];
+    const work = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%'")).rows.map((r) => r.datname);
+    return { registry, loginRole: row.login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
+  });
+}
+
+const ABSENT: AppState = { registry: [], loginRole: false, accessRole: false, database: false, allowsConnections: null, workDatabases: [] };
+const COMPLETE: AppState = { registry: ['ready'], loginRole: true, accessRole: true, database: true, allowsConnections: true, workDatabases: [] };
+
+describe('a crash in the middle of provisioning leaves no half-made app', () => {
+  for (const point of ['provision:after-register', 'provision:after-create-roles', 'provision:after-create-database', 'provision:after-hand-over']) {
+    it(`at ${point}: the app is absent after reconcile, and the name can be provisioned again`, async () => {
+      const name = `crash_${point.split(':')[1]!.replaceAll('-', '_')}`;
+      await crashAt(point, () => t.post('/provision', { app_name: name, admin_key: t.stack.adminKey }));
+      assert.deepEqual(await stateOf(name), ABSENT);
+      const app = await t.provision(name);
+      await asApp(app.connection_string, (c) => c.query('SELECT 1'));
+      assert.deepEqual(await stateOf(name), COMPLETE);
+    });
+  }
+});
+
+describe('a crash in the middle of deleting leaves the app either whole or gone', () => {
+  it('at delete:after-backup (before anything is removed): the app is complete and still works', async () => {
+    const app = await t.provision('del_early');
+    await crashAt('delete:after-backup', () => t.admin('DELETE', '/apps/del_early'));
+    assert.deepEqual(await stateOf('del_early'), COMPLETE);
+    await asApp(app.connection_string, (c) => c.query('SELECT 1'));
+  });
+
+  for (const point of ['delete:after-mark-deleting', 'delete:after-end-sessions', 'delete:after-drop-database']) {
+    it(`at ${point}: the deletion is finished by the reconciler`, async () => {
+      const name = `del_${point.split(':')[1]!.replaceAll('-', '_')}`;
+      await t.provision(name);
+      await crashAt(point, () => t.admin('DELETE', `/apps/${name}`));
+      assert.deepEqual(await stateOf(name), ABSENT);
+    });
+  }
+});
+
+describe('a crash in the middle of rotating', () => {
+  it('at rotate:after-set-password: the app is complete, and rotating again gives a working password', async () => {
+    await t.provision('rot_crash');
+    await crashAt('rotate:after-set-password', () => t.admin('POST', '/apps/rot_crash/rotate'));
+    assert.deepEqual(await stateOf('rot_crash'), COMPLETE);
+    const rotated = await t.admin('POST', '/apps/rot_crash/rotate');
+    assert.equal(rotated.status, 200);
+    await asApp(String(rotated.body.connection_string), (c) => c.query('SELECT 1'));
+  });
+});
+
+describe('a crash in the middle of restoring leaves the old data or the restored data, never a mix', () => {
+  for (const point of ['restore:after-create-copy', 'restore:after-restore', 'restore:after-swap']) {
+    it(`at ${point}`, async () => {
+      const name = `res_${point.split(':')[1]!.replaceAll('-', '_')}`;
+      const app = await t.provision(name);
+      await asApp(app.connection_string, (c) => c.query("CREATE TABLE t AS SELECT 'backed up' AS v"));
+      const backup = await t.admin('POST', `/apps/${name}/backups`);
+      await asApp(app.connection_string, (c) => c.query("UPDATE t SET v = 'changed later'"));
+      await crashAt(point, () => t.admin('POST', `/apps/${name}/restore`, { file: backup.body.file }));
+      assert.deepEqual(await stateOf(name), COMPLETE);
+      const value = await asApp(app.connection_string, async (c) => (await c.query('SELECT v FROM t')).rows[0].v);
+      assert.equal(value, point === 'restore:after-swap' ? 'backed up' : 'changed later');
+    });
+  }
+});
+
+describe('after every crash', () => {
+  it('the app the client was told exists still works, with its data', async () => {
+    const rows = await asApp(survivor.connection_string, async (c) => (await c.query('SELECT v FROM kept')).rows);
+    assert.deepEqual(rows, [{ v: 'yes' }]);
+    const listed = await t.admin('GET', '/apps');
+    const names = (listed.body.apps as Array<{ app_name: string }>).map((a) => a.app_name);
+    assert.ok(names.includes('survivor'));
+    for (const name of names) assert.deepEqual(await stateOf(name), COMPLETE, name);
+  });
+});

@@ -1,7 +1,7 @@
 // The app lifecycle through nginx: list, inspect, rotate, back up, restore, delete; every status code and
 // failure path; the audit log; OpenAPI and metrics on the service's own port.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../scripts/local-stack.js';
@@ -9,7 +9,7 @@ import { asApp, connectAs, rejectionOf, request, startTestStack, type TestStack 
 
 let t: TestStack;
 before(async () => {
-  t = await startTestStack();
+  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', DATABASE_LOCK_TIMEOUT_MS: '1000' } });
 });
 after(async () => {
   await t?.stop();
@@ -185,6 +185,50 @@ describe('DELETE /apps/:name', () => {
   it('answers 404 for an unknown app and 400 for a bad name', async () => {
     assert.equal((await t.admin('DELETE', '/apps/nobody_here')).status, 404);
     assert.equal((await t.admin('DELETE', '/apps/bad-name')).status, 400);
+  });
+});
+
+describe('failures', () => {
+  it('answers 500 without detail when pg_restore refuses a file, and leaves the app as it was', async () => {
+    const app = await t.provision('bad_dump');
+    await asApp(app.connection_string, (c) => c.query("CREATE TABLE t AS SELECT 'intact' AS v"));
+    const file = 'app_bad_dump-20260101T000000000Z.dump';
+    writeFileSync(join(t.stack.paths.backups, file), 'PGDMP this is not a dump');
+    const response = await t.admin('POST', '/apps/bad_dump/restore', { file });
+    assert.equal(response.status, 500);
+    assert.deepEqual(response.body, { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' });
+    assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SELECT v FROM t')).rows[0].v), 'intact');
+    const leftovers = await t.superuser(async (db) => (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%'")).rows);
+    assert.deepEqual(leftovers, []);
+  });
+
+  it('answers 409 when another operation holds the app longer than the lock timeout', async () => {
+    await t.provision('held');
+    const holder = await t.superuser(async (db) => {
+      await db.query("SELECT pg_advisory_lock(hashtextextended('pg-provisioner:app:' || 'held', 0))");
+      try {
+        return await t.admin('POST', '/apps/held/rotate');
+      } finally {
+        await db.query("SELECT pg_advisory_unlock(hashtextextended('pg-provisioner:app:' || 'held', 0))");
+      }
+    }, 'provisioner'); // advisory locks belong to a database: the service takes them in its own
+    assert.equal(holder.status, 409);
+    assert.equal(holder.body.message, "another operation on app 'held' is in progress: retry when it has finished");
+    assert.equal((await t.admin('POST', '/apps/held/rotate')).status, 200, 'free again once the holder is done');
+  });
+
+  it('answers 503 on every lifecycle route while Postgres is down', async () => {
+    await t.stack.stopPostgres();
+    try {
+      for (const [method, path] of [['GET', '/apps'], ['GET', '/apps/held'], ['POST', '/apps/held/rotate'], ['POST', '/apps/held/backups'], ['DELETE', '/apps/held']] as const) {
+        const response = await t.admin(method, path);
+        assert.equal(response.status, 503, `${method} ${path}`);
+        assert.equal(response.body.message, 'the database is unavailable, retry later');
+      }
+    } finally {
+      await t.stack.startPostgres();
+    }
+    assert.equal((await t.admin('GET', '/apps/held')).status, 200);
   });
 });
 

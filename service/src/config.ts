@@ -27,12 +27,21 @@ export const ConfigSchema = z.object({
   /** How long an operation waits for another one on the same app (or any Postgres lock) before giving up. */
   DATABASE_LOCK_TIMEOUT_MS: durationMs.default(10_000),
   HEALTH_TIMEOUT_MS: durationMs.default(1_500),
+  /** How long one health ping's answer is shared by every /health request. */
+  HEALTH_REUSE_MS: z.coerce.number().int().min(0).max(1_000).default(250),
 
   /** Backups: where dumps are written (compose mounts ./backups here), and the client programs (PostgreSQL 15). */
   BACKUP_DIR: z.string().min(1).default('/backups'),
   PG_DUMP_PATH: z.string().min(1).default('pg_dump'),
   PG_RESTORE_PATH: z.string().min(1).default('pg_restore'),
   BACKUP_TIMEOUT_MS: durationMs.default(15 * 60_000),
+
+  /**
+   * The ready pool: sets of app objects prepared in the background so provisioning is one short transaction.
+   * Each set costs about 7.5 MB of disk (a copy of template1). 0 turns the pool off.
+   */
+  READY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(5),
+  READY_POOL_REFILL_PER_SECOND: z.coerce.number().min(0.01).max(100).default(2),
 
   /** The reconciler repairs half-made and half-removed apps at start and then every this often. */
   RECONCILE_INTERVAL_MS: durationMs.default(60_000),

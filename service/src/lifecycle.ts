@@ -29,7 +29,7 @@ import {
   workDatabases,
   type AppRoleLimits,
 } from './db/app-objects.js';
-import { sqlState, type Database } from './db/database.js';
+import { appLock, sqlState, type Database } from './db/database.js';
 import {
   adoptApp,
   appendAudit,
@@ -42,7 +42,10 @@ import {
   unregisterApp,
   type AppSummary,
 } from './db/registry.js';
+import { handOver } from './db/ready-pool.js';
+import { CredentialStock } from './credential-stock.js';
 import { AppExistsError, AppNameConflictError, AppNotFoundError } from './errors.js';
+import { ReadyPool } from './ready-pool.js';
 import { newAppPassword, scramSha256Verifier } from './secrets.js';
 
 /** Who asked: written to the audit log with every operation. */
@@ -77,6 +80,8 @@ export class AppLifecycle {
   private readonly log: FastifyBaseLogger;
   private readonly observe: OperationObserver;
   private readonly limits: AppRoleLimits;
+  private readonly credentials = new CredentialStock(16);
+  readonly readyPool: ReadyPool;
 
   constructor(db: Database, backups: Backups, config: Config, log: FastifyBaseLogger, observe: OperationObserver = () => {}) {
     this.db = db;
@@ -90,6 +95,17 @@ export class AppLifecycle {
       statementTimeout: config.APP_STATEMENT_TIMEOUT,
       idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
     };
+    this.readyPool = new ReadyPool(db, config, log, this.limits, (point) => this.crashPoint(point));
+  }
+
+  /** Starts the background work: the credential stock and the ready pool's refilling. */
+  start(): void {
+    void this.credentials.refill();
+    this.readyPool.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.readyPool.stop();
   }
 
   /** Tests only: dies here, at once and without cleaning up, when CRASH_AT names this point. */
@@ -129,46 +145,71 @@ export class AppLifecycle {
   // --- provision -------------------------------------------------------------------------------------------
 
   /**
-   * Creates the app: registry row (state creating, committed first), roles, database, hand-over, then state
-   * ready. A failure undoes the steps done; a crash leaves the registry row, and reconcile() removes the rest.
+   * Creates the app. From the ready pool when it has a set: one transaction renames a prepared set to the
+   * app's names and registers the app. Otherwise on demand: registry row (state creating, committed first),
+   * roles, database, hand-over, then state ready; a failure undoes the steps done, and a crash leaves the
+   * registry row, from which reconcile() removes the rest.
    */
   async provision(appName: string, context: RequestContext): Promise<Credentials> {
     await this.db.ready();
-    return this.audited('provision', appName, context, () =>
-      this.db.withAppLock(appName, async (client) => {
-        const app = appIdentifiers(appName);
-        if (!(await registerApp(client, appName))) throw new AppExistsError(appName);
-        await this.crashPoint('provision:after-register');
-        const progress = { rolesCreated: false, databaseCreated: false };
+    return this.audited('provision', appName, context, async () => {
+      const app = appIdentifiers(appName);
+      const { password, verifier } = await this.credentials.take();
+      if (this.readyPool.enabled && (await this.handOverReadySet(app, verifier))) {
+        await this.crashPoint('provision:after-handover');
+        this.readyPool.wake();
+        return { app, password };
+      }
+      return this.provisionOnDemand(app, password, verifier);
+    });
+  }
+
+  private async handOverReadySet(app: AppIdentifiers, verifier: string): Promise<boolean> {
+    return this.db.withClient(async (client) => {
+      try {
+        return await handOver(client, app, verifier);
+      } catch (err) {
+        const state = sqlState(err) ?? '';
+        if (state === '23505' || state === DUPLICATE_DATABASE_STATE) throw new AppExistsError(app.appName);
+        if (DUPLICATE_ROLE_STATES.has(state)) throw await this.nameTakenError(client, app);
+        throw err;
+      }
+    });
+  }
+
+  private async provisionOnDemand(app: AppIdentifiers, password: string, verifier: string): Promise<Credentials> {
+    const appName = app.appName;
+    return this.db.withAppLock(appName, async (client) => {
+      if (!(await registerApp(client, appName))) throw new AppExistsError(appName);
+      await this.crashPoint('provision:after-register');
+      const progress = { rolesCreated: false, databaseCreated: false };
+      try {
         try {
-          const password = newAppPassword();
-          try {
-            await createAppRoles(client, app, await scramSha256Verifier(password), this.limits);
-          } catch (err) {
-            if (DUPLICATE_ROLE_STATES.has(sqlState(err) ?? '')) throw await this.nameTakenError(client, app);
-            throw err;
-          }
-          progress.rolesCreated = true;
-          await this.crashPoint('provision:after-create-roles');
-          try {
-            await createDatabase(client, app.database);
-          } catch (err) {
-            // A database of that name that is not registered: not ours, never dropped (the reconciler reports it).
-            if (sqlState(err) === DUPLICATE_DATABASE_STATE) throw new AppExistsError(appName);
-            throw err;
-          }
-          progress.databaseCreated = true;
-          await this.crashPoint('provision:after-create-database');
-          await handDatabaseToApp(client, this.db, app.database, app);
-          await this.crashPoint('provision:after-hand-over');
-          await setAppState(client, appName, 'ready');
-          return { app, password };
+          await createAppRoles(client, app, verifier, this.limits);
         } catch (err) {
-          await this.undoProvision(client, app, progress);
+          if (DUPLICATE_ROLE_STATES.has(sqlState(err) ?? '')) throw await this.nameTakenError(client, app);
           throw err;
         }
-      }),
-    );
+        progress.rolesCreated = true;
+        await this.crashPoint('provision:after-create-roles');
+        try {
+          await createDatabase(client, app.database);
+        } catch (err) {
+          // A database of that name that is not registered: not ours, never dropped (the reconciler reports it).
+          if (sqlState(err) === DUPLICATE_DATABASE_STATE) throw new AppExistsError(appName);
+          throw err;
+        }
+        progress.databaseCreated = true;
+        await this.crashPoint('provision:after-create-database');
+        await handDatabaseToApp(client, this.db, app.database, app);
+        await this.crashPoint('provision:after-hand-over');
+        await setAppState(client, appName, 'ready');
+        return { app, password };
+      } catch (err) {
+        await this.undoProvision(client, app, progress);
+        throw err;
+      }
+    });
   }
 
   /** Removes what a failed provision made, on the locked connection; if that fails, reconcile() will. */
@@ -358,7 +399,7 @@ export class AppLifecycle {
       await appendAudit(this.db.pool, { action: 'reconcile', appName: app, outcome: action }).catch(() => {});
     };
     const locked = async (appName: string, work: (client: pg.PoolClient) => Promise<void>) => {
-      const done = await this.db.tryWithAppLock(appName, async (client) => {
+      const done = await this.db.tryWithLock(appLock(appName), async (client) => {
         await work(client);
         return true;
       });
@@ -398,6 +439,8 @@ export class AppLifecycle {
         this.log.error({ app: appName, objects }, 'app is registered as ready but some of its objects are missing; left for the operator');
       }
     }
+
+    for (const id of await this.readyPool.reconcile()) await repaired(`ready pool set ${id}`, 'removed half-prepared set');
 
     const registered = new Set(await registeredAppNames(this.db.pool));
     for (const appName of await appNamesWithObjects(this.db.pool)) {

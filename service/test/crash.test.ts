@@ -9,7 +9,9 @@ let t: TestStack;
 let survivor: ProvisionedApp;
 
 before(async () => {
-  t = await startTestStack();
+  // The on-demand path is the one with many steps; the ready pool's handover is one transaction, and gets its
+  // own tests at the end, with the pool switched on.
+  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', READY_POOL_SIZE: '0' } });
   survivor = await t.provision('survivor');
   await asApp(survivor.connection_string, (c) => c.query("CREATE TABLE kept AS SELECT 'yes' AS v"));
 });
@@ -17,15 +19,22 @@ after(async () => {
   await t?.stop();
 });
 
-/** Restarts the service with CRASH_AT=point, runs `trigger`, waits for the crash, restarts it normally, waits for reconcile. */
-async function crashAt(point: string, trigger: () => Promise<unknown>): Promise<void> {
+/**
+ * Restarts the service with CRASH_AT=point (and `crashEnv`), runs `trigger` (if any), waits for the crash,
+ * restarts it normally (with `env`), and waits for the reconciler's first run.
+ */
+async function crashAt(point: string, trigger?: () => Promise<unknown>, env: Record<string, string> = {}, crashEnv = env): Promise<void> {
   await t.stack.stopService();
-  await t.stack.startService({ CRASH_AT: point });
-  const answer = await trigger();
-  assert.equal((answer as { status?: number }).status, 503, `${point}: the client is told the service is unreachable`);
+  // Without a trigger the crash comes from background work, possibly before the service reports ready.
+  const started = t.stack.startService({ ...crashEnv, CRASH_AT: point });
+  await (trigger ? started : started.catch(() => {}));
+  if (trigger) {
+    const answer = await trigger();
+    assert.equal((answer as { status?: number }).status, 503, `${point}: the client is told the service is unreachable`);
+  }
   await t.stack.serviceExited();
   const from = t.serviceLines.length;
-  await t.stack.startService();
+  await t.stack.startService(env);
   await t.waitForServiceLine(/"msg":"reconcile finished"/, from);
 }
 
@@ -48,7 +57,7 @@ async function stateOf(appName: string): Promise<AppState> {
         [`app_${appName}_user`, `app_${appName}`],
       )
     ).rows[0];
-    const work = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%'")).rows.map((r) => r.datname);
+    const work = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%' AND datname NOT LIKE 'pgprov\\_ready\\_%'")).rows.map((r) => r.datname);
     return { registry, loginRole: row.login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
   });
 }
@@ -112,6 +121,36 @@ describe('a crash in the middle of restoring leaves the old data or the restored
       assert.equal(value, point === 'restore:after-swap' ? 'backed up' : 'changed later');
     });
   }
+});
+
+describe('a crash with the ready pool on', () => {
+  const pool = { READY_POOL_SIZE: '2', READY_POOL_REFILL_PER_SECOND: '20' };
+  const readySets = () =>
+    t.superuser(async (db) => {
+      const entries = await t.superuser(async (p) => (await p.query('SELECT id, state FROM ready_pool ORDER BY id')).rows, 'provisioner');
+      const databases = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_ready\\_%' ORDER BY 1")).rows.map((r) => r.datname);
+      const roles = (await db.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgprov\\_ready\\_%' ORDER BY 1")).rows.map((r) => r.rolname);
+      return { entries, databases, roles };
+    });
+
+  it('while preparing a set (after its database is made): the half-prepared set is removed', async () => {
+    await crashAt('ready-pool:after-create-database', undefined, { READY_POOL_SIZE: '0' }, pool);
+    const sets = await readySets();
+    assert.deepEqual(sets, { entries: [], databases: [], roles: [] });
+  });
+
+  it('right after a handover commits: the app is complete and works', async () => {
+    await t.stack.stopService();
+    await t.stack.startService(pool);
+    await t.waitForServiceLine(/"msg":"reconcile finished"/);
+    for (let i = 0; i < 100 && (await readySets()).entries.filter((e) => e.state === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    await crashAt('provision:after-handover', () => t.post('/provision', { app_name: 'pooled_crash', admin_key: t.stack.adminKey }), pool);
+    assert.deepEqual(await stateOf('pooled_crash'), COMPLETE);
+    const rotated = await t.admin('POST', '/apps/pooled_crash/rotate');
+    await asApp(String(rotated.body.connection_string), (c) => c.query('SELECT 1'));
+    const sets = await readySets();
+    for (const entry of sets.entries) assert.ok(sets.databases.includes(`pgprov_ready_${entry.id}`) || entry.state === 'preparing');
+  });
 });
 
 describe('after every crash', () => {

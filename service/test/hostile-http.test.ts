@@ -16,8 +16,9 @@ after(async () => {
 
 const catalogSnapshot = () =>
   t.superuser(async (db) => {
-    const roles = await db.query("SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' ORDER BY 1");
-    const databases = await db.query('SELECT datname FROM pg_database ORDER BY 1');
+    // The ready pool's prepared sets (pgprov_ready_*) come and go in the background; everything else must not.
+    const roles = await db.query("SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname NOT LIKE 'pgprov\\_ready\\_%' ORDER BY 1");
+    const databases = await db.query("SELECT datname FROM pg_database WHERE datname NOT LIKE 'pgprov\\_ready\\_%' ORDER BY 1");
     return { roles: roles.rows.map((r) => r.rolname), databases: databases.rows.map((r) => r.datname) };
   });
 

@@ -2,7 +2,7 @@
 // opened from the connection strings exactly as returned.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { asApp, rejectionOf, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
+import { asApp, eventually, rejectionOf, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
 
 let t: TestStack;
 before(async () => {
@@ -222,7 +222,8 @@ describe('health when Postgres is away', () => {
   it('answers 503 with JSON while Postgres is down, and ok again once it is back', async () => {
     await t.stack.stopPostgres();
     try {
-      const down = await t.get('/health');
+      // One ping's answer is shared for HEALTH_REUSE_MS (250 ms), so the change shows within a moment.
+      const down = await eventually(() => t.get('/health'), (r) => r.status === 503);
       assert.equal(down.status, 503);
       assert.equal(down.body.status, 'unavailable');
       const provision = await t.post('/provision', { app_name: 'while_down', admin_key: t.stack.adminKey });
@@ -231,7 +232,7 @@ describe('health when Postgres is away', () => {
     } finally {
       await t.stack.startPostgres();
     }
-    assert.equal((await t.get('/health')).status, 200);
+    assert.equal((await eventually(() => t.get('/health'), (r) => r.status === 200)).status, 200);
     assert.equal((await t.post('/provision', { app_name: 'after_outage', admin_key: t.stack.adminKey })).status, 201);
   });
 });

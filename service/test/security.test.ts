@@ -15,10 +15,20 @@ let a: ProvisionedApp;
 let b: ProvisionedApp;
 const CONNECTION_LIMIT = 5;
 
+const readySetIds = () =>
+  t.superuser(async (db) => (await db.query("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY id")).rows.map((r) => r.id as string), 'provisioner');
+
 before(async () => {
-  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', APP_CONNECTION_LIMIT: String(CONNECTION_LIMIT), APP_TEMP_FILE_LIMIT: '1MB' } });
+  t = await startTestStack({
+    serviceEnv: { LOG_PRETTY: 'false', APP_CONNECTION_LIMIT: String(CONNECTION_LIMIT), APP_TEMP_FILE_LIMIT: '1MB', READY_POOL_SIZE: '3', READY_POOL_REFILL_PER_SECOND: '20' },
+  });
+  // A and B are handed over from the ready pool, so every promise below is tested on that path too.
+  for (let i = 0; i < 100 && (await readySetIds()).length < 3; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+  const before = await readySetIds();
+  assert.equal(before.length, 3);
   a = await t.provision('hostile_a');
   b = await t.provision('victim_b');
+  assert.ok((await readySetIds()).filter((id) => before.includes(id)).length <= 1, 'A and B came from the ready pool');
   await asApp(b.connection_string, (c) => c.query("CREATE TABLE secrets AS SELECT 'b-private' AS v"));
 });
 after(async () => {
@@ -254,6 +264,26 @@ describe('names that look alike stay apart', () => {
     assert.equal(response.body.message, "app_name 'pair' cannot be used while app 'pair_user' exists: Postgres would give both a role named app_pair_user");
     const middle = await t.post('/provision', { app_name: 'kin_user', admin_key: t.stack.adminKey });
     assert.equal(middle.status, 409, 'kin_user collides with kin and kin_user_user');
+  });
+});
+
+describe('the ready pool', () => {
+  it('lets no one log in to, or connect to, a prepared set before it is handed over', async () => {
+    for (let i = 0; i < 100 && (await readySetIds()).length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    const [id] = await readySetIds();
+    assert.ok(id, 'a prepared set exists');
+    const role = await t.superuser(async (db) => (await db.query('SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = $1', [`pgprov_ready_${id}_user`])).rows[0]);
+    assert.deepEqual(role, { rolcanlogin: false, rolpassword: null });
+    const url = new URL(a.connection_string);
+    for (const [user, password] of [[`pgprov_ready_${id}_user`, ''], [`pgprov_ready_${id}_user`, 'guess'], [`pgprov_ready_${id}`, 'guess']] as const) {
+      const attempt = new URL(a.connection_string);
+      attempt.username = user;
+      attempt.password = password;
+      attempt.pathname = `/pgprov_ready_${id}`;
+      await rejectionOf(asApp(attempt.toString(), (c) => c.query('SELECT 1')));
+    }
+    const err = await rejectionOf(asApp(`postgres://${url.username}:${url.password}@${url.host}/pgprov_ready_${id}?sslmode=disable`, (c) => c.query('SELECT 1')));
+    assert.match(err.message, /pg_hba\.conf rejects|no pg_hba\.conf entry/);
   });
 });
 

@@ -5,6 +5,9 @@
 // does).
 import pg from 'pg';
 import type { AppIdentifiers } from '../app-names.js';
+
+/** The Postgres names of one set of app objects: an app's, or a prepared set in the ready pool. */
+export type ObjectNames = Pick<AppIdentifiers, 'database' | 'username' | 'accessRole'>;
 import type { Database } from './database.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
@@ -27,14 +30,15 @@ export interface AppRoleLimits {
 /**
  * The access role (NOLOGIN, named like the database, for pg_hba.conf's samerole) and the login role, with
  * their limits. One message of several statements runs as one implicit transaction: both appear, or neither.
+ * Without a password verifier (the ready pool), the login role is made NOLOGIN and gets no password.
  */
-export async function createAppRoles(db: Queryable, app: AppIdentifiers, passwordVerifier: string, limits: AppRoleLimits): Promise<void> {
+export async function createAppRoles(db: Queryable, app: ObjectNames, passwordVerifier: string | null, limits: AppRoleLimits): Promise<void> {
   const role = ident(app.username);
   const accessRole = ident(app.accessRole);
   await db.query(
     `CREATE ROLE ${accessRole} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
-     CREATE ROLE ${role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS
-       CONNECTION LIMIT ${limits.connectionLimit} PASSWORD ${literal(passwordVerifier)}
+     CREATE ROLE ${role} WITH ${passwordVerifier === null ? 'NOLOGIN' : `LOGIN PASSWORD ${literal(passwordVerifier)}`}
+       NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT ${limits.connectionLimit}
        IN ROLE ${ident(APPS_GROUP_ROLE)}, ${accessRole};
      ALTER ROLE ${role} SET temp_file_limit = ${literal(limits.tempFileLimit)};
      ALTER ROLE ${role} SET statement_timeout = ${literal(limits.statementTimeout)};
@@ -62,7 +66,7 @@ export async function createDatabase(db: Queryable, database: string): Promise<v
  * the app cannot GRANT CONNECT on it to anyone else; the app may create schemas, extensions and temp tables,
  * and owns its public schema (which needs a connection into that database).
  */
-export async function handDatabaseToApp(db: Queryable, database: Database, name: string, app: AppIdentifiers): Promise<void> {
+export async function handDatabaseToApp(db: Queryable, database: Database, name: string, app: ObjectNames): Promise<void> {
   await db.query(
     `REVOKE ALL ON DATABASE ${ident(name)} FROM PUBLIC;
      GRANT CONNECT, CREATE, TEMPORARY ON DATABASE ${ident(name)} TO ${ident(app.username)};`,
@@ -78,14 +82,14 @@ export async function dropDatabase(db: Queryable, database: string): Promise<voi
  * Drops the app's login role, and its access role if that is a NOLOGIN role: a LOGIN role of that name is
  * another app's login (app x's app_x_user for app x_user), never ours to drop.
  */
-export async function dropAppRoles(db: Queryable, app: AppIdentifiers): Promise<void> {
+export async function dropAppRoles(db: Queryable, app: ObjectNames): Promise<void> {
   await db.query(`DROP ROLE IF EXISTS ${ident(app.username)}`);
   const { rows } = await db.query<{ rolcanlogin: boolean }>(`SELECT rolcanlogin FROM pg_roles WHERE rolname = $1`, [app.accessRole]);
   if (rows[0] && !rows[0].rolcanlogin) await db.query(`DROP ROLE ${ident(app.accessRole)}`);
 }
 
 /** Gives an app made before access roles existed its access role, so pg_hba.conf's samerole admits it. */
-export async function addAccessRole(db: Queryable, app: AppIdentifiers): Promise<void> {
+export async function addAccessRole(db: Queryable, app: ObjectNames): Promise<void> {
   await db.query(
     `CREATE ROLE ${ident(app.accessRole)} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
      GRANT ${ident(app.accessRole)} TO ${ident(app.username)};`,
@@ -97,12 +101,12 @@ export async function setPassword(db: Queryable, app: AppIdentifiers, passwordVe
 }
 
 /** The login role can no longer open sessions (its password stays). */
-export async function disableLogin(db: Queryable, app: AppIdentifiers): Promise<void> {
+export async function disableLogin(db: Queryable, app: ObjectNames): Promise<void> {
   await db.query(`ALTER ROLE ${ident(app.username)} WITH NOLOGIN`);
 }
 
 /** Ends every session of the app's login role, in every database. Returns how many were ended. */
-export async function endSessionsOfRole(db: Queryable, app: AppIdentifiers): Promise<number> {
+export async function endSessionsOfRole(db: Queryable, app: ObjectNames): Promise<number> {
   const { rows } = await db.query<{ ended: number }>(
     `SELECT count(pg_terminate_backend(pid))::int AS ended FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`,
     [app.username],
@@ -115,7 +119,7 @@ export async function endSessionsOfRole(db: Queryable, app: AppIdentifiers): Pro
  * `retired` and `replacement` to the app's name. New sessions are refused while it happens; existing ones are
  * ended (renaming needs a database nobody is connected to).
  */
-export async function swapInDatabase(db: Queryable, app: AppIdentifiers, replacement: string, retired: string): Promise<void> {
+export async function swapInDatabase(db: Queryable, app: ObjectNames, replacement: string, retired: string): Promise<void> {
   await db.query(`ALTER DATABASE ${ident(app.database)} WITH ALLOW_CONNECTIONS false`);
   await db.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()`, [app.database]);
   await db.query(
@@ -137,7 +141,7 @@ export interface AppObjects {
 }
 
 /** Which of the app's objects exist right now. */
-export async function appObjects(db: Queryable, app: AppIdentifiers): Promise<AppObjects> {
+export async function appObjects(db: Queryable, app: ObjectNames): Promise<AppObjects> {
   const { rows } = await db.query<AppObjects>(
     `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS "loginRole",
             EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2 AND NOT rolcanlogin) AS "accessRole",

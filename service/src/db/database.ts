@@ -14,8 +14,13 @@ export function sqlState(err: unknown): string | undefined {
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }
 
-/** The advisory-lock key of an app: one lock per name, so operations on one app run one at a time. */
-const APP_LOCK_KEY = `hashtextextended('pg-provisioner:app:' || $1, 0)`;
+/**
+ * Advisory-lock keys: `app:<name>` (operations on one app run one at a time) and `ready:<id>` (a ready-pool
+ * set being prepared). Locks belong to the database they are taken in: always the system's own.
+ */
+export const LOCK_KEY_SQL = `hashtextextended('pg-provisioner:' || $1, 0)`;
+export const appLock = (appName: string) => `app:${appName}`;
+export const readyLock = (id: string) => `ready:${id}`;
 
 export class Database {
   readonly pool: pg.Pool;
@@ -60,6 +65,28 @@ export class Database {
     return this.schemaApplied;
   }
 
+  private lastCheck?: { at: number; result: Promise<void> };
+
+  /**
+   * Whether Postgres answers, for /health: one ping at a time, its answer shared by every caller for
+   * `reuseMs`, so a flood of health checks costs Postgres at most a few queries a second. A dead database
+   * is reported within timeoutMs + reuseMs.
+   */
+  checkHealth(timeoutMs: number, reuseMs: number): Promise<void> {
+    const now = Date.now();
+    if (!this.lastCheck || now - this.lastCheck.at > reuseMs) {
+      const result = this.ping(timeoutMs);
+      result.catch(() => {}); // observed by callers; never an unhandled rejection
+      this.lastCheck = { at: now, result };
+      // Measure reuse from when the answer came, so an in-flight ping is shared however long it takes.
+      void result.then(
+        () => this.lastCheck?.result === result && (this.lastCheck.at = Date.now()),
+        () => this.lastCheck?.result === result && (this.lastCheck.at = Date.now()),
+      );
+    }
+    return this.lastCheck.result;
+  }
+
   /** Resolves when Postgres answers a trivial query within `timeoutMs`; rejects otherwise. */
   async ping(timeoutMs: number): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
@@ -96,7 +123,7 @@ export class Database {
   async withAppLock<T>(appName: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
     return this.withClient(async (client) => {
       try {
-        await client.query(`SELECT pg_advisory_lock(${APP_LOCK_KEY})`, [appName]);
+        await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(appName)]);
       } catch (err) {
         if (sqlState(err) === '55P03') throw new AppBusyError(appName);
         throw err;
@@ -104,29 +131,35 @@ export class Database {
       try {
         return await work(client);
       } finally {
-        await client.query(`SELECT pg_advisory_unlock(${APP_LOCK_KEY})`, [appName]).catch(() => {});
+        await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(appName)]).catch(() => {});
       }
     });
   }
 
-  /** Like withAppLock, but skips (returns undefined) when another operation holds the app's lock. */
-  async tryWithAppLock<T>(appName: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
+  /** Runs `work` holding the lock `key` if it is free; returns undefined, without running it, if it is not. */
+  async tryWithLock<T>(key: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
     return this.withClient(async (client) => {
-      const { rows } = await client.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${APP_LOCK_KEY}) AS locked`, [appName]);
+      const { rows } = await client.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${LOCK_KEY_SQL}) AS locked`, [key]);
       if (!rows[0]?.locked) return undefined;
       try {
         return await work(client);
       } finally {
-        await client.query(`SELECT pg_advisory_unlock(${APP_LOCK_KEY})`, [appName]).catch(() => {});
+        await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [key]).catch(() => {});
       }
     });
   }
 
+  /** A new superuser connection outside the pool (to `database`, default the system's own); the caller ends it. */
+  async connect(database = this.connection.database): Promise<pg.Client> {
+    const client = new pg.Client({ ...this.connection, database });
+    client.on('error', (err) => this.log.warn({ err, database }, 'database connection lost'));
+    await client.connect();
+    return client;
+  }
+
   /** Runs `work` on a short-lived superuser connection to another database (DDL that must run inside it). */
   async inDatabase<T>(database: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
-    const client = new pg.Client({ ...this.connection, database });
-    client.on('error', (err) => this.log.warn({ err, database }, 'connection to app database lost'));
-    await client.connect();
+    const client = await this.connect(database);
     try {
       return await work(client);
     } finally {

@@ -37,5 +37,13 @@ DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
   FOR EACH STATEMENT EXECUTE FUNCTION audit_log_is_append_only();
 
-REVOKE ALL ON apps, audit_log FROM PUBLIC;
+-- The ready pool: sets of objects (roles and a database) made ahead of time, named pgprov_ready_<id>,
+-- handed to an app in one transaction. preparing: may be half-made; ready: complete, never logged into.
+CREATE TABLE IF NOT EXISTS ready_pool (
+  id         text PRIMARY KEY CHECK (id ~ '^[a-z0-9]{12}$'),
+  state      text NOT NULL CHECK (state IN ('preparing', 'ready')),
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+
+REVOKE ALL ON apps, audit_log, ready_pool FROM PUBLIC;
 `;

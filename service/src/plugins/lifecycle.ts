@@ -31,11 +31,13 @@ export default fp<{ config: Config }>(
 
     app.addHook('onReady', async () => {
       void reconcileOnce();
+      lifecycle.start();
       timer = setInterval(() => void reconcileOnce(), config.RECONCILE_INTERVAL_MS);
       timer.unref();
     });
     app.addHook('onClose', async () => {
       clearInterval(timer);
+      await lifecycle.stop();
       await running;
     });
   },

@@ -47,6 +47,22 @@ export default fp(
       },
     });
 
+    new Gauge({
+      name: 'pgprov_ready_pool_sets',
+      help: 'Ready-pool sets by state (ready to hand over, being prepared)',
+      labelNames: ['state'],
+      registers: [register],
+      async collect() {
+        try {
+          const counts = await app.lifecycle.readyPool.counts();
+          this.set({ state: 'ready' }, counts.ready);
+          this.set({ state: 'preparing' }, counts.preparing);
+        } catch {
+          // Postgres away: keep the last values.
+        }
+      },
+    });
+
     app.decorate('observeOperation', (operation: string, outcome: string, seconds: number) => {
       operations.inc({ operation, outcome });
       operationSeconds.observe({ operation }, seconds);

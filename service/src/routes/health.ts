@@ -1,4 +1,5 @@
-// GET /health: 200 when Postgres answers within HEALTH_TIMEOUT_MS, 503 otherwise. Never slower than that.
+// GET /health: 200 when Postgres answers within HEALTH_TIMEOUT_MS, 503 otherwise. Never slower than that;
+// concurrent checks share one ping (see Database.checkHealth).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { Config } from '../config.js';
@@ -17,7 +18,7 @@ const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { co
     { schema: { summary: 'Is the service up and Postgres answering?', response: { 200: HealthSchema, 503: UnhealthySchema } } },
     async (request, reply) => {
       try {
-        await app.db.ping(config.HEALTH_TIMEOUT_MS);
+        await app.db.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
         return { status: 'ok' as const };
       } catch (err) {
         request.log.warn({ err }, 'health check: database not answering');

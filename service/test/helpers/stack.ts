@@ -176,3 +176,13 @@ export async function rejectionOf(promise: Promise<unknown>): Promise<Error & { 
   }
   throw new Error('expected the operation to fail, but it succeeded');
 }
+
+/** Calls `probe` until `done` holds for its result (every 50 ms, for at most `timeoutMs`); returns the last result. */
+export async function eventually<T>(probe: () => Promise<T>, done: (result: T) => boolean, timeoutMs = 5_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const result = await probe();
+    if (done(result) || Date.now() > deadline) return result;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

@@ -1,0 +1,85 @@
+// Owns the ready pool's SQL: its bookkeeping rows, and the handover that turns a prepared set of objects into
+// an app in one transaction.
+import pg from 'pg';
+import type { AppIdentifiers } from '../app-names.js';
+import type { ObjectNames } from './app-objects.js';
+
+const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
+type Queryable = Pick<pg.ClientBase, 'query'>;
+
+export const READY_PREFIX = 'pgprov_ready_';
+export const READY_ID_PATTERN = /^[a-z0-9]{12}$/;
+
+/** The names of a prepared set: outside the app_ namespace, so no app name can produce them. */
+export function readyObjectNames(id: string): ObjectNames {
+  if (!READY_ID_PATTERN.test(id)) throw new TypeError(`not a ready-pool id: ${JSON.stringify(id)}`);
+  return { database: `${READY_PREFIX}${id}`, accessRole: `${READY_PREFIX}${id}`, username: `${READY_PREFIX}${id}_user` };
+}
+
+export async function addPreparing(db: Queryable, id: string): Promise<void> {
+  await db.query(`INSERT INTO ready_pool (id, state) VALUES ($1, 'preparing')`, [id]);
+}
+
+export async function markPrepared(db: Queryable, id: string): Promise<void> {
+  await db.query(`UPDATE ready_pool SET state = 'ready' WHERE id = $1`, [id]);
+}
+
+export async function removeEntry(db: Queryable, id: string): Promise<void> {
+  await db.query(`DELETE FROM ready_pool WHERE id = $1`, [id]);
+}
+
+export async function countEntries(db: Queryable): Promise<{ ready: number; preparing: number }> {
+  const { rows } = await db.query<{ ready: number; preparing: number }>(
+    `SELECT count(*) FILTER (WHERE state = 'ready')::int AS ready, count(*) FILTER (WHERE state = 'preparing')::int AS preparing FROM ready_pool`,
+  );
+  return rows[0] ?? { ready: 0, preparing: 0 };
+}
+
+export async function entriesIn(db: Queryable, state: 'preparing' | 'ready'): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(`SELECT id FROM ready_pool WHERE state = $1 ORDER BY created_at`, [state]);
+  return rows.map((row) => row.id);
+}
+
+/** Ids of prepared objects in Postgres (roles or databases named pgprov_ready_<id>). */
+export async function idsWithObjects(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT substring(rolname FROM '^pgprov_ready_([a-z0-9]{12})(_user)?$') AS id FROM pg_roles WHERE rolname ~ '^pgprov_ready_[a-z0-9]{12}(_user)?$'
+     UNION
+     SELECT substring(datname FROM '^pgprov_ready_([a-z0-9]{12})$') FROM pg_database WHERE datname ~ '^pgprov_ready_[a-z0-9]{12}$'`,
+  );
+  return rows.map((row) => row.id);
+}
+
+/**
+ * Hands one prepared set to the app, in one transaction: takes the oldest ready entry (skipping any another
+ * handover holds), registers the app as ready, renames the roles and the database to the app's names, and
+ * lets the login role log in with the app's password. Returns false, changing nothing, when the pool is empty.
+ * Any failure (a taken name: 23505 or 42710) rolls everything back.
+ */
+export async function handOver(db: Queryable, app: AppIdentifiers, passwordVerifier: string): Promise<boolean> {
+  try {
+    // Two statements in one message: pg returns one result per statement.
+    const results = (await db.query(
+      `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
+    )) as unknown as Array<pg.QueryResult<{ id: string }>>;
+    const id = results[1]?.rows[0]?.id;
+    if (!id) {
+      await db.query('ROLLBACK');
+      return false;
+    }
+    const prepared = readyObjectNames(id);
+    await db.query(
+      `DELETE FROM ready_pool WHERE id = ${literal(id)};
+       INSERT INTO apps (app_name, state) VALUES (${literal(app.appName)}, 'ready');
+       ALTER ROLE ${ident(prepared.accessRole)} RENAME TO ${ident(app.accessRole)};
+       ALTER ROLE ${ident(prepared.username)} RENAME TO ${ident(app.username)};
+       ALTER DATABASE ${ident(prepared.database)} RENAME TO ${ident(app.database)};
+       ALTER ROLE ${ident(app.username)} WITH LOGIN PASSWORD ${literal(passwordVerifier)};
+       COMMIT;`,
+    );
+    return true;
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+}

@@ -1,0 +1,143 @@
+// Owns the ready pool: sets of app objects (login role, access role, database) made ahead of time in the
+// background, so that provisioning is one short transaction that renames a prepared set (src/db/ready-pool.ts)
+// instead of a CREATE DATABASE. Prepared login roles are NOLOGIN with no password until handed over, so no
+// one can log in to, or connect to, a prepared set. Refilling uses a connection of its own, never the request
+// pool, and never blocks a request: an empty pool just means the on-demand path.
+import type { FastifyBaseLogger } from 'fastify';
+import type pg from 'pg';
+import { customAlphabet } from 'nanoid';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Config } from './config.js';
+import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
+import { LOCK_KEY_SQL, readyLock, type Database } from './db/database.js';
+import { addPreparing, countEntries, entriesIn, idsWithObjects, markPrepared, readyObjectNames, removeEntry } from './db/ready-pool.js';
+
+const newReadyId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
+const RETRY_AFTER_ERROR_MS = 5_000;
+const IDLE_CHECK_MS = 1_000;
+
+export type CrashPoint = (point: string) => Promise<void>;
+
+export class ReadyPool {
+  readonly size: number;
+  private readonly db: Database;
+  private readonly log: FastifyBaseLogger;
+  private readonly limits: AppRoleLimits;
+  private readonly pauseMs: number;
+  private readonly crashPoint: CrashPoint;
+  private running?: Promise<void>;
+  private stopped = false;
+  private wakeUp = new AbortController();
+
+  constructor(db: Database, config: Config, log: FastifyBaseLogger, limits: AppRoleLimits, crashPoint: CrashPoint) {
+    this.db = db;
+    this.log = log;
+    this.limits = limits;
+    this.size = config.READY_POOL_SIZE;
+    this.pauseMs = Math.ceil(1000 / config.READY_POOL_REFILL_PER_SECOND);
+    this.crashPoint = crashPoint;
+  }
+
+  get enabled(): boolean {
+    return this.size > 0;
+  }
+
+  start(): void {
+    if (!this.enabled || this.running) return;
+    this.stopped = false;
+    this.running = this.refillLoop();
+  }
+
+  /** Stops refilling; a set being prepared is finished first (or, if interrupted, reconciled later). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake();
+    await this.running;
+    this.running = undefined;
+  }
+
+  /** Refill now rather than at the next check (called after a handover). */
+  wake(): void {
+    this.wakeUp.abort();
+  }
+
+  private async pause(ms: number): Promise<void> {
+    if (this.stopped) return;
+    await sleep(ms, undefined, { signal: this.wakeUp.signal }).catch(() => {});
+    if (this.wakeUp.signal.aborted) this.wakeUp = new AbortController();
+  }
+
+  private async refillLoop(): Promise<void> {
+    let client: pg.Client | undefined;
+    while (!this.stopped) {
+      try {
+        client ??= await this.db.connect();
+        const { ready, preparing } = await countEntries(client);
+        if (ready + preparing < this.size) {
+          await this.prepareOne(client);
+          await this.pause(this.pauseMs);
+        } else {
+          await this.pause(IDLE_CHECK_MS);
+        }
+      } catch (err) {
+        this.log.warn({ err }, 'ready pool: could not prepare a set; retrying later');
+        await client?.end().catch(() => {});
+        client = undefined;
+        await this.pause(RETRY_AFTER_ERROR_MS);
+      }
+    }
+    await client?.end().catch(() => {});
+  }
+
+  /** Prepares one set under its own lock, recorded as preparing first so a crash leaves nothing unknown. */
+  private async prepareOne(client: pg.Client): Promise<void> {
+    const id = newReadyId();
+    const names = readyObjectNames(id);
+    await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [readyLock(id)]);
+    try {
+      await addPreparing(client, id);
+      try {
+        await createAppRoles(client, names, null, this.limits);
+        await this.crashPoint('ready-pool:after-create-roles');
+        await createDatabase(client, names.database);
+        await this.crashPoint('ready-pool:after-create-database');
+        await handDatabaseToApp(client, this.db, names.database, names);
+        await markPrepared(client, id);
+      } catch (err) {
+        await this.removeSet(client, id).catch(() => {});
+        throw err;
+      }
+    } finally {
+      await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [readyLock(id)]).catch(() => {});
+    }
+  }
+
+  private async removeSet(client: pg.ClientBase, id: string): Promise<void> {
+    const names = readyObjectNames(id);
+    await dropDatabase(client, names.database);
+    await dropAppRoles(client, names);
+    await removeEntry(client, id);
+  }
+
+  async counts(): Promise<{ ready: number; preparing: number }> {
+    return countEntries(this.db.pool);
+  }
+
+  /**
+   * Removes sets left half-prepared by a crash, and prepared objects with no entry; sets being prepared right
+   * now (their lock is held) are left alone. Returns the ids removed.
+   */
+  async reconcile(): Promise<string[]> {
+    const removed: string[] = [];
+    const known = new Set([...(await entriesIn(this.db.pool, 'preparing')), ...(await entriesIn(this.db.pool, 'ready'))]);
+    const candidates = new Set([...(await entriesIn(this.db.pool, 'preparing')), ...(await idsWithObjects(this.db.pool)).filter((id) => !known.has(id))]);
+    for (const id of candidates) {
+      const done = await this.db.tryWithLock(readyLock(id), async (client) => {
+        await this.removeSet(client, id);
+        return true;
+      });
+      if (done) removed.push(id);
+    }
+    return removed;
+  }
+}

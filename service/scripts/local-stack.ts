@@ -118,6 +118,16 @@ export class LocalStack {
     if (process.getuid?.() === 0) this.pgUser = osUser(settings.pgOsUser);
   }
 
+  /** The running service's process id (benchmarks read its memory). */
+  get servicePid(): number | undefined {
+    return this.service?.pid;
+  }
+
+  /** The running postmaster's process id. */
+  get postgresPid(): number | undefined {
+    return this.postgres?.pid;
+  }
+
   get httpUrl(): string {
     return `http://127.0.0.1:${this.settings.httpPort}`;
   }
@@ -148,6 +158,10 @@ export class LocalStack {
       await this.stop();
       throw err;
     }
+  }
+
+  async stopNginx(): Promise<void> {
+    await stopChild(this.nginx, 'SIGQUIT');
   }
 
   async stop(): Promise<void> {
@@ -350,6 +364,8 @@ export class LocalStack {
   }
 
   async startNginx(nginxBin = findNginx()): Promise<void> {
+    mkdirSync(join(this.paths.nginx, 'cache'), { recursive: true });
+    mkdirSync(this.paths.logs, { recursive: true });
     const configFile = join(this.paths.nginx, 'nginx.conf');
     writeFileSync(configFile, this.nginxConfig());
     const errorLog = join(this.paths.logs, 'nginx-error.log');

@@ -42,6 +42,8 @@ export const ConfigSchema = z.object({
    */
   READY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(5),
   READY_POOL_REFILL_PER_SECOND: z.coerce.number().min(0.01).max(100).default(2),
+  /** Refilling starts only after this long without a handover (at once when the pool is empty). */
+  READY_POOL_REFILL_QUIET_MS: z.coerce.number().int().min(0).max(600_000).default(1_000),
 
   /** The reconciler repairs half-made and half-removed apps at start and then every this often. */
   RECONCILE_INTERVAL_MS: durationMs.default(60_000),

@@ -35,6 +35,7 @@ import {
   appendAudit,
   appsInState,
   findApp,
+  appDatabaseSizes,
   readyAppSummaries,
   registerApp,
   registeredAppNames,
@@ -42,8 +43,7 @@ import {
   unregisterApp,
   type AppSummary,
 } from './db/registry.js';
-import { handOver } from './db/ready-pool.js';
-import { CredentialStock } from './credential-stock.js';
+import { CredentialStock, type AppCredential } from './credential-stock.js';
 import { AppExistsError, AppNameConflictError, AppNotFoundError } from './errors.js';
 import { ReadyPool } from './ready-pool.js';
 import { newAppPassword, scramSha256Verifier } from './secrets.js';
@@ -81,6 +81,7 @@ export class AppLifecycle {
   private readonly observe: OperationObserver;
   private readonly limits: AppRoleLimits;
   private readonly credentials = new CredentialStock(16);
+  private sizes = new Map<string, number>();
   readonly readyPool: ReadyPool;
 
   constructor(db: Database, backups: Backups, config: Config, log: FastifyBaseLogger, observe: OperationObserver = () => {}) {
@@ -154,20 +155,20 @@ export class AppLifecycle {
     await this.db.ready();
     return this.audited('provision', appName, context, async () => {
       const app = appIdentifiers(appName);
-      const { password, verifier } = await this.credentials.take();
-      if (this.readyPool.enabled && (await this.handOverReadySet(app, verifier))) {
+      const handed = this.readyPool.enabled ? await this.handOverReadySet(app) : undefined;
+      if (handed) {
         await this.crashPoint('provision:after-handover');
-        this.readyPool.wake();
-        return { app, password };
+        return { app, password: handed.password };
       }
+      const { password, verifier } = await this.credentials.take();
       return this.provisionOnDemand(app, password, verifier);
     });
   }
 
-  private async handOverReadySet(app: AppIdentifiers, verifier: string): Promise<boolean> {
+  private async handOverReadySet(app: AppIdentifiers): Promise<AppCredential | undefined> {
     return this.db.withClient(async (client) => {
       try {
-        return await handOver(client, app, verifier);
+        return await this.readyPool.handOver(client, app);
       } catch (err) {
         const state = sqlState(err) ?? '';
         if (state === '23505' || state === DUPLICATE_DATABASE_STATE) throw new AppExistsError(app.appName);
@@ -236,16 +237,28 @@ export class AppLifecycle {
 
   // --- read ------------------------------------------------------------------------------------------------
 
+  /** Sizes from the last background refresh (refreshSizes); apps made since are measured on the spot. */
   async list(): Promise<AppSummary[]> {
     await this.db.ready();
-    return readyAppSummaries(this.db.pool);
+    const summaries = await readyAppSummaries(this.db.pool);
+    const unknown = summaries.filter((s) => !this.sizes.has(s.app_name)).map((s) => s.app_name);
+    if (unknown.length > 0) for (const [name, size] of await appDatabaseSizes(this.db.pool, unknown)) this.sizes.set(name, size);
+    return summaries.map((s) => ({ ...s, size_bytes: this.sizes.get(s.app_name) ?? 0 }));
   }
 
+  /** One app, its size measured now. */
   async get(appName: string): Promise<AppSummary> {
     await this.db.ready();
     const [summary] = await readyAppSummaries(this.db.pool, appName);
     if (!summary) throw new AppNotFoundError(appName);
-    return summary;
+    const size = (await appDatabaseSizes(this.db.pool, [appName])).get(appName) ?? 0;
+    this.sizes.set(appName, size);
+    return { ...summary, size_bytes: size };
+  }
+
+  /** Measures every app database's size again (run in the background with the reconciler). */
+  async refreshSizes(): Promise<void> {
+    this.sizes = await appDatabaseSizes(this.db.pool);
   }
 
   // --- rotate ----------------------------------------------------------------------------------------------
@@ -363,6 +376,7 @@ export class AppLifecycle {
           await this.crashPoint('delete:after-mark-deleting');
           await this.removeAppObjects(client, app);
           await unregisterApp(client, appName);
+          this.sizes.delete(appName);
           return { backup };
         }),
       (result) => ({ backup: result.backup }),

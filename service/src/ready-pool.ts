@@ -1,7 +1,7 @@
 // Owns the ready pool: sets of app objects (login role, access role, database) made ahead of time in the
 // background, so that provisioning is one short transaction that renames a prepared set (src/db/ready-pool.ts)
-// instead of a CREATE DATABASE. Prepared login roles are NOLOGIN with no password until handed over, so no
-// one can log in to, or connect to, a prepared set. Refilling uses a connection of its own, never the request
+// instead of a CREATE DATABASE. Prepared login roles are NOLOGIN until handed over, with a password only this
+// process knows, so no one can log in to, or connect to, a prepared set. Refilling uses a connection of its own, never the request
 // pool, and never blocks a request: an empty pool just means the on-demand path.
 import type { FastifyBaseLogger } from 'fastify';
 import type pg from 'pg';
@@ -10,7 +10,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
 import { LOCK_KEY_SQL, readyLock, type Database } from './db/database.js';
-import { addPreparing, countEntries, entriesIn, idsWithObjects, markPrepared, readyObjectNames, removeEntry } from './db/ready-pool.js';
+import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, removeEntry, setPreparedPassword } from './db/ready-pool.js';
+import { newCredential, type AppCredential } from './credential-stock.js';
+import type { AppIdentifiers } from './app-names.js';
 
 const newReadyId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
 const RETRY_AFTER_ERROR_MS = 5_000;
@@ -25,7 +27,14 @@ export class ReadyPool {
   private readonly limits: AppRoleLimits;
   private readonly pauseMs: number;
   private readonly crashPoint: CrashPoint;
+  private readonly quietMs: number;
+  private lastHandOverAt = 0;
   private running?: Promise<void>;
+  /**
+   * The passwords of the prepared sets, by id, held only in this process's memory. A set whose password is
+   * not here (the service restarted) gets a new one before it is handed over.
+   */
+  private readonly passwords = new Map<string, AppCredential>();
   private stopped = false;
   private wakeUp = new AbortController();
 
@@ -35,6 +44,7 @@ export class ReadyPool {
     this.limits = limits;
     this.size = config.READY_POOL_SIZE;
     this.pauseMs = Math.ceil(1000 / config.READY_POOL_REFILL_PER_SECOND);
+    this.quietMs = config.READY_POOL_REFILL_QUIET_MS;
     this.crashPoint = crashPoint;
   }
 
@@ -56,8 +66,28 @@ export class ReadyPool {
     this.running = undefined;
   }
 
-  /** Refill now rather than at the next check (called after a handover). */
-  wake(): void {
+  /**
+   * Hands a prepared set to `app` (see handOver in src/db/ready-pool.ts) and returns its password, or
+   * undefined when no set is ready.
+   */
+  async handOver(client: pg.ClientBase, app: AppIdentifiers): Promise<AppCredential | undefined> {
+    const id = await handOver(client, app, [...this.passwords.keys()]);
+    if (!id) return undefined;
+    const credential = this.passwords.get(id)!;
+    this.passwords.delete(id);
+    this.lastHandOverAt = Date.now();
+    return credential;
+  }
+
+  /**
+   * Called after each handover. Refilling waits until handovers have been quiet for READY_POOL_REFILL_QUIET_MS
+   * (unless the pool ran empty), so a burst of provisioning never competes with CREATE DATABASE for the CPU.
+   */
+  handedOver(): void {
+    this.lastHandOverAt = Date.now();
+  }
+
+  private wake(): void {
     this.wakeUp.abort();
   }
 
@@ -72,8 +102,12 @@ export class ReadyPool {
     while (!this.stopped) {
       try {
         client ??= await this.db.connect();
+        await this.rekeyUnknownSets(client);
         const { ready, preparing } = await countEntries(client);
-        if (ready + preparing < this.size) {
+        const sinceHandOver = Date.now() - this.lastHandOverAt;
+        if (ready > 0 && sinceHandOver < this.quietMs) {
+          await this.pause(this.quietMs - sinceHandOver);
+        } else if (ready + preparing < this.size) {
           await this.prepareOne(client);
           await this.pause(this.pauseMs);
         } else {
@@ -89,6 +123,16 @@ export class ReadyPool {
     await client?.end().catch(() => {});
   }
 
+  /** Gives a new password to every ready set whose password this process does not hold (after a restart). */
+  private async rekeyUnknownSets(client: pg.Client): Promise<void> {
+    for (const id of await entriesIn(client, 'ready')) {
+      if (this.passwords.has(id) || this.stopped) continue;
+      const credential = await newCredential();
+      await setPreparedPassword(client, id, credential.verifier);
+      this.passwords.set(id, credential);
+    }
+  }
+
   /** Prepares one set under its own lock, recorded as preparing first so a crash leaves nothing unknown. */
   private async prepareOne(client: pg.Client): Promise<void> {
     const id = newReadyId();
@@ -102,7 +146,10 @@ export class ReadyPool {
         await createDatabase(client, names.database);
         await this.crashPoint('ready-pool:after-create-database');
         await handDatabaseToApp(client, this.db, names.database, names);
+        const credential = await newCredential();
+        await setPreparedPassword(client, id, credential.verifier);
         await markPrepared(client, id);
+        this.passwords.set(id, credential);
       } catch (err) {
         await this.removeSet(client, id).catch(() => {});
         throw err;
@@ -113,6 +160,7 @@ export class ReadyPool {
   }
 
   private async removeSet(client: pg.ClientBase, id: string): Promise<void> {
+    this.passwords.delete(id);
     const names = readyObjectNames(id);
     await dropDatabase(client, names.database);
     await dropAppRoles(client, names);

@@ -17,7 +17,8 @@ const adminKey = newAdminKey();
 const app = await buildApp(config, { adminKey });
 
 // The only place the key is ever written: once, at boot. `docker compose logs service | grep "ADMIN KEY"`.
-app.log.info(`🔑 ADMIN KEY: ${adminKey}`);
+// At info level whatever LOG_LEVEL says: without this line the service cannot be used.
+app.log.child({}, { level: 'info' }).info(`🔑 ADMIN KEY: ${adminKey}`);
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, 'shutting down after an unexpected error');

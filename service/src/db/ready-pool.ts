@@ -50,22 +50,32 @@ export async function idsWithObjects(db: Queryable): Promise<string[]> {
   return rows.map((row) => row.id);
 }
 
+/** Sets the password of a prepared login role, which stays NOLOGIN: nobody can use it before the handover. */
+export async function setPreparedPassword(db: Queryable, id: string, passwordVerifier: string): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(readyObjectNames(id).username)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)}`);
+}
+
 /**
- * Hands one prepared set to the app, in one transaction: takes the oldest ready entry (skipping any another
- * handover holds), registers the app as ready, renames the roles and the database to the app's names, and
- * lets the login role log in with the app's password. Returns false, changing nothing, when the pool is empty.
- * Any failure (a taken name: 23505 or 42710) rolls everything back.
+ * Hands one prepared set to the app, in one transaction: takes the oldest ready entry among `candidates`
+ * (the sets whose password this process holds; skipping any another handover holds), registers the app as
+ * ready, renames the roles and the database to the app's names, and lets the login role log in. Its password
+ * was set when the set was prepared (setting a SCRAM verifier costs Postgres a PBKDF2 run, ~3 ms, kept off this
+ * path). Returns the id handed over, or undefined, changing nothing, when no candidate is left. Any failure
+ * (a taken name: 23505 or 42710) rolls everything back.
  */
-export async function handOver(db: Queryable, app: AppIdentifiers, passwordVerifier: string): Promise<boolean> {
+export async function handOver(db: Queryable, app: AppIdentifiers, candidates: string[]): Promise<string | undefined> {
+  const ids = candidates.filter((id) => READY_ID_PATTERN.test(id));
+  if (ids.length === 0) return undefined;
   try {
-    // Two statements in one message: pg returns one result per statement.
+    // Two statements in one message (so no $n parameters: the ids are checked above): one result each.
     const results = (await db.query(
-      `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
+      `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' AND id IN (${ids.map((id) => literal(id)).join(', ')})
+        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
     )) as unknown as Array<pg.QueryResult<{ id: string }>>;
     const id = results[1]?.rows[0]?.id;
     if (!id) {
       await db.query('ROLLBACK');
-      return false;
+      return undefined;
     }
     const prepared = readyObjectNames(id);
     await db.query(
@@ -74,10 +84,10 @@ export async function handOver(db: Queryable, app: AppIdentifiers, passwordVerif
        ALTER ROLE ${ident(prepared.accessRole)} RENAME TO ${ident(app.accessRole)};
        ALTER ROLE ${ident(prepared.username)} RENAME TO ${ident(app.username)};
        ALTER DATABASE ${ident(prepared.database)} RENAME TO ${ident(app.database)};
-       ALTER ROLE ${ident(app.username)} WITH LOGIN PASSWORD ${literal(passwordVerifier)};
+       ALTER ROLE ${ident(app.username)} WITH LOGIN;
        COMMIT;`,
     );
-    return true;
+    return id;
   } catch (err) {
     await db.query('ROLLBACK').catch(() => {});
     throw err;

@@ -53,17 +53,11 @@ export async function adoptApp(db: Queryable, appName: string): Promise<void> {
   await db.query(`INSERT INTO apps (app_name, state) VALUES ($1, 'ready') ON CONFLICT (app_name) DO NOTHING`, [appName]);
 }
 
-/**
- * Ready apps with their database size and open sessions, from one statement. Sizes come from
- * pg_database_size, which walks the database's files.
- */
-export async function readyAppSummaries(db: Queryable, appName?: string): Promise<AppSummary[]> {
-  const { rows } = await db.query<AppSummary>(
-    `SELECT a.app_name, a.created_at,
-            COALESCE(pg_database_size(d.oid), 0)::float8 AS size_bytes,
-            COALESCE(s.sessions, 0)::int AS connections
+/** Ready apps with their open sessions (sizes come from appDatabaseSizes, which is slower). */
+export async function readyAppSummaries(db: Queryable, appName?: string): Promise<Array<Omit<AppSummary, 'size_bytes'>>> {
+  const { rows } = await db.query<Omit<AppSummary, 'size_bytes'>>(
+    `SELECT a.app_name, a.created_at, COALESCE(s.sessions, 0)::int AS connections
        FROM apps a
-       LEFT JOIN pg_database d ON d.datname = 'app_' || a.app_name
        LEFT JOIN (SELECT usename, count(*) AS sessions FROM pg_stat_activity GROUP BY usename) s
               ON s.usename = 'app_' || a.app_name || '_user'
       WHERE a.state = 'ready' AND ($1::text IS NULL OR a.app_name = $1)
@@ -71,6 +65,20 @@ export async function readyAppSummaries(db: Queryable, appName?: string): Promis
     [appName ?? null],
   );
   return rows;
+}
+
+/**
+ * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
+ * database: about a millisecond per app, so the full list is refreshed in the background, not per request.
+ */
+export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Promise<Map<string, number>> {
+  const { rows } = await db.query<{ app_name: string; size_bytes: number }>(
+    `SELECT substring(datname FROM 5) AS app_name, pg_database_size(oid)::float8 AS size_bytes
+       FROM pg_database
+      WHERE datname ~ '^app_[a-z0-9_]{3,32}$' AND ($1::text[] IS NULL OR datname = ANY (SELECT 'app_' || n FROM unnest($1::text[]) n))`,
+    [appNames ?? null],
+  );
+  return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
 }
 
 export async function countReadyApps(db: Queryable): Promise<number> {

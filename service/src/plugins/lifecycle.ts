@@ -1,5 +1,6 @@
 // Owns the app lifecycle inside the app: decorates `app.lifecycle`, and runs the reconciler once at start and
-// then every RECONCILE_INTERVAL_MS, never two runs at once; closing the app waits for a run in progress.
+// then every RECONCILE_INTERVAL_MS (refreshing the apps' database sizes after it), never two runs at once;
+// closing the app waits for a run in progress.
 import fp from 'fastify-plugin';
 import { Backups } from '../backups.js';
 import type { Config } from '../config.js';
@@ -22,6 +23,7 @@ export default fp<{ config: Config }>(
       running ??= lifecycle
         .reconcile()
         .then((report) => app.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy }, 'reconcile finished'))
+        .then(() => lifecycle.refreshSizes())
         .catch((err) => app.log.warn({ err }, 'reconcile failed; it will run again'))
         .finally(() => {
           running = undefined;

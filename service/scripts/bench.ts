@@ -1,0 +1,532 @@
+// The benchmark: every figure of BENCHMARKS.md, each measured next to its reference in the same run, on the
+// local stack (loopback only; every loop is bounded in count or time and stops by itself).
+//   npm --prefix service run bench               full run, writes ../BENCHMARKS.md
+//   npm --prefix service run bench -- --tiny     a few of everything (the tests run this), writes nowhere
+// The floors send the service's own SQL statements (the functions of src/db/) straight to Postgres over one
+// open superuser connection per client: no HTTP, no nginx, no service.
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { promisify } from 'node:util';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, freemem, release, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { appIdentifiers, type AppIdentifiers } from '../src/app-names.js';
+import { loadConfig } from '../src/config.js';
+import {
+  appObjects,
+  createAppRoles,
+  createDatabase,
+  disableLogin,
+  dropAppRoles,
+  dropDatabase,
+  endSessionsOfRole,
+  handDatabaseToApp,
+  type AppRoleLimits,
+} from '../src/db/app-objects.js';
+import { Database, LOCK_KEY_SQL, appLock } from '../src/db/database.js';
+import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/registry.js';
+import { newCredential, type AppCredential } from '../src/credential-stock.js';
+import { LocalStack, REPO_ROOT } from './local-stack.js';
+import { freePort } from '../test/helpers/stack.js';
+
+export interface BenchOptions {
+  tiny: boolean;
+  /** Where to write the report (markdown); undefined: nowhere. */
+  out?: string;
+  log?: (line: string) => void;
+}
+
+interface Sizes {
+  sequential: number;
+  poolWarm: number;
+  poolDry: number;
+  concurrentApps: number;
+  healthSeconds: number;
+  scale: number;
+  deletes: number;
+}
+
+const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 10, scale: 2000, deletes: 100 };
+const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, scale: 6, deletes: 3 };
+
+const LIMITS: AppRoleLimits = { connectionLimit: 10, tempFileLimit: '1GB', statementTimeout: '0', idleInTransactionTimeout: '10min' };
+
+// --- statistics ------------------------------------------------------------------------------------------
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[index]!;
+}
+
+interface Summary {
+  n: number;
+  p50: number;
+  p95: number;
+  p99: number;
+}
+
+const summarize = (values: number[]): Summary => ({ n: values.length, p50: percentile(values, 50), p95: percentile(values, 95), p99: percentile(values, 99) });
+const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 10 ? 2 : 1)} ms` : 'n/a');
+const ratio = (a: number, b: number) => (Number.isFinite(a / b) ? `${(a / b).toFixed(2)}×` : 'n/a');
+
+async function timed<T>(work: () => Promise<T>): Promise<[number, T]> {
+  const started = process.hrtime.bigint();
+  const result = await work();
+  return [Number(process.hrtime.bigint() - started) / 1e6, result];
+}
+
+// --- the floors: the service's statements, straight to Postgres ----------------------------------------
+
+/** The statements of the on-demand provisioning path, in order, on one connection (plus the connection into the new database that ALTER SCHEMA needs). */
+async function floorProvision(client: pg.ClientBase, db: Database, app: AppIdentifiers, credential: AppCredential): Promise<void> {
+  await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await registerApp(client, app.appName);
+  await createAppRoles(client, app, credential.verifier, LIMITS);
+  await createDatabase(client, app.database);
+  await handDatabaseToApp(client, db, app.database, app);
+  await setAppState(client, app.appName, 'ready');
+  await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await appendAudit(client, { action: 'provision', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
+}
+
+/** The statements of DELETE /apps/:name?backup=false, in order, on one connection. */
+async function floorDelete(client: pg.ClientBase, app: AppIdentifiers): Promise<void> {
+  await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await findApp(client, app.appName);
+  await setAppState(client, app.appName, 'deleting');
+  const objects = await appObjects(client, app);
+  if (objects.loginRole) {
+    await disableLogin(client, app);
+    await endSessionsOfRole(client, app);
+  }
+  await dropDatabase(client, app.database);
+  await dropAppRoles(client, app);
+  await unregisterApp(client, app.appName);
+  await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await appendAudit(client, { action: 'delete', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
+}
+
+// --- machine and process facts ---------------------------------------------------------------------------
+
+function rssBytes(pid: number | undefined): number {
+  if (!pid) return NaN;
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match ? Number(match[1]) * 1024 : NaN;
+}
+
+/** Proportional set size of the postmaster and all its children: shared buffers counted once, not per backend. */
+function postgresPssBytes(postmasterPid: number | undefined): number {
+  if (!postmasterPid) return NaN;
+  const children = spawnSync('pgrep', ['-P', String(postmasterPid)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number);
+  let total = 0;
+  for (const pid of [postmasterPid, ...children]) {
+    try {
+      const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+      if (match) total += Number(match[1]) * 1024;
+    } catch {
+      // a backend that just exited
+    }
+  }
+  return total;
+}
+
+function machine(): string[] {
+  const version = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: 'utf8' }).stdout?.trim() || spawnSync(cmd, args, { encoding: 'utf8' }).stderr?.trim() || 'n/a';
+  return [
+    `- CPU: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    `- Memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB (${(freemem() / 2 ** 30).toFixed(1)} GiB free at the start)`,
+    `- Kernel: Linux ${release()}`,
+    `- Node ${process.version}; ${version('/usr/lib/postgresql/15/bin/postgres', ['--version'])}; ${version('nginx', ['-v'])}; ${version('wrk', ['--version']).split('\n')[0]}`,
+    '- A shared, noisy virtual machine: absolute times vary between runs; the ratios against references measured in the same run are the figures to read.',
+  ];
+}
+
+// --- wrk ---------------------------------------------------------------------------------------------------
+
+interface WrkResult {
+  rps: number;
+  p99: number;
+  non2xx: number;
+}
+
+async function wrk(url: string, seconds: number, connections = 64): Promise<WrkResult> {
+  const { stdout: output } = await promisify(execFile)('wrk', ['-t2', `-c${connections}`, `-d${seconds}s`, '--latency', url], { encoding: 'utf8', timeout: (seconds + 30) * 1000 });
+  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1] ?? NaN);
+  const p99Match = /99%\s+([\d.]+)(us|ms|s)/.exec(output);
+  const unit = { us: 0.001, ms: 1, s: 1000 } as const;
+  const p99 = p99Match ? Number(p99Match[1]) * unit[p99Match[2] as keyof typeof unit] : NaN;
+  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0);
+  return { rps, p99, non2xx };
+}
+
+// --- the run -----------------------------------------------------------------------------------------------
+
+export async function runBenchmark(options: BenchOptions): Promise<string> {
+  const sizes = options.tiny ? TINY : FULL;
+  const log = options.log ?? (() => {});
+  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-bench-'));
+  chmodSync(stackDir, 0o755);
+  const serviceLines: string[] = [];
+  const stack = new LocalStack({
+    stackDir,
+    httpPort: await freePort(),
+    pgPort: await freePort(),
+    servicePort: await freePort(),
+    postgresPassword: 'bench-superuser-password',
+    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
+    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
+    serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'warn', READY_POOL_SIZE: '0', RECONCILE_INTERVAL_MS: '600000' },
+    onServiceLine: (line) => serviceLines.push(line),
+  });
+  const extras: Array<() => Promise<void>> = [];
+  const report: string[] = [];
+  const results: Record<string, unknown> = {};
+  try {
+    await stack.start();
+    const config = loadConfig({ ...stack.serviceEnvironment(), LOG_LEVEL: 'silent' });
+    const silent = { warn() {}, error() {}, info() {}, debug() {}, fatal() {}, trace() {}, child() { return silent; }, level: 'silent', silent() {} } as never;
+    const db = new Database(config, silent);
+    extras.push(() => db.close());
+    await db.ready();
+    const floorClient = await db.connect();
+    extras.push(() => floorClient.end());
+    let counter = 0;
+    const nextName = (prefix: string) => `${prefix}_${(counter++).toString(36)}`;
+    const credentials = async (n: number) => Promise.all(Array.from({ length: n }, () => newCredential()));
+
+    const provisionHttp = async (name: string): Promise<number> => {
+      const [elapsed, response] = await timed(() =>
+        fetch(`${stack.httpUrl}/provision`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.adminKey}` }, body: JSON.stringify({ app_name: name }) }),
+      );
+      await response.arrayBuffer();
+      if (response.status !== 201) throw new Error(`provision ${name}: ${response.status}`);
+      return elapsed;
+    };
+    const deleteHttp = async (name: string): Promise<number> => {
+      const [elapsed, response] = await timed(() => fetch(`${stack.httpUrl}/apps/${name}?backup=false`, { method: 'DELETE', headers: { authorization: `Bearer ${stack.adminKey}` } }));
+      await response.arrayBuffer();
+      if (response.status !== 200) throw new Error(`delete ${name}: ${response.status}`);
+      return elapsed;
+    };
+    const floorDeleteAll = async (names: string[]) => {
+      for (const name of names) await floorDelete(floorClient, appIdentifiers(name));
+    };
+
+    // 1. Sequential provisioning, on demand, against the floor.
+    log('1. sequential provisioning (on demand) against the floor');
+    // Interleaved (floor, service, floor, …) so that both see the same server state: cache, catalog size, checkpoints.
+    const floorNames: string[] = [];
+    const floorTimes: number[] = [];
+    const serviceNames: string[] = [];
+    const serviceTimes: number[] = [];
+    for (const credential of await credentials(sizes.sequential)) {
+      const floorName = nextName('floor');
+      floorNames.push(floorName);
+      floorTimes.push((await timed(() => floorProvision(floorClient, db, appIdentifiers(floorName), credential)))[0]);
+      const serviceName = nextName('seq');
+      serviceNames.push(serviceName);
+      serviceTimes.push(await provisionHttp(serviceName));
+    }
+    const floor1 = summarize(floorTimes);
+    const service1 = summarize(serviceTimes);
+    results.sequential = { floor: floor1, service: service1 };
+
+    // 6. Deprovisioning against its floor (reusing the apps just made), and whether drops stall another tenant.
+    log('6. deprovisioning against the floor, and a tenant during the drops');
+    const tenant = await (async () => {
+      const name = nextName('tenant');
+      const response = await fetch(`${stack.httpUrl}/provision`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.adminKey}` }, body: JSON.stringify({ app_name: name }) });
+      const client = new pg.Client({ connectionString: ((await response.json()) as { connection_string: string }).connection_string });
+      await client.connect();
+      await client.query('CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g');
+      return client;
+    })();
+    extras.push(() => tenant.end());
+    const tenantLoop = async (stop: { done: boolean }) => {
+      const times: number[] = [];
+      while (!stop.done && times.length < 200_000) times.push((await timed(() => tenant.query('UPDATE t SET v = md5(random()::text) WHERE id = $1', [1 + (times.length % 1000)])))[0]);
+      return times;
+    };
+    const idleStop = { done: false };
+    const idleRun = tenantLoop(idleStop);
+    await sleep(options.tiny ? 200 : 3000);
+    idleStop.done = true;
+    const tenantIdle = summarize(await idleRun);
+    const checkpoints = async () => Number((await floorClient.query('SELECT checkpoints_req FROM pg_stat_bgwriter')).rows[0].checkpoints_req);
+    const deleteCount = Math.min(sizes.deletes, serviceNames.length, floorNames.length);
+    const floorDeleteTimes: number[] = [];
+    const serviceDeleteTimes: number[] = [];
+    const checkpointsBefore = await checkpoints();
+    const busyStop = { done: false };
+    const busyRun = tenantLoop(busyStop);
+    const floorVictims = floorNames.splice(0, deleteCount);
+    const serviceVictims = serviceNames.splice(0, deleteCount);
+    for (let i = 0; i < deleteCount; i++) {
+      floorDeleteTimes.push((await timed(() => floorDelete(floorClient, appIdentifiers(floorVictims[i]!))))[0]);
+      serviceDeleteTimes.push(await deleteHttp(serviceVictims[i]!));
+    }
+    busyStop.done = true;
+    const tenantDuringDrops = summarize(await busyRun);
+    const checkpointsDuring = ((await checkpoints()) - checkpointsBefore) / 2; // per side: floor and service deleted alike
+    results.deletes = { floor: summarize(floorDeleteTimes), service: summarize(serviceDeleteTimes), tenantIdle, tenantDuringDrops, checkpointsDuring };
+    await floorDeleteAll(floorNames.splice(0));
+    for (const name of serviceNames.splice(0)) await deleteHttp(name);
+
+    // 2. The ready pool warm, then run dry.
+    log('2. the ready pool, warm and dry');
+    await stack.stopService();
+    await stack.startService({ READY_POOL_SIZE: String(sizes.poolWarm), READY_POOL_REFILL_PER_SECOND: '50' });
+    const readyCount = async () => Number((await floorClient.query("SELECT count(*) FROM ready_pool WHERE state = 'ready'")).rows[0].count);
+    for (let i = 0; i < 600 && (await readyCount()) < sizes.poolWarm; i++) await sleep(100);
+    // Stop refilling while measuring "warm", so the refiller's CREATE DATABASE does not compete: measured apart below.
+    const warmTimes: number[] = [];
+    const warmNames: string[] = [];
+    for (let i = 0; i < sizes.poolWarm; i++) {
+      const name = nextName('warm');
+      warmNames.push(name);
+      warmTimes.push(await provisionHttp(name));
+    }
+    const dryTimes: number[] = [];
+    for (let i = 0; i < sizes.poolDry; i++) {
+      const name = nextName('dry');
+      warmNames.push(name);
+      dryTimes.push(await provisionHttp(name));
+    }
+    results.pool = { warm: summarize(warmTimes), dry: summarize(dryTimes), floor: floor1 };
+    await stack.stopService();
+    await stack.startService({ READY_POOL_SIZE: '0' });
+    for (const name of warmNames) await deleteHttp(name);
+    await floorClient.query("SELECT 1"); // the restarted service's reconciler removes the leftover ready sets
+
+    // 3. Concurrent provisioning against the floor at the same concurrency.
+    log('3. concurrent provisioning against the floor');
+    const concurrency: Record<number, { floor: number; service: number }> = {};
+    for (const clients of [8, 32]) {
+      const total = sizes.concurrentApps;
+      const floorBatch = Array.from({ length: total }, () => nextName('cfloor'));
+      const floorCredentials = await credentials(total);
+      const connections = await Promise.all(Array.from({ length: clients }, () => db.connect()));
+      let next = 0;
+      const [floorMs] = await timed(() =>
+        Promise.all(
+          connections.map(async (client) => {
+            while (next < total) {
+              const i = next++;
+              await floorProvision(client, db, appIdentifiers(floorBatch[i]!), floorCredentials[i]!);
+            }
+          }),
+        ),
+      );
+      await Promise.all(connections.map((c) => c.end()));
+      const serviceBatch = Array.from({ length: total }, () => nextName('csvc'));
+      next = 0;
+      const [serviceMs] = await timed(() =>
+        Promise.all(
+          Array.from({ length: clients }, async () => {
+            while (next < total) await provisionHttp(serviceBatch[next++]!);
+          }),
+        ),
+      );
+      concurrency[clients] = { floor: total / (floorMs / 1000), service: total / (serviceMs / 1000) };
+      await floorDeleteAll(floorBatch);
+      await floorDeleteAll(serviceBatch);
+    }
+    results.concurrency = concurrency;
+
+    // 4. GET /health through nginx against the ceiling: the same nginx settings before a minimal Node server.
+    log('4. /health through nginx against the ceiling');
+    // The minimal server runs in a process of its own, as the service does.
+    const minimalPort = await freePort();
+    const minimalSource = `const body = JSON.stringify({ status: 'ok' });
+      require('node:http').createServer((req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+        res.end(body);
+      }).listen(${minimalPort}, '127.0.0.1', () => process.stdout.write('listening\\n'));`;
+    const minimal = spawn(process.execPath, ['-e', minimalSource], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await once(minimal.stdout!, 'data');
+    extras.push(async () => {
+      minimal.kill();
+    });
+    const ceilingDir = mkdtempSync(join(tmpdir(), 'pgprov-bench-ceiling-'));
+    chmodSync(ceilingDir, 0o755);
+    const ceilingNginx = new LocalStack({ ...stack.settings, stackDir: ceilingDir, servicePort: minimalPort, httpPort: await freePort(), onServiceLine: () => {} });
+    await ceilingNginx.startNginx();
+    extras.push(async () => {
+      await ceilingNginx.stopNginx();
+      rmSync(ceilingDir, { recursive: true, force: true });
+    });
+    const nginxAlone = await wrk(`${stack.httpUrl}/`, sizes.healthSeconds);
+    const ceiling = await wrk(`${ceilingNginx.httpUrl}/health`, sizes.healthSeconds);
+    const health = await wrk(`${stack.httpUrl}/health`, sizes.healthSeconds);
+    // How fast /health notices a frozen database (SIGSTOP on the postmaster and every backend).
+    const postmaster = stack.postgresPid!;
+    const pids = [postmaster, ...spawnSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' }).stdout.trim().split('\n').filter(Boolean).map(Number)];
+    await sleep(300);
+    for (const pid of pids) process.kill(pid, 'SIGSTOP');
+    const frozenAt = Date.now();
+    let detectMs = NaN;
+    try {
+      while (Date.now() - frozenAt < 10_000) {
+        const response = await fetch(`${stack.httpUrl}/health`);
+        await response.arrayBuffer();
+        if (response.status === 503) {
+          detectMs = Date.now() - frozenAt;
+          break;
+        }
+        await sleep(20);
+      }
+    } finally {
+      for (const pid of pids) process.kill(pid, 'SIGCONT');
+    }
+    results.health = { nginxAlone, ceiling, health, detectMs };
+
+    // 5. Scale: many apps (on demand, so every one pays the catalogs' growth), then reads and memory.
+    log(`5. scale: ${sizes.scale} apps`);
+    await stack.stopService();
+    await stack.startService({ READY_POOL_SIZE: '0' });
+    const scaleTimes: number[] = [];
+    for (let i = 0; i < sizes.scale; i++) {
+      scaleTimes.push(await provisionHttp(`scale_${i}`));
+      if (!options.tiny && i % 250 === 249) log(`   ${i + 1} apps`);
+    }
+    const window = Math.min(100, Math.floor(sizes.scale / 2));
+    const first = summarize(scaleTimes.slice(0, window));
+    const last = summarize(scaleTimes.slice(-window));
+    const listTimes: number[] = [];
+    let listed = 0;
+    for (let i = 0; i < (options.tiny ? 2 : 20); i++) {
+      const [elapsed, response] = await timed(() => fetch(`${stack.httpUrl}/apps`, { headers: { authorization: `Bearer ${stack.adminKey}` } }));
+      listed = ((await response.json()) as { apps: unknown[] }).apps.length;
+      listTimes.push(elapsed);
+    }
+    const getTimes: number[] = [];
+    for (let i = 0; i < (options.tiny ? 2 : 100); i++) {
+      const [elapsed, response] = await timed(() => fetch(`${stack.httpUrl}/apps/scale_${i % sizes.scale}`, { headers: { authorization: `Bearer ${stack.adminKey}` } }));
+      await response.arrayBuffer();
+      getTimes.push(elapsed);
+    }
+    results.scale = {
+      first,
+      last,
+      list: summarize(listTimes),
+      listed,
+      get: summarize(getTimes),
+      serviceRss: rssBytes(stack.servicePid),
+      postgresPss: postgresPssBytes(stack.postgresPid),
+      diskBytes: Number(execFileSync('du', ['-sb', join(stackDir, 'pgdata')], { encoding: 'utf8' }).split('\t')[0]),
+    };
+
+    report.push(...renderReport(results as never, sizes, options.tiny));
+  } finally {
+    for (const stop of extras.reverse()) await stop().catch(() => {});
+    await stack.stop().catch(() => {});
+    rmSync(stackDir, { recursive: true, force: true });
+  }
+  const text = report.join('\n');
+  if (options.out) writeFileSync(options.out, text);
+  return text;
+}
+
+interface Results {
+  sequential: { floor: Summary; service: Summary };
+  deletes: { floor: Summary; service: Summary; tenantIdle: Summary; tenantDuringDrops: Summary; checkpointsDuring: number };
+  pool: { warm: Summary; dry: Summary; floor: Summary };
+  concurrency: Record<number, { floor: number; service: number }>;
+  health: { nginxAlone: WrkResult; ceiling: WrkResult; health: WrkResult; detectMs: number };
+  scale: { first: Summary; last: Summary; list: Summary; listed: number; get: Summary; serviceRss: number; postgresPss: number; diskBytes: number };
+}
+
+const verdict = (ok: boolean) => (ok ? 'met' : '**missed**');
+const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+
+function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
+  const s = r.sequential;
+  const row = (label: string, x: Summary) => `| ${label} | ${x.n} | ${ms(x.p50)} | ${ms(x.p95)} | ${ms(x.p99)} |`;
+  return [
+    '# Benchmarks',
+    '',
+    `Run of \`npm --prefix service run bench\`${tiny ? ' (tiny: a smoke run, not a measurement)' : ''}, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, on the local stack`,
+    '(Postgres 15 with the repo\'s postgres.conf, the built service, nginx with the repo\'s nginx.conf), loopback only.',
+    'Every figure stands next to its reference, measured in the same run. Floors send the service\'s own SQL',
+    'statements (the functions of service/src/db/) straight to Postgres over one open superuser connection per client.',
+    '',
+    '## Machine',
+    '',
+    ...machine(),
+    '',
+    '## 1. Sequential provisioning, on demand (ready pool off)',
+    '',
+    '| | n | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- |',
+    row('floor: the same statements, one connection', s.floor),
+    row('POST /provision through nginx', s.service),
+    '',
+    `Ratio at p50: **${ratio(s.service.p50, s.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(s.service.p50 <= 1.1 * s.floor.p50)}); p95 ${ratio(s.service.p95, s.floor.p95)}, p99 ${ratio(s.service.p99, s.floor.p99)}.`,
+    '',
+    '## 2. Provisioning with the ready pool',
+    '',
+    '| | n | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- |',
+    row('floor (on demand, from 1.)', r.pool.floor),
+    row(`pool warm (${sizes.poolWarm} sets prepared)`, r.pool.warm),
+    row('pool run dry (falls back to on demand while refilling)', r.pool.dry),
+    '',
+    `Warm: p50 **${ms(r.pool.warm.p50)}** through nginx (target ≤ 5 ms: ${verdict(r.pool.warm.p50 <= 5)}), **${ratio(r.pool.floor.p50, r.pool.warm.p50)}** faster than the floor (target ≥ 5×: ${verdict(r.pool.floor.p50 >= 5 * r.pool.warm.p50)}). Dry: ${ratio(r.pool.dry.p50, r.pool.floor.p50)} the floor at p50.`,
+    '',
+    '## 3. Concurrent provisioning (ready pool off)',
+    '',
+    '| clients | floor (apps/s) | service through nginx (apps/s) | ratio | target ≥ 0.9× |',
+    '| --- | --- | --- | --- | --- |',
+    ...Object.entries(r.concurrency).map(([clients, c]) => `| ${clients} | ${c.floor.toFixed(1)} | ${c.service.toFixed(1)} | ${ratio(c.service, c.floor)} | ${verdict(c.service >= 0.9 * c.floor)} |`),
+    '',
+    `${sizes.concurrentApps} apps per run.`,
+    '',
+    '## 4. GET /health through nginx (wrk, 2 threads, 64 connections)',
+    '',
+    '| | requests/s | p99 | non-2xx |',
+    '| --- | --- | --- | --- |',
+    `| nginx answering by itself (GET /) | ${r.health.nginxAlone.rps.toFixed(0)} | ${ms(r.health.nginxAlone.p99)} | ${r.health.nginxAlone.non2xx} |`,
+    `| ceiling: the same nginx settings before a minimal Node server | ${r.health.ceiling.rps.toFixed(0)} | ${ms(r.health.ceiling.p99)} | ${r.health.ceiling.non2xx} |`,
+    `| GET /health through nginx | ${r.health.health.rps.toFixed(0)} | ${ms(r.health.health.p99)} | ${r.health.health.non2xx} |`,
+    '',
+    `/health reaches **${ratio(r.health.health.rps, r.health.ceiling.rps)}** the ceiling (target ≥ 0.8×: ${verdict(r.health.health.rps >= 0.8 * r.health.ceiling.rps)}); p99 ${ms(r.health.health.p99)} (target < 10 ms: ${verdict(r.health.health.p99 < 10)}). The ceiling is ${ratio(r.health.ceiling.rps, r.health.nginxAlone.rps)} of nginx alone.`,
+    `A frozen database (SIGSTOP on every Postgres process) is reported by /health after **${ms(r.health.detectMs)}** (target ≤ 2 s: ${verdict(r.health.detectMs <= 2000)}).`,
+    '',
+    `## 5. Scale: ${sizes.scale} apps (on demand)`,
+    '',
+    '| | n | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- |',
+    row('first apps provisioned', r.scale.first),
+    row('last apps provisioned', r.scale.last),
+    row(`GET /apps (${r.scale.listed} apps)`, r.scale.list),
+    row('GET /apps/:name', r.scale.get),
+    '',
+    `Last against first at p50: **${ratio(r.scale.last.p50, r.scale.first.p50)}** (target ≤ 1.3×: ${verdict(r.scale.last.p50 <= 1.3 * r.scale.first.p50)}). GET /apps p50 ${ms(r.scale.list.p50)} (target ≤ 100 ms: ${verdict(r.scale.list.p50 <= 100)}).`,
+    `Service RSS at the end: **${mb(r.scale.serviceRss)}** (target ≤ 150 MB: ${verdict(r.scale.serviceRss <= 150 * 2 ** 20)}). Postgres (postmaster and every backend, proportional set size): ${mb(r.scale.postgresPss)}. Data directory: ${mb(r.scale.diskBytes)}.`,
+    '',
+    '## 6. Deprovisioning (DELETE /apps/:name?backup=false)',
+    '',
+    '| | n | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- |',
+    row('floor: the same statements, one connection', r.deletes.floor),
+    row('DELETE through nginx', r.deletes.service),
+    row('another tenant\'s UPDATE, idle server', r.deletes.tenantIdle),
+    row('the same UPDATE, during the deletes', r.deletes.tenantDuringDrops),
+    '',
+    `Ratio at p50: **${ratio(r.deletes.service.p50, r.deletes.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(r.deletes.service.p50 <= 1.1 * r.deletes.floor.p50)}). Checkpoints requested per side during the deletes: ${r.deletes.checkpointsDuring} (every DROP DATABASE forces one). The tenant ran throughout both sides' deletes. The tenant's p99 during the drops is ${ratio(r.deletes.tenantDuringDrops.p99, r.deletes.tenantIdle.p99)} its idle p99.`,
+    '',
+  ];
+}
+
+// CLI
+if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\/scripts\//, '/scripts/'))) {
+  const tiny = process.argv.includes('--tiny');
+  const out = tiny ? undefined : join(REPO_ROOT, 'BENCHMARKS.md');
+  const text = await runBenchmark({ tiny, out, log: (line) => process.stderr.write(`${line}\n`) });
+  process.stdout.write(`${text}\n`);
+  if (out) process.stderr.write(`written to ${out}\n`);
+}

@@ -28,6 +28,8 @@ export interface StackSettings {
   serviceEnv: Record<string, string>;
   /** Where the service's output goes: each line, as written. */
   onServiceLine: (line: string) => void;
+  /** Benchmarks only: Postgres settings on top of postgres.conf (e.g. max_connections for a 32-client floor). */
+  extraPostgresSettings?: Record<string, string>;
 }
 
 export class StackError extends Error {
@@ -126,6 +128,14 @@ export class LocalStack {
   /** The running postmaster's process id. */
   get postgresPid(): number | undefined {
     return this.postgres?.pid;
+  }
+
+  /** Every process of the running Postgres: the postmaster and its children (for SIGSTOP, memory). */
+  postgresProcessIds(): number[] {
+    const postmaster = this.postgres?.pid;
+    if (!postmaster) return [];
+    const children = spawnSync('pgrep', ['-P', String(postmaster)], { encoding: 'utf8' }).stdout?.trim().split('\n').filter(Boolean).map(Number) ?? [];
+    return [postmaster, ...children];
   }
 
   get httpUrl(): string {
@@ -264,6 +274,7 @@ export class LocalStack {
         '-c', 'listen_addresses=127.0.0.1',
         '-c', `port=${this.settings.pgPort}`,
         '-c', `unix_socket_directories=${socketDir}`,
+        ...Object.entries(this.settings.extraPostgresSettings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
       ],
       { ...this.asPostgresUser(), stdio: ['ignore', 'pipe', 'pipe'], cwd: this.paths.dir },
     );

@@ -22,8 +22,12 @@ export const ConfigSchema = z.object({
   /** The system's own database, created by init/02-create-databases.sql. */
   SYSTEM_DATABASE: z.string().min(1).default('provisioner'),
   DATABASE_POOL_SIZE: z.coerce.number().int().min(2).max(20).default(5),
-  DATABASE_CONNECT_TIMEOUT_MS: durationMs.default(5_000),
-  DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(30_000),
+  /**
+   * Bounds on every database call, so no request waits longer than about their sum (10 s) even when Postgres
+   * is frozen: a pool connection within CONNECT, an answer within STATEMENT + 1 s.
+   */
+  DATABASE_CONNECT_TIMEOUT_MS: durationMs.default(3_000),
+  DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(6_000),
   /** How long an operation waits for another one on the same app (or any Postgres lock) before giving up. */
   DATABASE_LOCK_TIMEOUT_MS: durationMs.default(10_000),
   HEALTH_TIMEOUT_MS: durationMs.default(1_500),

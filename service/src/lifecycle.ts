@@ -131,9 +131,12 @@ export class AppLifecycle {
       throw err;
     } finally {
       this.observe(action, outcome, Number(process.hrtime.bigint() - started) / 1e9);
-      await appendAudit(this.db.pool, { action, appName, outcome, ...context, detail: extra }).catch((err) =>
+      const written = appendAudit(this.db.pool, { action, appName, outcome, ...context, detail: extra }).catch((err) =>
         this.log.warn({ err, action, app: appName }, 'could not write the audit log'),
       );
+      // A success is answered once its audit entry is written; a failure (Postgres may be away) is answered at
+      // once, its entry written when it can be.
+      if (outcome === 'ok') await written;
     }
   }
 
@@ -444,14 +447,18 @@ export class AppLifecycle {
     for (const { app_name: appName } of await appsInState(this.db.pool, ['ready'])) {
       const app = appIdentifiers(appName);
       const objects = await appObjects(this.db.pool, app);
-      if (objects.database && !objects.databaseAllowsConnections) {
-        await locked(appName, async (client) => {
+      if (objects.database && objects.databaseAllowsConnections && objects.loginRole && objects.accessRole) continue;
+      // Something looks wrong: look again under the app's lock (a delete may have been under way).
+      await locked(appName, async (client) => {
+        if ((await findApp(client, appName))?.state !== 'ready') return;
+        const now = await appObjects(client, app);
+        if (now.database && !now.databaseAllowsConnections) {
           await allowConnections(client, app.database);
           await repaired(appName, 'allowed connections again');
-        });
-      } else if (!objects.database || !objects.loginRole || !objects.accessRole) {
-        this.log.error({ app: appName, objects }, 'app is registered as ready but some of its objects are missing; left for the operator');
-      }
+        } else if (!now.database || !now.loginRole || !now.accessRole) {
+          this.log.error({ app: appName, objects: now }, 'app is registered as ready but some of its objects are missing; left for the operator');
+        }
+      });
     }
 
     for (const id of await this.readyPool.reconcile()) await repaired(`ready pool set ${id}`, 'removed half-prepared set');

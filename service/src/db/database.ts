@@ -39,7 +39,7 @@ export class Database {
       connectionTimeoutMillis: config.DATABASE_CONNECT_TIMEOUT_MS,
       statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
       lock_timeout: config.DATABASE_LOCK_TIMEOUT_MS,
-      query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS + 2_000,
+      query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS + 1_000,
       keepAlive: true,
     };
     this.pool = new pg.Pool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });
@@ -87,30 +87,81 @@ export class Database {
     return this.lastCheck.result;
   }
 
+  /** The health check's own connection: a flood of requests queued on the pool never delays /health. */
+  private healthClient?: pg.Client;
+
   /** Resolves when Postgres answers a trivial query within `timeoutMs`; rejects otherwise. */
   async ping(timeoutMs: number): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DatabaseUnavailableError()), timeoutMs);
     });
-    try {
+    const attempt = (async () => {
+      let client = this.healthClient;
+      if (!client) {
+        client = await this.connect();
+        this.healthClient = client;
+      }
       // query_timeout per query is supported by pg but missing from @types/pg's QueryConfig.
-      const query = { text: 'SELECT 1', query_timeout: timeoutMs } as pg.QueryConfig;
-      await Promise.race([this.pool.query(query), timeout]);
+      await client.query({ text: 'SELECT 1', query_timeout: timeoutMs } as pg.QueryConfig);
+    })();
+    try {
+      await Promise.race([attempt, timeout]);
+    } catch (err) {
+      attempt.catch(() => {});
+      const broken = this.healthClient;
+      this.healthClient = undefined;
+      await broken?.end().catch(() => {});
+      throw err;
     } finally {
       clearTimeout(timer);
     }
   }
 
+  /** When each pooled connection was last given back, to test long-idle ones before use. */
+  private readonly releasedAt = new WeakMap<pg.PoolClient, number>();
+
+  /**
+   * A pooled connection that works. One idle for more than a second is tested first (SELECT 1): after a
+   * Postgres restart or pg_terminate_backend, a dead one is dropped and another taken, so the request that
+   * comes next does not fail for it.
+   */
+  private async checkOut(): Promise<pg.PoolClient> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.pool.connect();
+      // pg-pool stops listening for a client's errors while it is checked out; a connection that dies while
+      // its holder waits on something else (pg_dump, a second connection) must not crash the process. The
+      // holder's next query fails, and the client is then discarded.
+      client.on('error', this.onCheckedOutError);
+      const idleMs = Date.now() - (this.releasedAt.get(client) ?? Date.now());
+      if (idleMs < 1_000) return client;
+      try {
+        await client.query('SELECT 1');
+        return client;
+      } catch (err) {
+        this.giveBack(client, err instanceof Error ? err : new Error(String(err)));
+        if (attempt >= 3) throw err;
+      }
+    }
+  }
+
+  private readonly onCheckedOutError = (err: Error) => this.log.warn({ err }, 'database connection lost while in use');
+
+  private giveBack(client: pg.PoolClient, err?: Error): void {
+    client.removeListener('error', this.onCheckedOutError);
+    this.releasedAt.set(client, Date.now());
+    client.release(err);
+  }
+
   /** Runs `work` on one pooled connection; a connection that failed outside SQL is discarded, not reused. */
   async withClient<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.pool.connect();
+    const client = await this.checkOut();
     try {
       const result = await work(client);
-      client.release();
+      this.giveBack(client);
       return result;
     } catch (err) {
-      client.release(err instanceof Error && !sqlState(err) ? err : undefined);
+      this.giveBack(client, err instanceof Error && !sqlState(err) ? err : undefined);
       throw err;
     }
   }
@@ -168,6 +219,7 @@ export class Database {
   }
 
   async close(): Promise<void> {
+    await this.healthClient?.end().catch(() => {});
     await this.pool.end();
   }
 }

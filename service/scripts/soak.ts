@@ -1,0 +1,315 @@
+// The soak: mixed traffic from 16 clients against the local stack (loopback only) for a bounded time, with a
+// fault injected at a fixed interval, then the checks of RELIABILITY.md. It stops by itself.
+//   npm --prefix service run soak                         10 minutes, a fault every minute; writes ../RELIABILITY.md
+//   SOAK_SECONDS=45 SOAK_FAULT_EVERY_SECONDS=12 …         shorter (the tests run a 45-second version)
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { LocalStack, REPO_ROOT } from './local-stack.js';
+import { rssBytes } from './process-stats.js';
+import { freePort } from '../test/helpers/stack.js';
+import { rawRequest } from '../test/helpers/raw-http.js';
+
+export interface SoakOptions {
+  seconds: number;
+  faultEverySeconds: number;
+  clients: number;
+  out?: string;
+  log?: (line: string) => void;
+}
+
+export interface SoakResult {
+  seconds: number;
+  requests: number;
+  byStatus: Record<string, number>;
+  byOperation: Record<string, number>;
+  faults: Array<{ at: number; name: string }>;
+  serverErrorsOutsideFaults: string[];
+  timeouts: number;
+  appsChecked: number;
+  appsNotConnecting: string[];
+  halfMade: string[];
+  rssSecondMinute: number;
+  rssEnd: number;
+  unexplainedErrorLogs: string[];
+}
+
+interface Window {
+  from: number;
+  to: number;
+}
+
+/** Between two requests of one client: 16 clients then send a few hundred requests a second, like busy operators. */
+const CLIENT_PAUSE_MS = 40;
+const FAULT_GRACE_MS = 12_000; // the longest a request may legitimately take to fail after a fault (10 s bounds)
+
+export async function runSoak(options: SoakOptions): Promise<SoakResult> {
+  const log = options.log ?? (() => {});
+  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-soak-'));
+  chmodSync(stackDir, 0o755);
+  const serviceLines: Array<{ at: number; line: string }> = [];
+  const stack = new LocalStack({
+    stackDir,
+    httpPort: await freePort(),
+    pgPort: await freePort(),
+    servicePort: await freePort(),
+    postgresPassword: 'soak-superuser-password',
+    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
+    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
+    serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'warn', RECONCILE_INTERVAL_MS: '15000' },
+    onServiceLine: (line) => serviceLines.push({ at: Date.now(), line }),
+  });
+  const result: SoakResult = {
+    seconds: options.seconds,
+    requests: 0,
+    byStatus: {},
+    byOperation: {},
+    faults: [],
+    serverErrorsOutsideFaults: [],
+    timeouts: 0,
+    appsChecked: 0,
+    appsNotConnecting: [],
+    halfMade: [],
+    rssSecondMinute: NaN,
+    rssEnd: NaN,
+    unexplainedErrorLogs: [],
+  };
+  const windows: Window[] = [];
+  /** Whether a request that ran from `start` to `end` overlapped a fault (or the grace after it). */
+  const inFault = (start: number, end = start) => windows.some((w) => end >= w.from && start <= w.to + FAULT_GRACE_MS);
+  /** Apps the clients were told exist, with their current connection strings. */
+  const known = new Map<string, string>();
+  /** Apps whose last operation's outcome is unknown (no answer, or a 5xx): complete or absent, either is right. */
+  const uncertain = new Set<string>();
+
+  try {
+    await stack.start();
+    const started = Date.now();
+    const deadline = started + options.seconds * 1000;
+    let counter = 0;
+
+    /** One request from client `id`, from its own loopback address (rate limits are per address, as for real clients). */
+    const call = async (id: number, operation: string, method: string, path: string, body?: unknown) => {
+      const at = Date.now();
+      let status = 0;
+      let json: Record<string, unknown> = {};
+      try {
+        const response = await rawRequest(
+          stack.settings.httpPort,
+          { method, path, headers: { Authorization: `Bearer ${stack.adminKey}`, ...(body ? { 'Content-Type': 'application/json' } : {}) }, ...(body ? { body: JSON.stringify(body) } : {}) },
+          `127.0.0.${10 + id}`,
+          15_000,
+        );
+        status = response.status;
+        try {
+          json = JSON.parse(response.body) as Record<string, unknown>;
+        } catch {
+          json = {};
+        }
+      } catch {
+        result.timeouts++;
+      }
+      result.requests++;
+      result.byStatus[String(status)] = (result.byStatus[String(status)] ?? 0) + 1;
+      result.byOperation[operation] = (result.byOperation[operation] ?? 0) + 1;
+      if ((status >= 500 || status === 0) && !inFault(at, Date.now())) result.serverErrorsOutsideFaults.push(`${new Date(at).toISOString()} ${operation} ${method} ${path} → ${status}`);
+      return { status, json };
+    };
+
+    const client = async (id: number) => {
+      const mine: string[] = [];
+      while (Date.now() < deadline) {
+        const roll = Math.random();
+        if (roll < 0.22 || mine.length === 0) {
+          const name = `soak_${id}_${(counter++).toString(36)}`;
+          const { status, json } = await call(id, 'provision', 'POST', '/provision', { app_name: name });
+          if (status === 201) {
+            known.set(name, String(json.connection_string));
+            mine.push(name);
+          } else if (status >= 500 || status === 0) {
+            uncertain.add(name);
+          }
+        } else if (roll < 0.35) {
+          await call(id, 'list', 'GET', '/apps');
+        } else if (roll < 0.45) {
+          await call(id, 'get', 'GET', `/apps/${mine[Math.floor(Math.random() * mine.length)]}`);
+        } else if (roll < 0.55) {
+          const name = mine[Math.floor(Math.random() * mine.length)]!;
+          const { status, json } = await call(id, 'rotate', 'POST', `/apps/${name}/rotate`);
+          if (status === 200) known.set(name, String(json.connection_string));
+          else if (status >= 500 || status === 0) uncertain.add(name);
+        } else if (roll < 0.6) {
+          await call(id, 'backup', 'POST', `/apps/${mine[Math.floor(Math.random() * mine.length)]}/backups`);
+        } else if (roll < 0.68) {
+          const name = mine.splice(Math.floor(Math.random() * mine.length), 1)[0]!;
+          const { status } = await call(id, 'delete', 'DELETE', `/apps/${name}?backup=false`);
+          if (status === 200) known.delete(name);
+          else if (status >= 500 || status === 0) uncertain.add(name);
+          else mine.push(name);
+        } else if (roll < 0.85) {
+          await call(id, 'health', 'GET', '/health');
+        } else {
+          // Hostile: a wrong key or a bad body, from other loopback addresses (so lockouts hit only them).
+          const source = `127.0.0.${100 + Math.floor(Math.random() * 150)}`;
+          const at = Date.now();
+          const bad = Math.random() < 0.5 ? { app_name: 'BAD NAME', admin_key: stack.adminKey } : { app_name: 'valid_name', admin_key: 'sk_wrong' };
+          const response = await rawRequest(stack.settings.httpPort, { method: 'POST', path: '/provision', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(bad) }, source).catch(() => ({ status: 0 }));
+          result.requests++;
+          result.byOperation.hostile = (result.byOperation.hostile ?? 0) + 1;
+          result.byStatus[String(response.status)] = (result.byStatus[String(response.status)] ?? 0) + 1;
+          if ((response.status >= 500 || response.status === 0) && !inFault(at, Date.now())) result.serverErrorsOutsideFaults.push(`${new Date(at).toISOString()} hostile → ${response.status}`);
+        }
+        await sleep(CLIENT_PAUSE_MS);
+      }
+    };
+
+    // The service is killed once, early (before the memory baseline); the rest are Postgres's faults.
+    const faults: Array<[string, () => Promise<void>]> = [
+      ['service killed (SIGKILL) and restarted', async () => {
+        await stack.stopService('SIGKILL');
+        await stack.startService();
+      }],
+      ['Postgres frozen (SIGSTOP) for 5 s', async () => {
+        const pids = stack.postgresProcessIds();
+        for (const pid of pids) process.kill(pid, 'SIGSTOP');
+        await sleep(5_000);
+        for (const pid of pids) process.kill(pid, 'SIGCONT');
+      }],
+      ['Postgres restarted (fast shutdown)', async () => {
+        await stack.stopPostgres();
+        await stack.startPostgres();
+      }],
+      ["the service's backends terminated", async () => {
+        const admin = new pg.Client(stack.superuserConnection());
+        await admin.connect();
+        await admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg-provisioner'");
+        await admin.end();
+      }],
+    ];
+    const faultLoop = async () => {
+      let index = 0;
+      for (let next = started + options.faultEverySeconds * 1000; next < deadline - 5_000; next += options.faultEverySeconds * 1000) {
+        await sleep(Math.max(0, next - Date.now()));
+        const [name, inject] = index === 0 ? faults[0]! : faults[1 + ((index - 1) % (faults.length - 1))]!;
+        index++;
+        const window = { from: Date.now(), to: Infinity };
+        windows.push(window);
+        log(`fault: ${name}`);
+        result.faults.push({ at: Math.round((window.from - started) / 1000), name });
+        await inject();
+        window.to = Date.now();
+      }
+    };
+    const memoryProbe = async () => {
+      const second = Math.min(120, options.seconds / 3);
+      await sleep(second * 1000);
+      result.rssSecondMinute = rssBytes(stack.servicePid);
+    };
+
+    await Promise.all([...Array.from({ length: options.clients }, (_, i) => client(i)), faultLoop(), memoryProbe()]);
+    result.rssEnd = rssBytes(stack.servicePid);
+
+    // The end: let the reconciler run, then check every app the clients were told of, and the catalogs.
+    const from = serviceLines.length;
+    await stack.stopService();
+    await stack.startService();
+    for (let i = 0; i < 200 && !serviceLines.slice(from).some((l) => l.line.includes('reconcile finished')); i++) await sleep(100);
+    for (const [name, connectionString] of known) {
+      if (uncertain.has(name)) continue;
+      result.appsChecked++;
+      const app = new pg.Client({ connectionString, connectionTimeoutMillis: 5_000 });
+      try {
+        await app.connect();
+        await app.query('SELECT 1');
+      } catch {
+        result.appsNotConnecting.push(name);
+      } finally {
+        await app.end().catch(() => {});
+      }
+    }
+    const admin = new pg.Client(stack.superuserConnection('provisioner'));
+    await admin.connect();
+    try {
+      const { rows } = await admin.query(
+        `SELECT a.app_name || ' (' || a.state || ')' AS problem FROM apps a WHERE a.state <> 'ready'
+         UNION ALL
+         SELECT a.app_name || ' (ready, missing objects)' FROM apps a
+          WHERE a.state = 'ready' AND (NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'app_' || a.app_name)
+             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_' || a.app_name || '_user')
+             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_' || a.app_name))
+         UNION ALL
+         SELECT d.datname || ' (database without registry row)' FROM pg_database d
+          WHERE d.datname ~ '^app_' AND NOT EXISTS (SELECT 1 FROM apps a WHERE 'app_' || a.app_name = d.datname)
+         UNION ALL
+         SELECT r.rolname || ' (login role without registry row)' FROM pg_roles r
+          WHERE r.rolname ~ '^app_.*_user$' AND r.rolcanlogin AND NOT EXISTS (SELECT 1 FROM apps a WHERE 'app_' || a.app_name || '_user' = r.rolname)`,
+      );
+      result.halfMade = rows.map((r) => r.problem);
+    } finally {
+      await admin.end();
+    }
+    for (const { at, line } of serviceLines) {
+      if (!/"level":(50|60)/.test(line)) continue;
+      if (inFault(at) || line.includes('CRASH_AT')) continue;
+      result.unexplainedErrorLogs.push(line.slice(0, 300));
+    }
+  } finally {
+    await stack.stop().catch(() => {});
+    rmSync(stackDir, { recursive: true, force: true });
+  }
+  if (options.out) writeFileSync(options.out, renderReliability(result, options));
+  return result;
+}
+
+function renderReliability(r: SoakResult, o: SoakOptions): string {
+  const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+  const growth = (r.rssEnd / r.rssSecondMinute - 1) * 100;
+  return [
+    '# Reliability',
+    '',
+    'How pg-provisioner behaves when things go wrong, and the evidence. Each fault below has a test in',
+    '`npm --prefix service test` (`service/test/faults.test.ts`, `crash.test.ts`, `lifecycle.test.ts`); the soak',
+    '(`npm --prefix service run soak`) runs them all, repeatedly, under mixed traffic. A 45-second soak runs in the',
+    'tests (`service/test/soak.test.ts`).',
+    '',
+    '## Faults survived',
+    '',
+    '| fault | what the service does | test |',
+    '| --- | --- | --- |',
+    '| Postgres frozen (SIGSTOP) | every request answers within 10 s (pool connect 3 s + statement 6 s + 1 s) with a JSON 503; `/health` reports 503 within 2 s (one ping, 1.5 s timeout, shared for 250 ms); after SIGCONT everything works without a restart | faults.test.ts |',
+    "| Postgres restarted; the service's backends terminated | dead pool connections are dropped (one idle for over a second is tested before use), the next requests succeed; every app the client was told of still works | faults.test.ts |",
+    '| the service killed (SIGKILL) in the middle of provision, rotate, restore, delete, or ready-pool preparation | on restart the reconciler leaves every app complete or absent | crash.test.ts |',
+    '| the service down behind nginx | nginx answers a JSON 503 at once (connection refused); routes again when the service is back, without a reload | faults.test.ts, lifecycle.test.ts |',
+    "| one tenant takes every connection slot | the service keeps working through `superuser_reserved_connections = 3`; the tenant's own limit is `APP_CONNECTION_LIMIT` | faults.test.ts |",
+    '| stack restart | every app and its data survive; the admin key changes | lifecycle.test.ts |',
+    '| graceful shutdown (SIGTERM) | requests in flight finish (their keep-alive connections are closed after); work cut by a harder stop is reconciled | lifecycle.test.ts |',
+    '',
+    'Not tested here: a full disk. Postgres then refuses writes (and provisioning answers 503 with the detail in the',
+    "service's log); the service recovers by itself once space is freed. There is no per-tenant disk quota in",
+    'Postgres 15 (SECURITY.md).',
+    '',
+    `## Soak: ${o.seconds} s, ${o.clients} clients, a fault every ${o.faultEverySeconds} s`,
+    '',
+    `Run on ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, local stack, loopback only.`,
+    '',
+    `- Requests: ${r.requests} (${Object.entries(r.byOperation).map(([k, v]) => `${k} ${v}`).join(', ')})`,
+    `- Answers by status: ${Object.entries(r.byStatus).sort().map(([k, v]) => `${k === '0' ? 'no answer' : k} ${v}`).join(', ')}`,
+    `- Faults: ${r.faults.map((f) => `${f.at} s ${f.name}`).join('; ')}`,
+    `- 5xx or no answer outside the fault windows (a fault and the ${FAULT_GRACE_MS / 1000} s after it): **${r.serverErrorsOutsideFaults.length}**${r.serverErrorsOutsideFaults.length ? ` (${r.serverErrorsOutsideFaults.slice(0, 5).join('; ')})` : ''}`,
+    `- Apps the clients were told exist, checked at the end with their current connection strings: ${r.appsChecked}; not connecting: **${r.appsNotConnecting.length}**`,
+    `- Half-made or half-removed objects after reconciliation: **${r.halfMade.length}**${r.halfMade.length ? ` (${r.halfMade.slice(0, 5).join('; ')})` : ''}`,
+    `- Service RSS: ${mb(r.rssSecondMinute)} at ${Math.min(120, o.seconds / 3).toFixed(0)} s, ${mb(r.rssEnd)} at the end: **${growth >= 0 ? '+' : ''}${growth.toFixed(1)}%** (target < 10%)`,
+    `- Error lines logged outside the fault windows: **${r.unexplainedErrorLogs.length}**${r.unexplainedErrorLogs.length ? ` (${r.unexplainedErrorLogs.slice(0, 3).join('; ')})` : ''}`,
+    '',
+  ].join('\n');
+}
+
+// CLI
+if (process.argv[1]?.endsWith('soak.ts')) {
+  const seconds = Number(process.env.SOAK_SECONDS ?? 600);
+  const faultEverySeconds = Number(process.env.SOAK_FAULT_EVERY_SECONDS ?? 60);
+  const result = await runSoak({ seconds, faultEverySeconds, clients: 16, out: join(REPO_ROOT, 'RELIABILITY.md'), log: (line) => process.stderr.write(`${line}\n`) });
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+}

@@ -7,8 +7,8 @@
 import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { promisify } from 'node:util';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, freemem, release, tmpdir, totalmem } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
@@ -28,9 +28,8 @@ import {
 import { Database, LOCK_KEY_SQL, appLock } from '../src/db/database.js';
 import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/registry.js';
 import { newCredential, type AppCredential } from '../src/credential-stock.js';
-import { LocalStack, REPO_ROOT } from './local-stack.js';
+import { freePort, LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
 import { pssBytes, rssBytes } from './process-stats.js';
-import { freePort } from '../test/helpers/stack.js';
 
 export interface BenchOptions {
   tiny: boolean;
@@ -148,23 +147,17 @@ async function wrk(url: string, seconds: number, connections = 64): Promise<WrkR
 export async function runBenchmark(options: BenchOptions): Promise<string> {
   const sizes = options.tiny ? TINY : FULL;
   const log = options.log ?? (() => {});
-  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-bench-'));
-  chmodSync(stackDir, 0o755);
   const serviceLines: string[] = [];
-  const stack = new LocalStack({
-    stackDir,
-    httpPort: await freePort(),
-    pgPort: await freePort(),
-    servicePort: await freePort(),
+  const settings = await throwawayStackSettings('bench', {
     postgresPassword: 'bench-superuser-password',
-    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
-    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
     serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'warn', READY_POOL_SIZE: '0', RECONCILE_INTERVAL_MS: '600000' },
     onServiceLine: (line) => serviceLines.push(line),
     // The floor at 32 clients holds 32 sessions, each opening one more into the database it just made:
     // more than postgres.conf's 50. The service itself never needs more than its pool (5) plus one each.
     extraPostgresSettings: { max_connections: '100' },
   });
+  const { stackDir } = settings;
+  const stack = new LocalStack(settings);
   const extras: Array<() => Promise<void>> = [];
   const report: string[] = [];
   const results: Record<string, unknown> = {};
@@ -220,18 +213,31 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
 
     // 6. Deprovisioning against its floor (reusing the apps just made), and whether drops stall another tenant.
     log('6. deprovisioning against the floor, and a tenant during the drops');
-    const tenant = await (async () => {
-      const name = nextName('tenant');
-      const response = await fetch(`${stack.httpUrl}/provision`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.adminKey}` }, body: JSON.stringify({ app_name: name }) });
-      const client = new pg.Client({ connectionString: ((await response.json()) as { connection_string: string }).connection_string });
+    const tenantName = nextName('tenant');
+    const tenantResponse = await fetch(`${stack.httpUrl}/provision`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${stack.adminKey}` }, body: JSON.stringify({ app_name: tenantName }) });
+    const tenantString = ((await tenantResponse.json()) as { connection_string: string }).connection_string;
+    const tenantConnect = async () => {
+      const client = new pg.Client({ connectionString: tenantString });
+      client.on('error', () => {});
       await client.connect();
-      await client.query('CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g');
       return client;
-    })();
+    };
+    let tenant = await tenantConnect();
+    await tenant.query('CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g');
     extras.push(() => tenant.end());
+    let tenantErrors = 0;
     const tenantLoop = async (stop: { done: boolean }) => {
       const times: number[] = [];
-      while (!stop.done && times.length < 200_000) times.push((await timed(() => tenant.query('UPDATE t SET v = md5(random()::text) WHERE id = $1', [1 + (times.length % 1000)])))[0]);
+      while (!stop.done && times.length < 200_000) {
+        try {
+          times.push((await timed(() => tenant.query('UPDATE t SET v = md5(random()::text) WHERE id = $1', [1 + (times.length % 1000)])))[0]);
+        } catch {
+          // A lost session is counted and reported, then the tenant reconnects, as an app would.
+          tenantErrors++;
+          await tenant.end().catch(() => {});
+          tenant = await tenantConnect();
+        }
+      }
       return times;
     };
     const idleStop = { done: false };
@@ -255,7 +261,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     busyStop.done = true;
     const tenantDuringDrops = summarize(await busyRun);
     const checkpointsDuring = ((await checkpoints()) - checkpointsBefore) / 2; // per side: floor and service deleted alike
-    results.deletes = { floor: summarize(floorDeleteTimes), service: summarize(serviceDeleteTimes), tenantIdle, tenantDuringDrops, checkpointsDuring };
+    results.deletes = { floor: summarize(floorDeleteTimes), service: summarize(serviceDeleteTimes), tenantIdle, tenantDuringDrops, checkpointsDuring, tenantErrors };
     await floorDeleteAll(floorNames.splice(0));
     for (const name of serviceNames.splice(0)) await deleteHttp(name);
 
@@ -334,9 +340,9 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     extras.push(async () => {
       minimal.kill();
     });
-    const ceilingDir = mkdtempSync(join(tmpdir(), 'pgprov-bench-ceiling-'));
-    chmodSync(ceilingDir, 0o755);
-    const ceilingNginx = new LocalStack({ ...stack.settings, stackDir: ceilingDir, servicePort: minimalPort, httpPort: await freePort(), onServiceLine: () => {} });
+    const ceilingSettings = await throwawayStackSettings('bench-ceiling', { ...stack.settings, servicePort: minimalPort, onServiceLine: () => {} });
+    const ceilingDir = ceilingSettings.stackDir;
+    const ceilingNginx = new LocalStack({ ...ceilingSettings, httpPort: await freePort() });
     await ceilingNginx.startNginx();
     extras.push(async () => {
       await ceilingNginx.stopNginx();
@@ -427,7 +433,15 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
       diskBytes: Number(execFileSync('du', ['-sb', join(stackDir, 'pgdata')], { encoding: 'utf8' }).split('\t')[0]),
     };
 
+    // Anything Postgres logged as a crash or a terminated session during the run, as evidence.
+    const postgresLog = readFileSync(join(stack.paths.logs, 'postgres.log'), 'utf8').split('\n');
+    (results as { postgresIncidents?: string[] }).postgresIncidents = postgresLog.filter((line) => /PANIC|was terminated by signal|terminating connection because of crash|out of memory/.test(line)).slice(0, 5);
     report.push(...renderReport(results as never, sizes, options.tiny));
+  } catch (err) {
+    // Keep the evidence: Postgres's log says why a run broke.
+    const tail = readFileSync(join(stack.paths.logs, 'postgres.log'), 'utf8').split('\n').slice(-40).join('\n');
+    log(`the benchmark failed; the end of Postgres's log:\n${tail}`);
+    throw err;
   } finally {
     for (const stop of extras.reverse()) await stop().catch(() => {});
     await stack.stop().catch(() => {});
@@ -439,8 +453,9 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
 }
 
 interface Results {
+  postgresIncidents?: string[];
   sequential: { floor: Summary; service: Summary };
-  deletes: { floor: Summary; service: Summary; tenantIdle: Summary; tenantDuringDrops: Summary; checkpointsDuring: number };
+  deletes: { floor: Summary; service: Summary; tenantIdle: Summary; tenantDuringDrops: Summary; checkpointsDuring: number; tenantErrors: number };
   pool: { warm: Summary; dry: Summary; floor: Summary };
   concurrency: Record<number, { floor: number; service: number }>;
   health: { nginxAlone: WrkResult; ceiling: WrkResult; health: WrkResult; detectMs: number };
@@ -465,6 +480,7 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     '',
     ...machine(),
     '',
+    ...(r.postgresIncidents?.length ? ['Postgres logged during the run:', '', ...r.postgresIncidents.map((line) => `    ${line}`), ''] : []),
     '## 1. Sequential provisioning, on demand (ready pool off)',
     '',
     '| | n | p50 | p95 | p99 |',
@@ -533,7 +549,7 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     row('another tenant\'s UPDATE, idle server', r.deletes.tenantIdle),
     row('the same UPDATE, during the deletes', r.deletes.tenantDuringDrops),
     '',
-    `Ratio at p50: **${ratio(r.deletes.service.p50, r.deletes.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(r.deletes.service.p50 <= 1.1 * r.deletes.floor.p50)}). Checkpoints requested per side during the deletes: ${r.deletes.checkpointsDuring} (every DROP DATABASE forces one). The tenant ran throughout both sides' deletes. The tenant's p99 during the drops is ${ratio(r.deletes.tenantDuringDrops.p99, r.deletes.tenantIdle.p99)} its idle p99.`,
+    `Ratio at p50: **${ratio(r.deletes.service.p50, r.deletes.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(r.deletes.service.p50 <= 1.1 * r.deletes.floor.p50)}). Checkpoints requested per side during the deletes: ${r.deletes.checkpointsDuring} (every DROP DATABASE forces one). The tenant ran throughout both sides' deletes. The tenant's p99 during the drops is ${ratio(r.deletes.tenantDuringDrops.p99, r.deletes.tenantIdle.p99)} its idle p99; its session was lost ${r.deletes.tenantErrors} time(s).`,
     '',
   ];
 }

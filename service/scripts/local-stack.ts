@@ -3,7 +3,9 @@
 // started the way the Dockerfile starts it (node dist/server.js); nginx with the repo's nginx.conf, where only
 // the upstream address, the listen address and the file paths differ. Used by `npm run stack` and the tests.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { once } from 'node:events';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -30,6 +32,37 @@ export interface StackSettings {
   onServiceLine: (line: string) => void;
   /** Benchmarks only: Postgres settings on top of postgres.conf (e.g. max_connections for a 32-client floor). */
   extraPostgresSettings?: Record<string, string>;
+}
+
+/** A TCP port free on 127.0.0.1 right now. */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/**
+ * Settings for a throwaway stack (tests, benchmark, soak): a fresh directory under the system's temporary
+ * directory, reachable by the unprivileged Postgres user, and free ports. The caller removes the directory.
+ */
+export async function throwawayStackSettings(name: string, settings: Pick<StackSettings, 'postgresPassword' | 'serviceEnv' | 'onServiceLine'> & Partial<StackSettings>): Promise<StackSettings> {
+  const stackDir = mkdtempSync(join(tmpdir(), `pgprov-${name}-`));
+  chmodSync(stackDir, 0o755);
+  return {
+    stackDir,
+    httpPort: await freePort(),
+    pgPort: await freePort(),
+    servicePort: await freePort(),
+    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
+    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
+    ...settings,
+  };
 }
 
 export class StackError extends Error {
@@ -312,6 +345,7 @@ export class LocalStack {
 
   serviceEnvironment(): Record<string, string> {
     return {
+      NODE_OPTIONS: '--max-old-space-size=96', // as the Dockerfile sets it: the service's heap fits its 160 MB limit
       HOST: '127.0.0.1',
       PORT: String(this.settings.servicePort),
       DATABASE_HOST: this.paths.socketDir,

@@ -2,14 +2,12 @@
 // fault injected at a fixed interval, then the checks of RELIABILITY.md. It stops by itself.
 //   npm --prefix service run soak                         10 minutes, a fault every minute; writes ../RELIABILITY.md
 //   SOAK_SECONDS=45 SOAK_FAULT_EVERY_SECONDS=12 …         shorter (the tests run a 45-second version)
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { LocalStack, REPO_ROOT } from './local-stack.js';
+import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
 import { rssBytes } from './process-stats.js';
-import { freePort } from '../test/helpers/stack.js';
 import { rawRequest } from '../test/helpers/raw-http.js';
 
 export interface SoakOptions {
@@ -47,20 +45,14 @@ const FAULT_GRACE_MS = 12_000; // the longest a request may legitimately take to
 
 export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const log = options.log ?? (() => {});
-  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-soak-'));
-  chmodSync(stackDir, 0o755);
   const serviceLines: Array<{ at: number; line: string }> = [];
-  const stack = new LocalStack({
-    stackDir,
-    httpPort: await freePort(),
-    pgPort: await freePort(),
-    servicePort: await freePort(),
+  const settings = await throwawayStackSettings('soak', {
     postgresPassword: 'soak-superuser-password',
-    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
-    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
     serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'warn', RECONCILE_INTERVAL_MS: '15000' },
     onServiceLine: (line) => serviceLines.push({ at: Date.now(), line }),
   });
+  const { stackDir } = settings;
+  const stack = new LocalStack(settings);
   const result: SoakResult = {
     seconds: options.seconds,
     requests: 0,

@@ -1,23 +1,11 @@
 // Starts a real local stack (Postgres 15, the built service, nginx) in a fresh temporary STACK_DIR on free
 // ports, for one test file. Everything the tests check goes through it as an operator or an app would.
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
-import { LocalStack, type StackSettings } from '../../scripts/local-stack.js';
+import { LocalStack, throwawayStackSettings, type StackSettings } from '../../scripts/local-stack.js';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
+export { freePort } from '../../scripts/local-stack.js';
 
 export interface TestStack {
   stack: LocalStack;
@@ -66,21 +54,15 @@ export async function request(url: string, init: RequestInit = {}): Promise<Json
 }
 
 export async function startTestStack(overrides: Partial<StackSettings> = {}): Promise<TestStack> {
-  const stackDir = mkdtempSync(join(tmpdir(), 'pgprov-test-'));
-  chmodSync(stackDir, 0o755); // the unprivileged Postgres user must reach it
   const serviceLines: string[] = [];
-  const stack = new LocalStack({
-    stackDir,
-    httpPort: await freePort(),
-    pgPort: await freePort(),
-    servicePort: await freePort(),
+  const settings = await throwawayStackSettings('test', {
     postgresPassword: 'test-superuser-password-Zq81',
-    pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
-    pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
     serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info' },
     onServiceLine: (line) => serviceLines.push(line),
     ...overrides,
   });
+  const { stackDir } = settings;
+  const stack = new LocalStack(settings);
   await stack.start();
 
   const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>

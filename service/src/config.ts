@@ -24,10 +24,11 @@ export const ConfigSchema = z.object({
   DATABASE_POOL_SIZE: z.coerce.number().int().min(2).max(20).default(5),
   /**
    * Bounds on every database call, so no request waits longer than about their sum (10 s) even when Postgres
-   * is frozen: a pool connection within CONNECT, an answer within STATEMENT + 1 s.
+   * is frozen: a pool connection within CONNECT, an answer within STATEMENT (after which the service stops
+   * waiting and discards the connection; Postgres finishes the statement, and the reconciler what it left).
    */
   DATABASE_CONNECT_TIMEOUT_MS: durationMs.default(3_000),
-  DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(6_000),
+  DATABASE_STATEMENT_TIMEOUT_MS: durationMs.default(7_000),
   /** How long an operation waits for another one on the same app (or any Postgres lock) before giving up. */
   DATABASE_LOCK_TIMEOUT_MS: durationMs.default(10_000),
   HEALTH_TIMEOUT_MS: durationMs.default(1_500),

@@ -210,7 +210,10 @@ export class AppLifecycle {
         await setAppState(client, appName, 'ready');
         return { app, password };
       } catch (err) {
-        await this.undoProvision(client, app, progress);
+        // After a SQL error the connection is sound and the steps done are known: undo them now. After a lost
+        // connection or a timeout, a statement may still complete in Postgres: leave the registry row
+        // (creating) to the reconciler, which removes whatever exists once this session is gone.
+        if (sqlState(err) || (err as { statusCode?: number }).statusCode === 409) await this.undoProvision(client, app, progress);
         throw err;
       }
     });

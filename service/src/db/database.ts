@@ -37,9 +37,12 @@ export class Database {
       database: config.SYSTEM_DATABASE,
       application_name: APPLICATION_NAME,
       connectionTimeoutMillis: config.DATABASE_CONNECT_TIMEOUT_MS,
-      statement_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
+      // The bound is the client's (query_timeout): the service stops waiting, and Postgres finishes the
+      // statement. A server-side statement_timeout would cancel a CREATE or DROP DATABASE halfway (a DROP
+      // waiting for a forced checkpoint easily takes seconds), which Postgres handles badly; lock waits are
+      // still cut server-side, before any work is done.
       lock_timeout: config.DATABASE_LOCK_TIMEOUT_MS,
-      query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS + 1_000,
+      query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
       keepAlive: true,
     };
     this.pool = new pg.Pool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });

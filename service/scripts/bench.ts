@@ -235,7 +235,11 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
           // A lost session is counted and reported, then the tenant reconnects, as an app would.
           tenantErrors++;
           await tenant.end().catch(() => {});
-          tenant = await tenantConnect();
+          try {
+            tenant = await tenantConnect();
+          } catch {
+            break; // Postgres is going away: the run is failing, and says why
+          }
         }
       }
       return times;
@@ -440,7 +444,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
   } catch (err) {
     // Keep the evidence: Postgres's log says why a run broke.
     const tail = readFileSync(join(stack.paths.logs, 'postgres.log'), 'utf8').split('\n').slice(-40).join('\n');
-    log(`the benchmark failed; the end of Postgres's log:\n${tail}`);
+    log(`the benchmark failed: ${String((err as Error)?.stack ?? err)}\nthe end of Postgres's log:\n${tail}`);
     throw err;
   } finally {
     for (const stop of extras.reverse()) await stop().catch(() => {});

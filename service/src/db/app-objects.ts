@@ -56,9 +56,17 @@ export async function existingAppLogins(db: Queryable, usernames: string[]): Pro
   return rows.map((row) => row.rolname);
 }
 
+/**
+ * How long the service waits for CREATE and DROP DATABASE, longer than for other statements: each forces or
+ * waits for a checkpoint, which takes tens of seconds over thousands of databases. (query_timeout per query
+ * is supported by pg but missing from @types/pg.)
+ */
+export const DATABASE_DDL_TIMEOUT_MS = 60_000;
+const ddl = (text: string) => ({ text, query_timeout: DATABASE_DDL_TIMEOUT_MS }) as pg.QueryConfig;
+
 /** CREATE DATABASE cannot run in a transaction, so it is a statement of its own. */
 export async function createDatabase(db: Queryable, database: string): Promise<void> {
-  await db.query(`CREATE DATABASE ${ident(database)}`);
+  await db.query(ddl(`CREATE DATABASE ${ident(database)}`));
 }
 
 /**
@@ -75,7 +83,7 @@ export async function handDatabaseToApp(db: Queryable, database: Database, name:
 }
 
 export async function dropDatabase(db: Queryable, database: string): Promise<void> {
-  await db.query(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`);
+  await db.query(ddl(`DROP DATABASE IF EXISTS ${ident(database)} WITH (FORCE)`));
 }
 
 /**

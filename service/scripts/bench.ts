@@ -29,7 +29,7 @@ import { Database, LOCK_KEY_SQL, appLock } from '../src/db/database.js';
 import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/registry.js';
 import { newCredential, type AppCredential } from '../src/credential-stock.js';
 import { freePort, LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
-import { pssBytes, rssBytes } from './process-stats.js';
+import { pssBytes, rssBytes, signalAll } from './process-stats.js';
 
 export interface BenchOptions {
   tiny: boolean;
@@ -358,7 +358,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     // How fast /health notices a frozen database (SIGSTOP on the postmaster and every backend).
     const pids = stack.postgresProcessIds();
     await sleep(300);
-    for (const pid of pids) process.kill(pid, 'SIGSTOP');
+    signalAll(pids, 'SIGSTOP');
     const frozenAt = Date.now();
     let detectMs = NaN;
     try {
@@ -372,7 +372,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
         await sleep(20);
       }
     } finally {
-      for (const pid of pids) process.kill(pid, 'SIGCONT');
+      signalAll(pids, 'SIGCONT');
     }
     results.health = { nginxAlone, ceiling, health, detectMs };
 

@@ -24,3 +24,14 @@ export function pssBytes(pids: number[]): number {
   }
   return total;
 }
+
+/** Sends `signal` to each process; one that has exited meanwhile (a backend ending) is skipped. */
+export function signalAll(pids: number[], signal: NodeJS.Signals): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    }
+  }
+}

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
-import { rssBytes } from './process-stats.js';
+import { rssBytes, signalAll } from './process-stats.js';
 import { rawRequest } from '../test/helpers/raw-http.js';
 
 export interface SoakOptions {
@@ -165,9 +165,9 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       }],
       ['Postgres frozen (SIGSTOP) for 5 s', async () => {
         const pids = stack.postgresProcessIds();
-        for (const pid of pids) process.kill(pid, 'SIGSTOP');
+        signalAll(pids, 'SIGSTOP');
         await sleep(5_000);
-        for (const pid of pids) process.kill(pid, 'SIGCONT');
+        signalAll(pids, 'SIGCONT');
       }],
       ['Postgres restarted (fast shutdown)', async () => {
         await stack.stopPostgres();

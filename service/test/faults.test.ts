@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
+import { signalAll } from '../scripts/process-stats.js';
 import { asApp, connectAs, eventually, request, startTestStack, type ProvisionedApp, type TestStack } from './helpers/stack.js';
 
 let t: TestStack;
@@ -41,7 +42,7 @@ describe('Postgres frozen (SIGSTOP) for 20 s under load', () => {
     await t.stack.stopService();
     await t.stack.startService({ READY_POOL_SIZE: '0' }); // every provision must reach Postgres
     const pids = t.stack.postgresProcessIds();
-    for (const pid of pids) process.kill(pid, 'SIGSTOP');
+    signalAll(pids, 'SIGSTOP');
     const answers: Array<{ status: number; body: Record<string, unknown> }> = [];
     try {
       const frozenAt = Date.now();
@@ -60,7 +61,7 @@ describe('Postgres frozen (SIGSTOP) for 20 s under load', () => {
         }),
       );
     } finally {
-      for (const pid of pids) process.kill(pid, 'SIGCONT');
+      signalAll(pids, 'SIGCONT');
     }
     assert.ok(answers.length >= 4);
     for (const answer of answers) {

@@ -177,8 +177,9 @@ export class ReadyPool {
    */
   async reconcile(): Promise<string[]> {
     const removed: string[] = [];
-    const known = new Set([...(await entriesIn(this.db.pool, 'preparing')), ...(await entriesIn(this.db.pool, 'ready'))]);
-    const candidates = new Set([...(await entriesIn(this.db.pool, 'preparing')), ...(await idsWithObjects(this.db.pool)).filter((id) => !known.has(id))]);
+    const preparing = await entriesIn(this.db.pool, 'preparing');
+    const known = new Set([...preparing, ...(await entriesIn(this.db.pool, 'ready'))]);
+    const candidates = new Set([...preparing, ...(await idsWithObjects(this.db.pool)).filter((id) => !known.has(id))]);
     for (const id of candidates) {
       const done = await this.db.tryWithLock(readyLock(id), async (client) => {
         await this.removeSet(client, id);

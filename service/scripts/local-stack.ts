@@ -360,14 +360,17 @@ export class LocalStack {
     };
   }
 
-  /** Starts the service; `extraEnv` adds or overrides settings for this start only (tests: CRASH_AT). */
-  async startService(extraEnv: Record<string, string> = {}): Promise<void> {
+  /**
+   * Starts the service; `extraEnv` adds or overrides settings for this start only (tests: CRASH_AT), and
+   * `nodeFlags` are given to node before the script (the profile: --cpu-prof, which NODE_OPTIONS refuses).
+   */
+  async startService(extraEnv: Record<string, string> = {}, nodeFlags: string[] = []): Promise<void> {
     const entry = join(SERVICE_DIR, 'dist', 'server.js');
     if (!existsSync(entry)) throw new StackError(`${entry} is missing: run npm --prefix service run build first`);
     this.adminKey = '';
     const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment(), ...extraEnv };
     // Started exactly as the Dockerfile's CMD starts it.
-    this.service = spawn(process.execPath, ['dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.service = spawn(process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [this.service.stdout, this.service.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
         const key = ADMIN_KEY_LINE.exec(line);

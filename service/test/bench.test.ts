@@ -21,7 +21,9 @@ describe('benchmark (tiny run)', () => {
     assert.doesNotMatch(report, /NaN|n\/a ms|Infinity/, 'every figure was measured');
     assert.match(report, /Ratio at p50: \*\*\d+\.\d+×\*\* the floor/);
     assert.match(report, /\| 8 \| \d+\.\d \| \d+\.\d \|/);
-    assert.match(report, /\| ceiling: the same nginx settings before a minimal Node server \| [1-9]\d* \|/);
+    assert.match(report, /\| round 1: ceiling \| [1-9]\d* \| [\d.]+ ms \| \d+ \| [\d.]+ µs \+ [\d.]+ µs \|/);
+    assert.match(report, /\| round 1: GET \/health through nginx \| [1-9]\d* \|/);
+    assert.match(report, /\| self time by origin \| minimal server \| service \|\n\| --- \| --- \| --- \|\n\| \S/, 'both CPU profiles were taken');
     assert.match(report, /reported by \/health after \*\*\d/);
     assert.match(report, /Service RSS at the end: \*\*\d+\.\d MB\*\*/);
   });

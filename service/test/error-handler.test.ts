@@ -73,4 +73,33 @@ describe('request logs', () => {
     assert.ok(!text.includes(password));
     assert.ok(!text.includes('postgres://'));
   });
+
+  it('carry the request id from nginx, keep redacting, and skip successful health checks only', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _encoding, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false', HEALTH_TIMEOUT_MS: '200' });
+    const logged = await buildApp(config, { adminKey, logStream: sink });
+    logged.get('/log-probe', async (request) => {
+      request.log.info({ nested: { password: 'probe-password' }, deeper: { more: { connection_string: 'postgres://probe' } } }, 'probe');
+      return {};
+    });
+    await logged.inject({ method: 'GET', url: '/log-probe', headers: { 'x-request-id': 'trace-probe-1' } });
+    const health = await logged.inject({ method: 'GET', url: '/health', headers: { 'x-request-id': 'trace-health-1' } });
+    assert.equal(health.statusCode, 503, 'nothing listens on port 1');
+    await logged.close();
+    const parsed = lines.flatMap((chunk) => chunk.split('\n').filter(Boolean)).map((line) => JSON.parse(line) as Record<string, unknown>);
+    const probe = parsed.find((line) => line.msg === 'probe');
+    assert.equal(probe?.reqId, 'trace-probe-1');
+    assert.deepEqual(probe?.nested, { password: '[redacted]' });
+    assert.deepEqual(probe?.deeper, { more: { connection_string: '[redacted]' } });
+    assert.ok(parsed.some((line) => line.msg === 'request' && line.reqId === 'trace-probe-1' && line.url === '/log-probe'));
+    const healthLines = parsed.filter((line) => line.reqId === 'trace-health-1');
+    assert.deepEqual(healthLines.map((line) => line.msg), ['health check: database not answering'], 'a failing check is logged once, at warn');
+    assert.ok(parsed.every((line) => line.reqId === undefined || typeof line.reqId === 'string'));
+  });
 });

@@ -68,10 +68,11 @@ export default fp(
       operationSeconds.observe({ operation }, seconds);
     });
 
-    app.addHook('onResponse', async (request, reply) => {
+    app.addHook('onResponse', (request, reply, done) => {
       const route = request.routeOptions.url ?? 'unknown';
       requests.inc({ route, method: request.method, status: String(reply.statusCode) });
       requestSeconds.observe({ route, method: request.method }, reply.elapsedTime / 1000);
+      done();
     });
 
     app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {

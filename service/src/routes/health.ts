@@ -20,6 +20,9 @@ const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { co
       // The hottest route (load balancers, healthchecks): its two fixed answers need no per-request schema
       // validation; the schemas above still document it in OpenAPI.
       serializerCompiler: () => (data) => JSON.stringify(data),
+      // Docker's healthcheck and load balancers call it every few seconds: a successful check is counted in
+      // /metrics but not logged; a failing one is logged (warn, below).
+      logLevel: 'warn',
     },
     async (request, reply) => {
       try {

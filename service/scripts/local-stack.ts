@@ -32,6 +32,8 @@ export interface StackSettings {
   onServiceLine: (line: string) => void;
   /** Benchmarks only: Postgres settings on top of postgres.conf (e.g. max_connections for a 32-client floor). */
   extraPostgresSettings?: Record<string, string>;
+  /** Postgres's data directory, if not $STACK_DIR/pgdata (the disk-full test puts it on a small filesystem of its own). */
+  pgDataDir?: string;
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
@@ -142,7 +144,7 @@ export class LocalStack {
     const dir = resolve(settings.stackDir);
     this.paths = {
       dir,
-      pgData: join(dir, 'pgdata'),
+      pgData: settings.pgDataDir ? resolve(settings.pgDataDir) : join(dir, 'pgdata'),
       pgConf: join(dir, 'pgconf'),
       socketDir: join(dir, 'run'),
       logs: join(dir, 'logs'),

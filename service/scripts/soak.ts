@@ -31,7 +31,18 @@ export interface SoakResult {
   halfMade: string[];
   rssSecondMinute: number;
   rssEnd: number;
+  /** The service's memory, sampled every MEMORY_SAMPLE_MS from the end of the first minute. */
+  memory: MemorySample[];
   unexplainedErrorLogs: string[];
+}
+
+export interface MemorySample {
+  /** Seconds since the start. */
+  at: number;
+  rss: number;
+  /** V8's heap in use and its size (prom-client's default metrics, from GET /metrics on the service's port). */
+  heapUsed: number;
+  heapTotal: number;
 }
 
 interface Window {
@@ -42,6 +53,17 @@ interface Window {
 /** Between two requests of one client: 16 clients then send a few hundred requests a second, like busy operators. */
 const CLIENT_PAUSE_MS = 40;
 const FAULT_GRACE_MS = 12_000; // the longest a request may legitimately take to fail after a fault (10 s bounds)
+const MEMORY_SAMPLE_MS = 5_000;
+
+async function heapBytes(serviceUrl: string): Promise<{ heapUsed: number; heapTotal: number }> {
+  try {
+    const text = await (await fetch(`${serviceUrl}/metrics`, { signal: AbortSignal.timeout(12_000) })).text();
+    const value = (name: string) => Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN);
+    return { heapUsed: value('pgprov_nodejs_heap_size_used_bytes'), heapTotal: value('pgprov_nodejs_heap_size_total_bytes') };
+  } catch {
+    return { heapUsed: NaN, heapTotal: NaN }; // the service restarting, or Postgres frozen past the timeout
+  }
+}
 
 export async function runSoak(options: SoakOptions): Promise<SoakResult> {
   const log = options.log ?? (() => {});
@@ -66,6 +88,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     halfMade: [],
     rssSecondMinute: NaN,
     rssEnd: NaN,
+    memory: [],
     unexplainedErrorLogs: [],
   };
   const windows: Window[] = [];
@@ -199,8 +222,16 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       await sleep(second * 1000);
       result.rssSecondMinute = rssBytes(stack.servicePid);
     };
+    const memorySampler = async () => {
+      for (let next = started + Math.min(60_000, (options.seconds * 1000) / 4); next < deadline; next += MEMORY_SAMPLE_MS) {
+        await sleep(Math.max(0, next - Date.now()));
+        const rss = rssBytes(stack.servicePid);
+        const heap = await heapBytes(stack.serviceUrl);
+        result.memory.push({ at: Math.round((next - started) / 1000), rss, ...heap });
+      }
+    };
 
-    await Promise.all([...Array.from({ length: options.clients }, (_, i) => client(i)), faultLoop(), memoryProbe()]);
+    await Promise.all([...Array.from({ length: options.clients }, (_, i) => client(i)), faultLoop(), memoryProbe(), memorySampler()]);
     result.rssEnd = rssBytes(stack.servicePid);
 
     // The end: let the reconciler run, then check every app the clients were told of, and the catalogs.
@@ -270,7 +301,7 @@ function renderReliability(r: SoakResult, o: SoakOptions): string {
     '',
     '| fault | what the service does | test |',
     '| --- | --- | --- |',
-    '| Postgres frozen (SIGSTOP) | every request answers within 10 s (pool connect 3 s + statement 6 s + 1 s) with a JSON 503; `/health` reports 503 within 2 s (one ping, 1.5 s timeout, shared for 250 ms); after SIGCONT everything works without a restart | faults.test.ts |',
+    '| Postgres frozen (SIGSTOP) | every request answers within 10 s (pool connection 3 s + answer 7 s; a CREATE or DROP DATABASE already running when Postgres froze, up to 60 s) with a JSON 503; `/health` reports 503 within 2 s (one ping, 1.5 s timeout, shared for 250 ms); after SIGCONT everything works without a restart | faults.test.ts |',
     "| Postgres restarted; the service's backends terminated | dead pool connections are dropped (one idle for over a second is tested before use), the next requests succeed; every app the client was told of still works | faults.test.ts |",
     '| the service killed (SIGKILL) in the middle of provision, rotate, restore, delete, or ready-pool preparation | on restart the reconciler leaves every app complete or absent | crash.test.ts |',
     '| the service down behind nginx | nginx answers a JSON 503 at once (connection refused); routes again when the service is back, without a reload | faults.test.ts, lifecycle.test.ts |',
@@ -295,7 +326,42 @@ function renderReliability(r: SoakResult, o: SoakOptions): string {
     `- Service RSS: ${mb(r.rssSecondMinute)} at ${Math.min(120, o.seconds / 3).toFixed(0)} s, ${mb(r.rssEnd)} at the end: **${growth >= 0 ? '+' : ''}${growth.toFixed(1)}%** (target < 10%)`,
     `- Error lines logged outside the fault windows: **${r.unexplainedErrorLogs.length}**${r.unexplainedErrorLogs.length ? ` (${r.unexplainedErrorLogs.slice(0, 3).join('; ')})` : ''}`,
     '',
+    ...memoryReport(r),
   ].join('\n');
+}
+
+/** The service's memory minute by minute: whether RSS growth is the heap settling or something kept. */
+function memoryReport(r: SoakResult): string[] {
+  if (r.memory.length === 0) return [];
+  const mb = (bytes: number) => (Number.isFinite(bytes) ? `${(bytes / 2 ** 20).toFixed(1)} MB` : 'n/a');
+  const byMinute = new Map<number, MemorySample[]>();
+  for (const sample of r.memory) {
+    const minute = Math.floor(sample.at / 60);
+    byMinute.set(minute, [...(byMinute.get(minute) ?? []), sample]);
+  }
+  const finite = (values: number[]) => values.filter(Number.isFinite);
+  const rows = [...byMinute.entries()].map(([minute, samples]) => ({
+    minute,
+    rss: Math.max(...finite(samples.map((x) => x.rss))),
+    // The lowest heap in use seen in a minute is close to what survives a collection: its trend is the leak test.
+    heapFloor: Math.min(...finite(samples.map((x) => x.heapUsed))),
+    heapTotal: Math.max(...finite(samples.map((x) => x.heapTotal))),
+  }));
+  const first = rows.find((row) => row.minute >= 1) ?? rows[0]!; // minute 2: the baseline the target names
+  const last = rows.at(-1)!;
+  const change = (a: number, b: number) => `${b >= a ? '+' : ''}${((b / a - 1) * 100).toFixed(1)}%`;
+  return [
+    '### Memory, minute by minute',
+    '',
+    `Sampled every ${MEMORY_SAMPLE_MS / 1000} s: RSS from /proc, V8's heap from the service's /metrics. The service runs with \`--max-old-space-size=96\`, as in its image.`,
+    '',
+    '| minute | RSS (highest) | heap in use (lowest) | heap size (highest) |',
+    '| --- | --- | --- | --- |',
+    ...rows.map((row) => `| ${row.minute + 1} | ${mb(row.rss)} | ${mb(row.heapFloor)} | ${mb(row.heapTotal)} |`),
+    '',
+    `From minute ${first.minute + 1} to minute ${last.minute + 1}: RSS ${change(first.rss, last.rss)}, heap in use after collections ${change(first.heapFloor, last.heapFloor)}, heap size ${change(first.heapTotal, last.heapTotal)}.`,
+    '',
+  ];
 }
 
 // CLI

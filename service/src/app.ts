@@ -13,7 +13,7 @@ import {
 import { nanoid } from 'nanoid';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import { isDatabaseUnavailable } from './errors.js';
+import { isDatabaseUnavailable, unavailableMessage } from './errors.js';
 import { loggerOptions, requestLogger } from './logger.js';
 import adminAuth from './plugins/admin-auth.js';
 import database from './plugins/database.js';
@@ -95,8 +95,9 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
       return reply.code(statusCode).send(errorBody(statusCode, err.message));
     }
     if (isDatabaseUnavailable(err) || err.statusCode === 503) {
-      request.log.error({ err }, 'database unavailable');
-      return reply.code(503).send(errorBody(503, 'the database is unavailable, retry later'));
+      const message = unavailableMessage(err);
+      request.log.error({ err }, message);
+      return reply.code(503).send(errorBody(503, message));
     }
     request.log.error({ err }, 'request failed');
     return reply.code(500).send(errorBody(500, 'Internal Server Error'));

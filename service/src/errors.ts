@@ -40,6 +40,18 @@ const UNAVAILABLE_SQLSTATES = [
 /** Node-level failures reaching Postgres: refused, reset, timed out, socket gone. */
 const UNAVAILABLE_MESSAGES = [/timeout/i, /ECONNREFUSED|ECONNRESET|ENOENT|EPIPE|ETIMEDOUT|EHOSTUNREACH/, /Connection terminated/i, /not queryable/i];
 
+/**
+ * What a 503 tells the client: our own words for the conditions an operator must act on (never Postgres's
+ * message, which can quote file paths and SQL). Postgres out of disk space or connection slots says so.
+ */
+export function unavailableMessage(err: unknown): string {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === '53100') return 'the database server is out of disk space: free space on its volume, then retry';
+  if (code === '53300') return 'the database server has no free connection slots, retry later';
+  if (code === '53200') return 'the database server is out of memory, retry later';
+  return 'the database is unavailable, retry later';
+}
+
 /** True when an error from pg means the database is away or overloaded (→ 503), not a bug (→ 500). */
 export function isDatabaseUnavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;

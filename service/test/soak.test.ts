@@ -14,5 +14,6 @@ describe('soak (45 s)', () => {
     assert.deepEqual(result.appsNotConnecting, []);
     assert.deepEqual(result.halfMade, []);
     assert.deepEqual(result.unexplainedErrorLogs, []);
+    assert.ok(result.memory.some((sample) => sample.rss > 0 && sample.heapUsed > 0), 'memory was sampled');
   });
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/app-names.js';
 import { ConfigError, loadConfig } from '../src/config.js';
-import { isDatabaseUnavailable } from '../src/errors.js';
+import { isDatabaseUnavailable, unavailableMessage } from '../src/errors.js';
 import { REDACTED_PATHS } from '../src/logger.js';
 import { isAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/secrets.js';
 import { LocalStack } from '../scripts/local-stack.js';
@@ -131,6 +131,13 @@ describe('error mapping', () => {
   it('treats everything else as a bug (500)', () => {
     for (const code of ['42601', '42501', '23505', 'XX000']) assert.equal(isDatabaseUnavailable(pgError(code)), false, code);
     assert.equal(isDatabaseUnavailable('not an error'), false);
+  });
+
+  it('names the conditions an operator must act on in a 503, in its own words', () => {
+    assert.match(unavailableMessage(pgError('53100')), /out of disk space/);
+    assert.match(unavailableMessage(pgError('53300')), /no free connection slots/);
+    assert.equal(unavailableMessage(pgError('08006')), 'the database is unavailable, retry later');
+    assert.equal(unavailableMessage(new Error('Connection terminated unexpectedly')), 'the database is unavailable, retry later');
   });
 });
 

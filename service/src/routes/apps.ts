@@ -43,7 +43,12 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
 
   app.get(
     '/apps',
-    { schema: { summary: 'List every app', response: { 200: z.object({ apps: z.array(AppSchema) }), ...errorResponses } } },
+    {
+      schema: { summary: 'List every app', response: { 200: z.object({ apps: z.array(AppSchema) }), ...errorResponses } },
+      // Thousands of apps: appBody (typed by AppSchema) already builds exactly the documented shape, so the
+      // list is written as is instead of being copied object by object by zod first (half the garbage).
+      serializerCompiler: () => (data) => JSON.stringify(data),
+    },
     async () => ({ apps: (await app.lifecycle.list()).map(appBody) }),
   );
 

@@ -34,6 +34,8 @@ export interface StackSettings {
   extraPostgresSettings?: Record<string, string>;
   /** Postgres's data directory, if not $STACK_DIR/pgdata (the disk-full test puts it on a small filesystem of its own). */
   pgDataDir?: string;
+  /** DISK_RESERVE_MB for init/00-disk-reserve.sh; default 256, as in docker-compose.yml. */
+  diskReserveMb?: number;
 }
 
 /** A TCP port free on 127.0.0.1 right now. */
@@ -279,15 +281,25 @@ export class LocalStack {
     }
   }
 
-  /** Runs init/*.sql once, in order, as the postgres image's entrypoint does on an empty data directory. */
+  /**
+   * Runs init/ once, in name order, as the postgres image's entrypoint does on an empty data directory:
+   * *.sh with PGDATA set, as the Postgres OS user; *.sql through psql as the superuser.
+   */
   private runInitScripts(): void {
     const initDir = join(REPO_ROOT, 'init');
-    for (const file of readdirSync(initDir).filter((f) => f.endsWith('.sql')).sort()) {
-      const result = spawnSync(
-        this.pg('psql'),
-        ['-v', 'ON_ERROR_STOP=1', '--no-psqlrc', '-q', '-h', this.paths.socketDir, '-p', String(this.settings.pgPort), '-U', 'postgres', '-d', 'postgres', '-f', join(initDir, file)],
-        { encoding: 'utf8', env: { ...process.env, PGPASSWORD: this.postgresPassword } },
-      );
+    for (const file of readdirSync(initDir).filter((f) => f.endsWith('.sql') || f.endsWith('.sh')).sort()) {
+      const result = file.endsWith('.sh')
+        ? spawnSync('sh', [join(initDir, file)], {
+            ...this.asPostgresUser(),
+            encoding: 'utf8',
+            cwd: this.paths.dir,
+            env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PGDATA: this.paths.pgData, DISK_RESERVE_MB: String(this.settings.diskReserveMb ?? 256) },
+          })
+        : spawnSync(
+            this.pg('psql'),
+            ['-v', 'ON_ERROR_STOP=1', '--no-psqlrc', '-q', '-h', this.paths.socketDir, '-p', String(this.settings.pgPort), '-U', 'postgres', '-d', 'postgres', '-f', join(initDir, file)],
+            { encoding: 'utf8', env: { ...process.env, PGPASSWORD: this.postgresPassword } },
+          );
       if (result.status !== 0) throw new StackError(`init/${file} failed:\n${result.stderr}`);
     }
   }

@@ -31,6 +31,7 @@ try {
     postgresPassword: env.POSTGRES_PASSWORD ?? '',
     pgBinDir: env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
     pgOsUser: env.STACK_PG_OS_USER || 'postgres',
+    diskReserveMb: env.DISK_RESERVE_MB ? Number(env.DISK_RESERVE_MB) : undefined,
     serviceEnv: {
       LOG_PRETTY: String(isTty),
       ...Object.fromEntries(

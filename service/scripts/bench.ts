@@ -4,8 +4,7 @@
 //   npm --prefix service run bench -- --tiny     a few of everything (the tests run this), writes nowhere
 // The floors send the service's own SQL statements (the functions of src/db/) straight to Postgres over one
 // open superuser connection per client: no HTTP, no nginx, no service.
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { promisify } from 'node:util';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -27,10 +26,11 @@ import {
 import { Database, LOCK_KEY_SQL, appLock } from '../src/db/database.js';
 import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/registry.js';
 import { newCredential, type AppCredential } from '../src/credential-stock.js';
-import { freePort, LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
-import { startMinimalHealthServer } from './minimal-health-server.js';
+import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
+import { HealthCeiling } from './minimal-health-server.js';
 import { cpuTime, pssBytes, rssBytes, signalAll } from './process-stats.js';
 import { compareProfiles, profileMinimalServer, profileServiceHealth } from './profile-health.js';
+import { wrk, type WrkResult } from './wrk.js';
 
 export interface BenchOptions {
   tiny: boolean;
@@ -82,6 +82,19 @@ async function timed<T>(work: () => Promise<T>): Promise<[number, T]> {
   return [Number(process.hrtime.bigint() - started) / 1e6, result];
 }
 
+/** Runs work(worker, i) for each i below `count`, every worker taking the next i when free; resolves with the elapsed ms. */
+async function timedQueue<W>(workers: W[], count: number, work: (worker: W, i: number) => Promise<unknown>): Promise<number> {
+  let next = 0;
+  const [elapsed] = await timed(() =>
+    Promise.all(
+      workers.map(async (worker) => {
+        while (next < count) await work(worker, next++);
+      }),
+    ),
+  );
+  return elapsed;
+}
+
 // --- the floors: the service's statements, straight to Postgres ----------------------------------------
 
 /** The statements of the on-demand provisioning path, in order, on one connection (plus the connection into the new database that ALTER SCHEMA needs). */
@@ -128,22 +141,6 @@ function machine(): string[] {
 }
 
 // --- wrk ---------------------------------------------------------------------------------------------------
-
-interface WrkResult {
-  rps: number;
-  p99: number;
-  non2xx: number;
-}
-
-async function wrk(url: string, seconds: number, connections = 64): Promise<WrkResult> {
-  const { stdout: output } = await promisify(execFile)('wrk', ['-t2', `-c${connections}`, `-d${seconds}s`, '--latency', url], { encoding: 'utf8', timeout: (seconds + 30) * 1000 });
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(output)?.[1] ?? NaN);
-  const p99Match = /99%\s+([\d.]+)(us|ms|s)/.exec(output);
-  const unit = { us: 0.001, ms: 1, s: 1000 } as const;
-  const p99 = p99Match ? Number(p99Match[1]) * unit[p99Match[2] as keyof typeof unit] : NaN;
-  const non2xx = Number(/Non-2xx or 3xx responses:\s+(\d+)/.exec(output)?.[1] ?? 0);
-  return { rps, p99, non2xx };
-}
 
 interface LoadRound extends WrkResult {
   /** CPU time the answering Node process used per request, in microseconds. */
@@ -329,32 +326,11 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
         const floorBatch = Array.from({ length: perRound }, () => nextName('cfloor'));
         const floorCredentials = await credentials(perRound);
         const connections = await Promise.all(Array.from({ length: clients }, () => db.connect()));
-        let next = 0;
-        floorMs += (
-          await timed(() =>
-            Promise.all(
-              connections.map(async (client) => {
-                while (next < perRound) {
-                  const i = next++;
-                  await floorProvision(client, db, appIdentifiers(floorBatch[i]!), floorCredentials[i]!);
-                }
-              }),
-            ),
-          )
-        )[0];
+        floorMs += await timedQueue(connections, perRound, (client, i) => floorProvision(client, db, appIdentifiers(floorBatch[i]!), floorCredentials[i]!));
         await Promise.all(connections.map((c) => c.end()));
         await floorClient.query('CHECKPOINT');
         const serviceBatch = Array.from({ length: perRound }, () => nextName('csvc'));
-        next = 0;
-        serviceMs += (
-          await timed(() =>
-            Promise.all(
-              Array.from({ length: clients }, async () => {
-                while (next < perRound) await provisionHttp(serviceBatch[next++]!);
-              }),
-            ),
-          )
-        )[0];
+        serviceMs += await timedQueue(Array.from({ length: clients }), perRound, (_client, i) => provisionHttp(serviceBatch[i]!));
         await floorDeleteAll(floorBatch);
         await floorDeleteAll(serviceBatch);
       }
@@ -366,18 +342,9 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     log('4. /health through nginx against the ceiling');
     // Let the writes of sections 1-3 reach the disk first, so that their writeback does not land in one side.
     await floorClient.query('CHECKPOINT');
-    const minimalPort = await freePort();
-    let minimal = await startMinimalHealthServer(minimalPort);
-    extras.push(() => minimal.stop());
-    // A second nginx from the same nginx.conf, its upstream the minimal server.
-    const ceilingSettings = await throwawayStackSettings('bench-ceiling', { postgresPassword: '', serviceEnv: {}, onServiceLine: () => {}, servicePort: minimalPort });
-    const ceilingNginx = new LocalStack(ceilingSettings);
-    await ceilingNginx.startNginx();
-    extras.push(async () => {
-      await ceilingNginx.stopNginx();
-      rmSync(ceilingSettings.stackDir, { recursive: true, force: true });
-    });
-    const ceilingUrl = `${ceilingNginx.httpUrl}/health`;
+    const ceiling = await HealthCeiling.start();
+    extras.push(() => ceiling.stop());
+    const ceilingUrl = ceiling.url;
     const healthUrl = `${stack.httpUrl}/health`;
     const nginxAlone = await wrk(`${stack.httpUrl}/`, sizes.healthSeconds);
     // Warm both up (JIT, connections) unmeasured, then alternate rounds so that both see the same noise.
@@ -386,7 +353,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     const ceilingRounds: LoadRound[] = [];
     const healthRounds: LoadRound[] = [];
     for (let round = 0; round < sizes.healthRounds; round++) {
-      ceilingRounds.push(await wrkWithCpu(ceilingUrl, sizes.healthSeconds, minimal.pid));
+      ceilingRounds.push(await wrkWithCpu(ceilingUrl, sizes.healthSeconds, ceiling.serverPid));
       healthRounds.push(await wrkWithCpu(healthUrl, sizes.healthSeconds, stack.servicePid));
     }
     // How fast /health notices a frozen database (SIGSTOP on the postmaster and every backend).
@@ -409,9 +376,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
       signalAll(pids, 'SIGCONT');
     }
     // Where each spends its time per request: both under `node --cpu-prof`, with the same load.
-    await minimal.stop();
-    const minimalProfile = await profileMinimalServer(ceilingNginx, sizes.healthSeconds);
-    minimal = await startMinimalHealthServer(minimalPort);
+    const minimalProfile = await profileMinimalServer(ceiling, sizes.healthSeconds);
     const serviceProfile = await profileServiceHealth(stack, sizes.healthSeconds);
     results.health = { nginxAlone, ceilingRounds, healthRounds, detectMs, profiles: compareProfiles(minimalProfile, serviceProfile) };
 
@@ -530,7 +495,7 @@ function healthReport(h: Results['health'], sizes: Sizes): string[] {
     `Medians: /health ${healthRps.toFixed(0)} requests/s against the ceiling's ${ceilingRps.toFixed(0)}: **${ratio(healthRps, ceilingRps)}** (target ≥ 0.8×: ${verdict(healthRps >= 0.8 * ceilingRps)}); p99 **${ms(healthP99)}** (target < 10 ms: ${verdict(healthP99 < 10)}; the ceiling's ${ms(ceilingP99)}). The ceiling is ${ratio(ceilingRps, h.nginxAlone.rps)} of nginx alone.`,
     `A frozen database (SIGSTOP on every Postgres process) is reported by /health after **${ms(h.detectMs)}** (target ≤ 2 s: ${verdict(h.detectMs <= 2000)}).`,
     '',
-    `Where the time goes. The service uses ${us(cpu(h.healthRounds))} of CPU per answer (${us(user(h.healthRounds))} of it in user space), the minimal server ${us(cpu(h.ceilingRounds))} (${us(user(h.ceilingRounds))}); on this 2-core machine wrk, nginx's workers and Node share the same cores, so each microsecond Node spends is one nginx and wrk do not get. CPU profiles of both (\`node --cpu-prof\`, ${sizes.healthSeconds} s under the same load; \`npx tsx scripts/profile-health.ts\` repeats them), self time as a share of each one's samples:`,
+    `Where the time goes. The service uses ${us(cpu(h.healthRounds))} of CPU per answer (${us(user(h.healthRounds))} of it in user space), the minimal server ${us(cpu(h.ceilingRounds))} (${us(user(h.ceilingRounds))}); on this 2-core machine wrk, nginx's workers and Node share the same cores, so each microsecond Node spends is one nginx and wrk do not get. CPU profiles of both (\`node --cpu-prof\`, ${sizes.healthSeconds} s under the same load; \`npm --prefix service run profile:health\` repeats them), self time as a share of each one's samples:`,
     '',
     ...h.profiles,
     '',
@@ -548,7 +513,11 @@ const mb = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
 
 function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
   const s = r.sequential;
-  const row = (label: string, x: Summary) => `| ${label} | ${x.n} | ${ms(x.p50)} | ${ms(x.p95)} | ${ms(x.p99)} |`;
+  const latencyTable = (...rows: Array<[string, Summary]>) => [
+    '| | n | p50 | p95 | p99 |',
+    '| --- | --- | --- | --- | --- |',
+    ...rows.map(([label, x]) => `| ${label} | ${x.n} | ${ms(x.p50)} | ${ms(x.p95)} | ${ms(x.p99)} |`),
+  ];
   return [
     '# Benchmarks',
     '',
@@ -564,20 +533,20 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     ...(r.postgresIncidents?.length ? ['Postgres logged during the run:', '', ...r.postgresIncidents.map((line) => `    ${line}`), ''] : []),
     '## 1. Sequential provisioning, on demand (ready pool off)',
     '',
-    '| | n | p50 | p95 | p99 |',
-    '| --- | --- | --- | --- | --- |',
-    row('floor: the same statements, one connection', s.floor),
-    row('POST /provision through nginx', s.service),
+    ...latencyTable(
+      ['floor: the same statements, one connection', s.floor],
+      ['POST /provision through nginx', s.service],
+    ),
     '',
     `Ratio at p50: **${ratio(s.service.p50, s.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(s.service.p50 <= 1.1 * s.floor.p50)}); p95 ${ratio(s.service.p95, s.floor.p95)}, p99 ${ratio(s.service.p99, s.floor.p99)}.`,
     '',
     '## 2. Provisioning with the ready pool',
     '',
-    '| | n | p50 | p95 | p99 |',
-    '| --- | --- | --- | --- | --- |',
-    row('floor (on demand, from 1.)', r.pool.floor),
-    row(`pool warm (${sizes.poolWarm} sets prepared)`, r.pool.warm),
-    row('pool run dry (falls back to on demand while refilling)', r.pool.dry),
+    ...latencyTable(
+      ['floor (on demand, from 1.)', r.pool.floor],
+      [`pool warm (${sizes.poolWarm} sets prepared)`, r.pool.warm],
+      ['pool run dry (falls back to on demand while refilling)', r.pool.dry],
+    ),
     '',
     `Warm: p50 **${ms(r.pool.warm.p50)}** through nginx (target ≤ 5 ms: ${verdict(r.pool.warm.p50 <= 5)}), **${ratio(r.pool.floor.p50, r.pool.warm.p50)}** faster than the floor (target ≥ 5×: ${verdict(r.pool.floor.p50 >= 5 * r.pool.warm.p50)}). Dry: ${ratio(r.pool.dry.p50, r.pool.floor.p50)} the floor at p50.`,
     '',
@@ -595,14 +564,14 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     ...healthReport(r.health, sizes),
     `## 5. Scale: ${sizes.scale} apps (on demand)`,
     '',
-    '| | n | p50 | p95 | p99 |',
-    '| --- | --- | --- | --- | --- |',
-    row('first apps provisioned', r.scale.first),
-    row('last apps provisioned', r.scale.last),
-    row('floor, in 1. (few apps)', r.scale.floorAtStart),
-    row(`floor, after the ${sizes.scale} apps`, r.scale.floorAtScale),
-    row(`GET /apps (${r.scale.listed} apps), after the first`, r.scale.list),
-    row('GET /apps/:name', r.scale.get),
+    ...latencyTable(
+      ['first apps provisioned', r.scale.first],
+      ['last apps provisioned', r.scale.last],
+      ['floor, in 1. (few apps)', r.scale.floorAtStart],
+      [`floor, after the ${sizes.scale} apps`, r.scale.floorAtScale],
+      [`GET /apps (${r.scale.listed} apps), after the first`, r.scale.list],
+      ['GET /apps/:name', r.scale.get],
+    ),
     '',
     `Last against first at p50: **${ratio(r.scale.last.p50, r.scale.first.p50)}** (target ≤ 1.3×: ${verdict(r.scale.last.p50 <= 1.3 * r.scale.first.p50)}). The floor itself went from ${ms(r.scale.floorAtStart.p50)} to ${ms(r.scale.floorAtScale.p50)} at p50 (${ratio(r.scale.floorAtScale.p50, r.scale.floorAtStart.p50)}): the service follows Postgres. During the phase Postgres wrote ${mb(r.scale.walBytes)} of WAL (${mb(r.scale.walBytes / sizes.scale)} per app: CREATE DATABASE copies template1 through the WAL) and ran ${r.scale.checkpointsDuringScale} checkpoints (max_wal_size = 1GB).${
       r.scale.last.p50 > 1.3 * r.scale.first.p50
@@ -618,12 +587,12 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     '',
     '## 6. Deprovisioning (DELETE /apps/:name?backup=false)',
     '',
-    '| | n | p50 | p95 | p99 |',
-    '| --- | --- | --- | --- | --- |',
-    row('floor: the same statements, one connection', r.deletes.floor),
-    row('DELETE through nginx', r.deletes.service),
-    row('another tenant\'s UPDATE, idle server', r.deletes.tenantIdle),
-    row('the same UPDATE, during the deletes', r.deletes.tenantDuringDrops),
+    ...latencyTable(
+      ['floor: the same statements, one connection', r.deletes.floor],
+      ['DELETE through nginx', r.deletes.service],
+      ['another tenant\'s UPDATE, idle server', r.deletes.tenantIdle],
+      ['the same UPDATE, during the deletes', r.deletes.tenantDuringDrops],
+    ),
     '',
     `Ratio at p50: **${ratio(r.deletes.service.p50, r.deletes.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(r.deletes.service.p50 <= 1.1 * r.deletes.floor.p50)}). Checkpoints requested per side during the deletes: ${r.deletes.checkpointsDuring} (every DROP DATABASE forces one). The tenant ran throughout both sides' deletes. The tenant's p99 during the drops is ${ratio(r.deletes.tenantDuringDrops.p99, r.deletes.tenantIdle.p99)} its idle p99; its session was lost ${r.deletes.tenantErrors} time(s).`,
     '',

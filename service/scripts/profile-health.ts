@@ -1,14 +1,13 @@
 // CPU profiles under wrk of the service answering GET /health through nginx, and of the minimal server that is
 // its reference (the ceiling): where each one's time per request goes.
-//   npx tsx scripts/profile-health.ts [seconds]     on a throwaway stack; prints both summaries
+//   npm --prefix service run profile:health [-- seconds]     on a throwaway stack; prints both summaries
 // The benchmark (scripts/bench.ts) runs the same on its own stack and puts the summaries in BENCHMARKS.md.
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { freePort, LocalStack, throwawayStackSettings } from './local-stack.js';
-import { startMinimalHealthServer, type MinimalHealthServer } from './minimal-health-server.js';
+import { LocalStack, throwawayStackSettings } from './local-stack.js';
+import { HealthCeiling } from './minimal-health-server.js';
+import { wrk } from './wrk.js';
 
 export interface ProfileShare {
   name: string;
@@ -91,7 +90,7 @@ export async function profileUnderLoad(target: ProfiledProcess, url: string, sec
     await target.start(['--cpu-prof', `--cpu-prof-dir=${profileDir}`]);
     const startupMs = Date.now() - started;
     try {
-      await promisify(execFile)('wrk', ['-t2', '-c64', `-d${seconds}s`, url], { timeout: (seconds + 30) * 1000 });
+      await wrk(url, seconds);
     } finally {
       await target.stop();
     }
@@ -113,19 +112,14 @@ export async function profileServiceHealth(stack: LocalStack, seconds: number): 
   }
 }
 
-/** The minimal server behind a copy of the stack's nginx (the ceiling of section 4), under the same load. */
-export async function profileMinimalServer(ceilingNginx: LocalStack, seconds: number): Promise<ProfileSummary> {
-  let server: MinimalHealthServer | undefined;
-  return profileUnderLoad(
-    {
-      start: async (flags) => {
-        server = await startMinimalHealthServer(ceilingNginx.settings.servicePort, flags);
-      },
-      stop: async () => server?.stop(),
-    },
-    `${ceilingNginx.httpUrl}/health`,
-    seconds,
-  );
+/** The ceiling's minimal server under the same load; it runs unprofiled again afterwards. */
+export async function profileMinimalServer(ceiling: HealthCeiling, seconds: number): Promise<ProfileSummary> {
+  await ceiling.stopServer();
+  try {
+    return await profileUnderLoad({ start: (flags) => ceiling.startServer(flags), stop: () => ceiling.stopServer() }, ceiling.url, seconds);
+  } finally {
+    await ceiling.startServer();
+  }
 }
 
 /** Both summaries as one markdown table per view: the minimal server's share next to the service's. */
@@ -151,19 +145,16 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/^.*\/sc
     onServiceLine: () => {},
   });
   const stack = new LocalStack(settings);
-  // A second nginx with the same settings, in front of the minimal server's port.
-  const ceilingSettings = await throwawayStackSettings('profile-ceiling', { postgresPassword: '', serviceEnv: {}, onServiceLine: () => {}, servicePort: await freePort() });
-  const ceilingNginx = new LocalStack(ceilingSettings);
+  let ceiling: HealthCeiling | undefined;
   try {
     await stack.start();
-    await ceilingNginx.startNginx();
-    const minimal = await profileMinimalServer(ceilingNginx, seconds);
+    ceiling = await HealthCeiling.start();
+    const minimal = await profileMinimalServer(ceiling, seconds);
     const service = await profileServiceHealth(stack, seconds);
     process.stdout.write(`${compareProfiles(minimal, service).join('\n')}\n`);
   } finally {
-    await ceilingNginx.stopNginx();
+    await ceiling?.stop();
     await stack.stop();
     rmSync(settings.stackDir, { recursive: true, force: true });
-    rmSync(ceilingSettings.stackDir, { recursive: true, force: true });
   }
 }

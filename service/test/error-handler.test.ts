@@ -51,15 +51,21 @@ describe('error handler', () => {
   });
 });
 
+/** A log destination that keeps every chunk written. */
+function logSink(): { lines: string[]; sink: Writable } {
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(String(chunk));
+      done();
+    },
+  });
+  return { lines, sink };
+}
+
 describe('request logs', () => {
   it('write one line per request, with no key, password or connection string', async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    });
+    const { lines, sink } = logSink();
     const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false' });
     const logged = await buildApp(config, { adminKey, logStream: sink });
     logged.lifecycle.provision = async (name) => ({ app: appIdentifiers(name), password: 'Pw0123456789abcdefghijABCDEFGHIJ' });
@@ -75,13 +81,7 @@ describe('request logs', () => {
   });
 
   it('carry the request id from nginx, keep redacting, and skip successful health checks only', async () => {
-    const lines: string[] = [];
-    const sink = new Writable({
-      write(chunk, _encoding, done) {
-        lines.push(String(chunk));
-        done();
-      },
-    });
+    const { lines, sink } = logSink();
     const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false', HEALTH_TIMEOUT_MS: '200' });
     const logged = await buildApp(config, { adminKey, logStream: sink });
     logged.get('/log-probe', async (request) => {

@@ -110,17 +110,17 @@ async function floorProvision(client: pg.ClientBase, db: Database, app: AppIdent
 }
 
 /** The statements of DELETE /apps/:name?backup=false, in order, on one connection. */
-async function floorDelete(client: pg.ClientBase, app: AppIdentifiers): Promise<void> {
+async function floorDelete(client: pg.ClientBase, db: Database, app: AppIdentifiers): Promise<void> {
   await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
   await findApp(client, app.appName);
   await setAppState(client, app.appName, 'deleting');
   const objects = await appObjects(client, app);
   if (objects.loginRole) {
-    await disableLogin(client, app);
+    await disableLogin(client, app.username);
     await endSessionsOfRole(client, app);
   }
   await dropDatabase(client, app.database);
-  await dropAppRoles(client, app);
+  await dropAppRoles(client, db, app);
   await unregisterApp(client, app.appName);
   await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
   await appendAudit(client, { action: 'delete', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
@@ -205,7 +205,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
       return elapsed;
     };
     const floorDeleteAll = async (names: string[]) => {
-      for (const name of names) await floorDelete(floorClient, appIdentifiers(name));
+      for (const name of names) await floorDelete(floorClient, db, appIdentifiers(name));
     };
 
     // 1. Sequential provisioning, on demand, against the floor.
@@ -275,7 +275,7 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     const floorVictims = floorNames.splice(0, deleteCount);
     const serviceVictims = serviceNames.splice(0, deleteCount);
     for (let i = 0; i < deleteCount; i++) {
-      floorDeleteTimes.push((await timed(() => floorDelete(floorClient, appIdentifiers(floorVictims[i]!))))[0]);
+      floorDeleteTimes.push((await timed(() => floorDelete(floorClient, db, appIdentifiers(floorVictims[i]!))))[0]);
       serviceDeleteTimes.push(await deleteHttp(serviceVictims[i]!));
     }
     busyStop.done = true;

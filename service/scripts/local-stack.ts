@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { adminKeyInLogLine } from '../src/secrets.js';
 
 export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../..');
 export const REPO_ROOT = resolve(SERVICE_DIR, '..');
@@ -78,7 +79,6 @@ interface OsUser {
   gid: number;
 }
 
-const ADMIN_KEY_LINE = /ADMIN KEY: (sk_[A-Za-z0-9]+)/;
 
 function osUser(name: string): OsUser {
   const id = (flag: string) => spawnSync('id', [flag, name], { encoding: 'utf8' });
@@ -226,6 +226,9 @@ export class LocalStack {
     const { dir, pgConf, socketDir, logs, nginx, backups } = this.paths;
     mkdirSync(dir, { recursive: true });
     for (const sub of [pgConf, socketDir, logs, backups, join(nginx, 'cache')]) mkdirSync(sub, { recursive: true });
+    // Logs and backups hold apps' names and data: their owner's only (the service also keeps its backup files 0600).
+    chmodSync(logs, 0o700);
+    chmodSync(backups, 0o700);
     this.ownForPostgres(socketDir);
     this.ownForPostgres(logs);
     // The container mounts these files read-only; here Postgres reads copies inside STACK_DIR, so that the
@@ -243,8 +246,11 @@ export class LocalStack {
     }
   }
 
+  /** A log of the stack's, readable by its owner only: logs can name apps, roles and clients. */
   private logFile(name: string): WriteStream {
-    const stream = createWriteStream(join(this.paths.logs, name), { flags: 'a' });
+    const path = join(this.paths.logs, name);
+    const stream = createWriteStream(path, { flags: 'a', mode: 0o600 });
+    stream.once('open', () => chmodSync(path, 0o600)); // a log made by an older version may be world-readable
     this.logStreams.push(stream);
     return stream;
   }
@@ -387,8 +393,9 @@ export class LocalStack {
     this.service = spawn(process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [this.service.stdout, this.service.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
-        const key = ADMIN_KEY_LINE.exec(line);
-        if (key?.[1]) this.adminKey = key[1];
+        // The key is written once, at boot: the first key line is the real one.
+        const key = this.adminKey ? undefined : adminKeyInLogLine(line);
+        if (key) this.adminKey = key;
         this.settings.onServiceLine(line);
       });
     }

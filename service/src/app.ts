@@ -20,8 +20,10 @@ import database from './plugins/database.js';
 import lifecycle from './plugins/lifecycle.js';
 import metrics from './plugins/metrics.js';
 import appsRoutes from './routes/apps.js';
+import backupsRoutes from './routes/backups.js';
 import healthRoutes from './routes/health.js';
 import provisionRoutes from './routes/provision.js';
+import { TrustedProxies } from './trusted-proxy.js';
 
 export interface BuildOptions {
   /** The admin key made at boot (src/server.ts); every admin route checks it. */
@@ -32,11 +34,15 @@ export interface BuildOptions {
 
 const BODY_LIMIT_BYTES = 16 * 1024;
 
+/** The codes of the service's own errors (src/errors.ts), as opposed to Postgres's SQLSTATEs and Node's. */
+const OUR_CODE = /^[A-Z]+(?:_[A-Z]+)+$/;
+
 function errorBody(statusCode: number, message: string) {
   return { statusCode, error: STATUS_CODES[statusCode] ?? 'Error', message };
 }
 
 export async function buildApp(config: Config, { adminKey, logStream }: BuildOptions): Promise<FastifyInstance> {
+  const trustedProxies = new TrustedProxies(config.TRUSTED_PROXY);
   const app = Fastify({
     logger: logStream ? { ...loggerOptions(config, false), stream: logStream } : loggerOptions(config),
     logController: new LogController({ disableRequestLogging: true }), // one line per request: onResponse below
@@ -44,12 +50,15 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
     bodyLimit: BODY_LIMIT_BYTES,
     requestIdHeader: 'x-request-id',
     genReqId: () => nanoid(12),
-    trustProxy: 'loopback,uniquelocal', // nginx, on this machine or the compose network
+    trustProxy: trustedProxies.trusts, // X-Forwarded-For from nginx (TRUSTED_PROXY) only: request.ip is the client
     return503OnClosing: true,
   }).withTypeProvider<ZodTypeProvider>();
 
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+
+  app.addHook('onReady', async () => trustedProxies.start(app.log));
+  app.addHook('onClose', async () => trustedProxies.stop());
 
   // On shutdown, answers still in flight ask nginx to drop their keep-alive connection, so that closing the
   // server never waits for idle upstream connections to time out.
@@ -94,6 +103,11 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
       if (statusCode === 401) reply.header('www-authenticate', 'Bearer');
       return reply.code(statusCode).send(errorBody(statusCode, err.message));
     }
+    if (err.statusCode === 503 && typeof err.code === 'string' && OUR_CODE.test(err.code) && !isDatabaseUnavailable(err)) {
+      // One of our own 503s (every slot for backups or rotations taken): its message says what to do.
+      request.log.warn({ code: err.code }, err.message);
+      return reply.code(503).header('retry-after', '5').send(errorBody(503, err.message));
+    }
     if (isDatabaseUnavailable(err) || err.statusCode === 503) {
       const message = unavailableMessage(err);
       request.log.error({ err }, message);
@@ -128,6 +142,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(healthRoutes, { config });
   await app.register(provisionRoutes, { config });
   await app.register(appsRoutes, { config });
+  await app.register(backupsRoutes);
 
   // The OpenAPI document, generated from the routes' zod schemas. On the service's port; nginx does not route it.
   app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());

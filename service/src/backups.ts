@@ -1,39 +1,55 @@
 // Owns backup files: pg_dump custom-format dumps of one app's database in BACKUP_DIR, named
-// app_<name>-<UTC time>.dump, listed from the directory, restored with pg_restore. No SQL here: the client
-// programs of PostgreSQL 15 do the work, connected as the superuser.
+// app_<name>-<incarnation>-<UTC time>.dump, listed from the directory, restored with pg_restore. The client
+// programs of PostgreSQL 15 do the work, logged in as an agent with the app's own rights (src/agents.ts), never
+// as the superuser. No SQL here. Files and the directory are readable by the service's user only.
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
+import type { AgentLogin } from './agents.js';
 import type { AppIdentifiers } from './app-names.js';
 import type { Config } from './config.js';
-import { BackupNotFoundError, DatabaseUnavailableError } from './errors.js';
+import { BackupBlockedError, BackupFailedError, BackupNotFoundError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from './errors.js';
 
 const run = promisify(execFile);
 
 export interface BackupFile {
   file: string;
+  app_name: string;
+  /** The incarnation of the app the dump was taken of; null for dumps named before incarnations existed. */
+  incarnation: string | null;
   size_bytes: number;
   created_at: string;
 }
 
-/** The shape of every backup file name; nothing else in BACKUP_DIR is ever read or listed. */
-export const BACKUP_FILE_PATTERN = /^app_[a-z0-9_]{3,32}-\d{8}T\d{9}Z\.dump$/;
+/** Every backup file name; nothing else in BACKUP_DIR is ever read or listed. */
+export const BACKUP_FILE_PATTERN = /^app_([a-z0-9_]{3,32})-(?:([0-9a-f]{16})-)?(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(\d{3})Z\.dump$/;
 
-function timestamp(date: Date): string {
-  return date.toISOString().replace(/[-:.]/g, ''); // 20261124T210512345Z
+function parseBackupFile(file: string): Omit<BackupFile, 'size_bytes'> | undefined {
+  const m = BACKUP_FILE_PATTERN.exec(file);
+  if (!m) return undefined;
+  return { file, app_name: m[1]!, incarnation: m[2] ?? null, created_at: `${m[3]}-${m[4]}-${m[5]}T${m[6]}:${m[7]}:${m[8]}.${m[9]}Z` };
 }
 
-function createdAt(file: string): string {
-  const m = /-(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(\d{3})Z\.dump$/.exec(file)!;
-  return `${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}.${m[7]}Z`;
+function backupFileName(app: AppIdentifiers, incarnation: string, date: Date): string {
+  return `${app.database}-${incarnation}-${date.toISOString().replace(/[-:.]/g, '')}.dump`; // …-20261124T210512345Z.dump
 }
 
-/** pg_dump/pg_restore say "connection to server … failed" when Postgres is away: that is a 503, not a bug. */
-function clientProgramError(program: string, err: unknown): Error {
-  const stderr = String((err as { stderr?: unknown }).stderr ?? '');
-  if (/connection to server|could not connect|server closed the connection|timeout expired/i.test(stderr)) return new DatabaseUnavailableError();
-  return Object.assign(new Error(`${program} failed`), { cause: err, stderr: stderr.slice(0, 2000) });
+/** How often a running program's session is checked for a lock wait. */
+const LOCK_POLL_MS = 250;
+
+/**
+ * What went wrong in a client program, in our words. Its stderr can quote text a tenant chose (object names,
+ * messages raised by its functions, row values), so it is read here for a category and never logged or
+ * returned.
+ */
+function failureCategory(stderr: string): 'unavailable' | 'lock' | 'refused' | 'other' {
+  if (/connection to server|could not connect|server closed the connection|timeout expired|the database system is/i.test(stderr)) return 'unavailable';
+  // pg_dump's --lock-wait-timeout sets statement_timeout around its LOCK TABLE statements, and only there.
+  if (/could not obtain lock|lock timeout|canceling statement due to (?:lock|statement) timeout/i.test(stderr)) return 'lock';
+  if (/permission denied|row-level security/i.test(stderr)) return 'refused';
+  return 'other';
 }
 
 export class Backups {
@@ -43,36 +59,50 @@ export class Backups {
     this.config = config;
   }
 
-  private connectionArgs(database: string): string[] {
-    const { DATABASE_HOST, DATABASE_PORT, POSTGRES_USER } = this.config;
-    return [`--host=${DATABASE_HOST}`, `--port=${DATABASE_PORT}`, `--username=${POSTGRES_USER}`, `--dbname=${database}`, '--no-password'];
+  private connectionArgs(database: string, agent: AgentLogin): string[] {
+    const { DATABASE_HOST, DATABASE_PORT } = this.config;
+    return [`--host=${DATABASE_HOST}`, `--port=${DATABASE_PORT}`, `--username=${agent.user}`, `--dbname=${database}`, '--no-password'];
   }
 
-  private get env(): NodeJS.ProcessEnv {
-    return { PATH: process.env.PATH, PGPASSWORD: this.config.POSTGRES_PASSWORD, PGAPPNAME: 'pg-provisioner-backup', PGCONNECT_TIMEOUT: '10' };
+  private env(agent: AgentLogin): NodeJS.ProcessEnv {
+    return { PATH: process.env.PATH, PGPASSWORD: agent.password, PGAPPNAME: 'pg-provisioner-backup', PGCONNECT_TIMEOUT: '10' };
   }
 
-  /** Dumps the app's database. Written under a temporary name first, so a listed file is always whole. */
-  async dump(app: AppIdentifiers): Promise<BackupFile> {
-    await mkdir(this.config.BACKUP_DIR, { recursive: true });
-    const file = `${app.database}-${timestamp(new Date())}.dump`;
-    const path = join(this.config.BACKUP_DIR, file);
+  /** BACKUP_DIR, made if missing, readable by the service's user only. */
+  private async directory(): Promise<string> {
+    const dir = this.config.BACKUP_DIR;
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await chmod(dir, 0o700).catch(() => {}); // a directory made by someone else stays as it is
+    return dir;
+  }
+
+  /**
+   * Dumps the app's database as its agent. Written under a temporary name first (made 0600 before pg_dump
+   * opens it), so a listed file is always whole and never readable by others.
+   */
+  async dump(app: AppIdentifiers, incarnation: string, agent: AgentLogin): Promise<BackupFile> {
+    const file = backupFileName(app, incarnation, new Date());
+    const path = join(await this.directory(), file);
     const partial = `${path}.partial`;
     try {
-      await run(this.config.PG_DUMP_PATH, [...this.connectionArgs(app.database), '--format=custom', `--file=${partial}`], {
-        env: this.env,
-        timeout: this.config.BACKUP_TIMEOUT_MS,
-      });
+      await (await open(partial, 'wx', 0o600)).close();
+      const lockWaitMs = this.config.BACKUP_LOCK_WAIT_TIMEOUT_MS;
+      await this.runProgram('pg_dump', app, agent, this.config.PG_DUMP_PATH, [
+        ...this.connectionArgs(app.database, agent),
+        '--format=custom',
+        `--lock-wait-timeout=${lockWaitMs}`,
+        `--file=${partial}`,
+      ]);
       await rename(partial, path);
     } catch (err) {
       await rm(partial, { force: true });
-      throw clientProgramError('pg_dump', err);
+      throw err;
     }
-    return { file, size_bytes: (await stat(path)).size, created_at: createdAt(file) };
+    return { ...parseBackupFile(file)!, size_bytes: (await stat(path)).size };
   }
 
-  /** The app's backups, newest first. */
-  async list(app: AppIdentifiers): Promise<BackupFile[]> {
+  /** Every backup in BACKUP_DIR (of every app and incarnation, deleted ones included), newest first. */
+  async list(filter: (backup: Omit<BackupFile, 'size_bytes'>) => boolean = () => true): Promise<BackupFile[]> {
     let names: string[];
     try {
       names = await readdir(this.config.BACKUP_DIR);
@@ -80,29 +110,79 @@ export class Backups {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
-    const mine = names.filter((name) => BACKUP_FILE_PATTERN.test(name) && name.startsWith(`${app.database}-`)).sort().reverse();
-    return Promise.all(
-      mine.map(async (file) => ({ file, size_bytes: (await stat(join(this.config.BACKUP_DIR, file))).size, created_at: createdAt(file) })),
-    );
+    const backups = names
+      .map(parseBackupFile)
+      .filter((backup): backup is Omit<BackupFile, 'size_bytes'> => backup !== undefined && filter(backup))
+      .sort((x, y) => y.created_at.localeCompare(x.created_at) || y.file.localeCompare(x.file));
+    return Promise.all(backups.map(async (backup) => ({ ...backup, size_bytes: (await stat(join(this.config.BACKUP_DIR, backup.file))).size })));
   }
 
-  /** The path of one of the app's backups; BackupNotFoundError for anything else (other apps', paths, typos). */
-  async pathOf(app: AppIdentifiers, file: string): Promise<string> {
-    const known = await this.list(app);
-    if (!known.some((backup) => backup.file === file)) throw new BackupNotFoundError(app.appName, file);
-    return join(this.config.BACKUP_DIR, file);
+  /** The backups of one incarnation of an app, newest first. */
+  async listOf(app: AppIdentifiers, incarnation: string): Promise<BackupFile[]> {
+    return this.list((backup) => backup.app_name === app.appName && backup.incarnation === incarnation);
   }
 
-  /** Restores a dump into `database`, every object created as (and so owned by) the app's login role. */
-  async restore(path: string, database: string, app: AppIdentifiers): Promise<void> {
+  /** One backup file by name; BackupNotFoundError for anything not in BACKUP_DIR under a backup's name. */
+  async find(appName: string, file: string): Promise<BackupFile & { path: string }> {
+    const [backup] = await this.list((candidate) => candidate.file === file);
+    if (!backup) throw new BackupNotFoundError(appName, file);
+    return { ...backup, path: join(this.config.BACKUP_DIR, file) };
+  }
+
+  /**
+   * Restores a dump into `database` as the app's agent: every object is created as (and so owned by) the app's
+   * login role, and anything the dump's own code does runs with the app's rights at most.
+   */
+  async restore(path: string, file: string, database: string, app: AppIdentifiers, agent: AgentLogin): Promise<void> {
     try {
-      await run(
-        this.config.PG_RESTORE_PATH,
-        [...this.connectionArgs(database), `--role=${app.username}`, '--no-owner', '--exit-on-error', '--single-transaction', path],
-        { env: this.env, timeout: this.config.BACKUP_TIMEOUT_MS },
-      );
+      await this.runProgram('pg_restore', app, agent, this.config.PG_RESTORE_PATH, [
+        ...this.connectionArgs(database, agent),
+        `--role=${app.username}`,
+        '--no-owner',
+        '--exit-on-error',
+        '--single-transaction',
+        path,
+      ]);
     } catch (err) {
-      throw clientProgramError('pg_restore', err);
+      if (err instanceof BackupFailedError) throw new BackupNotRestorableError(file, app.appName);
+      throw err;
+    }
+  }
+
+  /**
+   * Runs a client program; while it runs, watches the agent's session, and stops the program once it has
+   * waited BACKUP_LOCK_WAIT_TIMEOUT_MS for a lock (a tenant's transaction can hold one for as long as it likes;
+   * pg_dump's --lock-wait-timeout covers only its first table locks). Failures become our own errors.
+   */
+  private async runProgram(program: 'pg_dump' | 'pg_restore', app: AppIdentifiers, agent: AgentLogin, path: string, args: string[]): Promise<void> {
+    const lockWaitMs = this.config.BACKUP_LOCK_WAIT_TIMEOUT_MS;
+    const stop = new AbortController();
+    let blocked = false;
+    const watching = (async () => {
+      let waitingSince: number | undefined;
+      while (!stop.signal.aborted) {
+        await sleep(LOCK_POLL_MS, undefined, { signal: stop.signal }).catch(() => {});
+        if (stop.signal.aborted) return;
+        const waiting = await agent.waitingOnLock().catch(() => false);
+        waitingSince = waiting ? (waitingSince ?? Date.now()) : undefined;
+        if (waitingSince !== undefined && Date.now() - waitingSince >= lockWaitMs) {
+          blocked = true;
+          stop.abort();
+        }
+      }
+    })();
+    try {
+      await run(path, args, { env: this.env(agent), timeout: this.config.BACKUP_TIMEOUT_MS, signal: stop.signal });
+    } catch (err) {
+      const category = blocked ? 'lock' : failureCategory(String((err as { stderr?: unknown }).stderr ?? ''));
+      if (category === 'unavailable') throw new DatabaseUnavailableError();
+      if (category === 'lock') throw new BackupBlockedError(app.appName, Math.round(lockWaitMs / 1000));
+      if (category === 'refused' && program === 'pg_dump') throw new BackupRefusedError(app.appName, 'an object in its database cannot be read by its own role: permission denied or row-level security');
+      const { code, signal } = err as { code?: unknown; signal?: unknown };
+      throw Object.assign(new BackupFailedError(program, app.appName), { exitCode: typeof code === 'number' ? code : undefined, signal: typeof signal === 'string' ? signal : undefined });
+    } finally {
+      stop.abort();
+      await watching;
     }
   }
 }

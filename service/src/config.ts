@@ -40,6 +40,18 @@ export const ConfigSchema = z.object({
   PG_DUMP_PATH: z.string().min(1).default('pg_dump'),
   PG_RESTORE_PATH: z.string().min(1).default('pg_restore'),
   BACKUP_TIMEOUT_MS: durationMs.default(15 * 60_000),
+  /**
+   * How long a dump may wait for a lock one of the app's own sessions holds before it gives up (409): a tenant
+   * can hold a lock for as long as it likes, and must not hold a backup, or a connection of ours, with it.
+   */
+  BACKUP_LOCK_WAIT_TIMEOUT_MS: durationMs.default(10_000),
+  /** Backups and restores running at once, at most (each holds a connection of its own); more get a 503. */
+  BACKUP_MAX_CONCURRENT: z.coerce.number().int().min(1).max(20).default(2),
+  /**
+   * Rotations running at once, at most: each waits out the server's authentication_timeout on a connection of
+   * its own (SECURITY.md, promise 9). More wait for a free slot up to DATABASE_LOCK_TIMEOUT_MS, then get a 503.
+   */
+  ROTATION_MAX_CONCURRENT: z.coerce.number().int().min(1).max(20).default(8),
 
   /**
    * The ready pool: sets of app objects prepared in the background so provisioning is one short transaction.
@@ -66,6 +78,25 @@ export const ConfigSchema = z.object({
   /** Wrong admin keys one client address may present per window before it is locked out (429). */
   AUTH_MAX_FAILED_ATTEMPTS: z.coerce.number().int().min(1).default(10),
   AUTH_FAILED_ATTEMPTS_WINDOW_MS: durationMs.default(60_000),
+
+  // --- TRUSTED_PROXY (src/trusted-proxy.ts) -------------------------------------------------------------------
+  /**
+   * Whose X-Forwarded-For is believed, so that lockouts, logs and the audit log see the real client: a
+   * comma-separated list of IP addresses or host names (resolved with DNS at start, every 10 s, and when an
+   * unknown peer sends X-Forwarded-For). Only the immediate peer counts. Default: 127.0.0.1, where nginx connects
+   * from in the local stack; compose sets `nginx`. Empty: nobody's (every client is its TCP peer address).
+   */
+  TRUSTED_PROXY: z
+    .string()
+    .default('127.0.0.1')
+    .transform((list) => list.split(',').map((entry) => entry.trim()).filter((entry) => entry !== ''))
+    .superRefine((entries, ctx) => {
+      const proxyAddress = z.union([z.ipv4(), z.ipv6(), z.hostname()]);
+      for (const entry of entries.filter((e) => !proxyAddress.safeParse(e).success)) {
+        ctx.addIssue({ code: 'custom', message: `${JSON.stringify(entry)} is neither an IP address nor a host name` });
+      }
+    }),
+  // --- end TRUSTED_PROXY ----------------------------------------------------------------------------------------
 
   /** Limits set on every app's login role (see SECURITY.md). */
   APP_CONNECTION_LIMIT: z.coerce.number().int().min(1).max(1000).default(10),

@@ -26,6 +26,33 @@ export const TooManyFailedAttemptsError = createError<[number]>(
   'too many wrong admin keys from this address: retry in %d s',
   429,
 );
+export const OperationsBusyError = createError<[string]>('OPERATIONS_BUSY', 'too many %s are running at once: retry in a few seconds', 503);
+export const BackupBlockedError = createError<[string, number]>(
+  'BACKUP_BLOCKED',
+  "the backup of app '%s' waited %d s for a lock held by one of the app's own sessions: retry when that transaction has ended",
+  409,
+);
+export const BackupRefusedError = createError<[string, string]>(
+  'BACKUP_REFUSED',
+  "pg_dump could not back up app '%s' with the app's own rights (%s)",
+  409,
+);
+export const BackupFailedError = createError<[string, string]>('BACKUP_FAILED', '%s failed for app %s', 500);
+export const BackupNotRestorableError = createError<[string, string]>(
+  'BACKUP_NOT_RESTORABLE',
+  "backup '%s' could not be restored into app '%s': pg_restore stopped at an error in it; the app's database is unchanged",
+  422,
+);
+export const BackupOfLiveAppError = createError<[string, string]>(
+  'BACKUP_OF_LIVE_APP',
+  "backup '%s' belongs to app '%s', which exists: only backups of deleted apps can be restored into another app",
+  409,
+);
+export const AppNotDeletedError = createError<[string, string]>(
+  'APP_NOT_DELETED',
+  "app '%s' was not deleted: its backup failed (%s). Nothing was removed; retry, or delete with ?backup=false",
+  409,
+);
 export const DatabaseUnavailableError = createError('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later', 503);
 
 /** SQLSTATE classes and codes that mean "Postgres cannot serve us right now", not "the request is wrong". */

@@ -10,9 +10,11 @@ import type { BackupFile, Backups } from './backups.js';
 import type { Config } from './config.js';
 import {
   addAccessRole,
+  agentRoles,
   allowConnections,
   appNamesWithObjects,
   appObjects,
+  authenticationTimeoutMs,
   createAppRoles,
   createDatabase,
   disableLogin,
@@ -20,9 +22,12 @@ import {
   dropDatabase,
   DUPLICATE_DATABASE_STATE,
   DUPLICATE_ROLE_STATES,
+  enableLogin,
   endSessionsOfRole,
   existingAppLogins,
   handDatabaseToApp,
+  passwordIs,
+  sessionCount,
   setPassword,
   swapInDatabase,
   WORK_DATABASE_PREFIXES,
@@ -39,14 +44,27 @@ import {
   readyAppSummaries,
   registerApp,
   registeredAppNames,
+  registeredIncarnations,
   setAppState,
   unregisterApp,
   type AppSummary,
 } from './db/registry.js';
 import { CredentialStock, type AppCredential } from './credential-stock.js';
-import { AppExistsError, AppNameConflictError, AppNotFoundError } from './errors.js';
+import { agentName, appOfAgent, removeAgent, withAgent } from './agents.js';
+import {
+  AppExistsError,
+  AppNameConflictError,
+  AppNotDeletedError,
+  AppNotFoundError,
+  BackupNotFoundError,
+  BackupOfLiveAppError,
+  DatabaseUnavailableError,
+} from './errors.js';
 import { ReadyPool } from './ready-pool.js';
-import { newAppPassword, scramSha256Verifier } from './secrets.js';
+import { Slots } from './slots.js';
+
+/** Past the server's authentication_timeout, for a login the timeout ended to be gone. */
+const LOGIN_SETTLE_MS = 250;
 
 /** Who asked: written to the audit log with every operation. */
 export interface RequestContext {
@@ -81,6 +99,10 @@ export class AppLifecycle {
   private readonly observe: OperationObserver;
   private readonly limits: AppRoleLimits;
   private readonly credentials = new CredentialStock(16);
+  /** Backups and restores at once, each on a connection of its own (BACKUP_MAX_CONCURRENT); no waiting for a slot. */
+  private readonly backupSlots: Slots;
+  /** Rotations at once, each on a connection of its own while it waits out pending logins (ROTATION_MAX_CONCURRENT). */
+  private readonly rotationSlots: Slots;
   private sizes = new Map<string, number>();
   readonly readyPool: ReadyPool;
 
@@ -97,6 +119,8 @@ export class AppLifecycle {
       idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
     };
     this.readyPool = new ReadyPool(db, config, log, this.limits, (point) => this.crashPoint(point));
+    this.backupSlots = new Slots(config.BACKUP_MAX_CONCURRENT, 'backups and restores');
+    this.rotationSlots = new Slots(config.ROTATION_MAX_CONCURRENT, 'rotations');
   }
 
   /** Starts the background work: the credential stock and the ready pool's refilling. */
@@ -140,10 +164,21 @@ export class AppLifecycle {
     }
   }
 
-  private async readyApp(client: pg.ClientBase, appName: string): Promise<AppIdentifiers> {
+  /** The app's names and incarnation, if it is registered and ready; AppNotFoundError otherwise. */
+  private async readyApp(client: pg.ClientBase, appName: string): Promise<AppIdentifiers & { incarnation: string }> {
     const registered = await findApp(client, appName);
     if (!registered || registered.state !== 'ready') throw new AppNotFoundError(appName);
-    return appIdentifiers(appName);
+    return { ...appIdentifiers(appName), incarnation: registered.incarnation };
+  }
+
+  /** Runs `work` under the app's lock on a connection of its own, in one of the backup slots (503 when all are taken). */
+  private withBackupSlot<T>(appName: string, work: (client: pg.ClientBase) => Promise<T>): Promise<T> {
+    return this.backupSlots.run(() => this.db.withAppLock(appName, work, { ownConnection: true }), 0);
+  }
+
+  /** Dumps the app as its dump agent (src/agents.ts): with the app's rights, never the superuser's. */
+  private dumpApp(client: pg.ClientBase, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
+    return withAgent(this.db, client, app, 'dump', this.config.BACKUP_TIMEOUT_MS, (agent) => this.backups.dump(app, incarnation, agent));
   }
 
   // --- provision -------------------------------------------------------------------------------------------
@@ -223,7 +258,7 @@ export class AppLifecycle {
   private async undoProvision(client: pg.ClientBase, app: AppIdentifiers, progress: { rolesCreated: boolean; databaseCreated: boolean }): Promise<void> {
     try {
       if (progress.databaseCreated) await dropDatabase(client, app.database);
-      if (progress.rolesCreated) await dropAppRoles(client, app);
+      if (progress.rolesCreated) await dropAppRoles(client, this.db, app);
       await unregisterApp(client, app.appName);
       if (progress.rolesCreated) this.log.warn({ app: app.appName }, 'provisioning failed; the steps already done were undone');
     } catch (err) {
@@ -269,7 +304,15 @@ export class AppLifecycle {
 
   // --- rotate ----------------------------------------------------------------------------------------------
 
-  /** A new password; the old one is refused from the moment this returns, and its sessions are ended. */
+  /**
+   * A new password, in an order that leaves the old one no way in (SECURITY.md, promise 9). Postgres reads a
+   * role's password when a login's exchange begins and checks LOGIN when it ends, and a login may take up to the
+   * server's authentication_timeout. So: the login role is refused first (NOLOGIN), its sessions are ended until
+   * none is left (none can come back: no login completes while NOLOGIN), the new password is set while no session
+   * exists that could change it again, authentication_timeout is waited out so that every login whose exchange
+   * began before (with the old password, or one a session set) has ended, refused; then LOGIN. If the password
+   * changed during the wait (only a session that slipped in could), the steps run again.
+   */
   async rotate(appName: string, context: RequestContext): Promise<Credentials & { sessionsEnded: number }> {
     await this.db.ready();
     return this.audited(
@@ -277,16 +320,46 @@ export class AppLifecycle {
       appName,
       context,
       () =>
-        this.db.withAppLock(appName, async (client) => {
-          const app = await this.readyApp(client, appName);
-          const password = newAppPassword();
-          await setPassword(client, app, await scramSha256Verifier(password));
-          await this.crashPoint('rotate:after-set-password');
-          const sessionsEnded = await endSessionsOfRole(client, app);
-          return { app, password, sessionsEnded };
-        }),
+        this.rotationSlots.run(
+          () =>
+            this.db.withAppLock(
+              appName,
+              async (client) => {
+                const app = await this.readyApp(client, appName);
+                const { password, verifier } = await this.credentials.take();
+                await disableLogin(client, app.username);
+                await this.crashPoint('rotate:after-disable-login');
+                const waitMs = (await authenticationTimeoutMs(client)) + LOGIN_SETTLE_MS;
+                let sessionsEnded = 0;
+                for (let attempt = 1; ; attempt++) {
+                  sessionsEnded += await this.endAllSessions(client, app);
+                  await setPassword(client, app, verifier);
+                  await this.crashPoint('rotate:after-set-password');
+                  await sleep(waitMs);
+                  if (await passwordIs(client, app, verifier)) break;
+                  if (attempt >= 3) throw new Error('the password kept changing during rotation'); // reconcile() lets the app log in again
+                }
+                await enableLogin(client, app);
+                return { app, password, sessionsEnded };
+              },
+              { ownConnection: true },
+            ),
+          this.config.DATABASE_LOCK_TIMEOUT_MS,
+        ),
       (result) => ({ sessions_ended: result.sessionsEnded }),
     );
+  }
+
+  /** Ends the app's sessions until none is left (ended sessions take a moment to go). Returns how many it ended. */
+  private async endAllSessions(client: pg.ClientBase, app: AppIdentifiers): Promise<number> {
+    let ended = 0;
+    for (let round = 0; round < 100; round++) {
+      if (round > 0 && (await sessionCount(client, app.username)) === 0) return ended;
+      const now = await endSessionsOfRole(client, app);
+      if (round === 0) ended = now;
+      await sleep(50);
+    }
+    throw new DatabaseUnavailableError(); // sessions that ignore termination for 5 s: Postgres is not well
   }
 
   // --- backups ---------------------------------------------------------------------------------------------
@@ -297,40 +370,66 @@ export class AppLifecycle {
       'backup',
       appName,
       context,
-      () => this.db.withAppLock(appName, async (client) => this.backups.dump(await this.readyApp(client, appName))),
+      () =>
+        this.withBackupSlot(appName, async (client) => {
+          const app = await this.readyApp(client, appName);
+          return this.dumpApp(client, app, app.incarnation);
+        }),
       (backup) => ({ file: backup.file }),
     );
   }
 
+  /** The backups of this incarnation of the app: not those of an earlier app that had its name. */
   async listBackups(appName: string): Promise<BackupFile[]> {
     await this.db.ready();
     const registered = await findApp(this.db.pool, appName);
     if (!registered || registered.state !== 'ready') throw new AppNotFoundError(appName);
-    return this.backups.list(appIdentifiers(appName));
+    return this.backups.listOf(appIdentifiers(appName), registered.incarnation);
+  }
+
+  /** Every backup in BACKUP_DIR, deleted apps' included, each saying whether its app (that incarnation) exists. */
+  async listAllBackups(): Promise<Array<BackupFile & { app_exists: boolean }>> {
+    await this.db.ready();
+    const live = await registeredIncarnations(this.db.pool);
+    return (await this.backups.list()).map((backup) => ({ ...backup, app_exists: backup.incarnation !== null && live.get(backup.app_name) === backup.incarnation }));
   }
 
   /**
    * Restores a backup into a new database beside the app's, then swaps the two in one transaction: the app
-   * sees either its old data or the restored data, never a mix, even across a crash.
+   * sees either its old data or the restored data, never a mix, even across a crash. The backup must be of this
+   * incarnation of the app, unless `fromDeletedApp` says the operator means to restore a deleted app's backup
+   * (of this name or another) into this one; a live app's backup never goes into another app.
    */
-  async restore(appName: string, file: string, context: RequestContext): Promise<void> {
+  async restore(appName: string, file: string, options: { fromDeletedApp: boolean }, context: RequestContext): Promise<void> {
     await this.db.ready();
+    const source: Record<string, unknown> = { file };
     await this.audited(
       'restore',
       appName,
       context,
       () =>
-        this.db.withAppLock(appName, async (client) => {
+        this.withBackupSlot(appName, async (client) => {
           const app = await this.readyApp(client, appName);
-          const path = await this.backups.pathOf(app, file);
-          const restoring = WORK_DATABASE_PREFIXES.restoring + appName;
+          const backup = await this.backups.find(appName, file);
+          const ours = backup.app_name === appName && backup.incarnation === app.incarnation;
+          if (!ours) {
+            if (!options.fromDeletedApp) throw new BackupNotFoundError(appName, file);
+            const owner = await findApp(client, backup.app_name);
+            if (owner && owner.incarnation === backup.incarnation) throw new BackupOfLiveAppError(file, backup.app_name);
+            Object.assign(source, { from_deleted_app: true, source_app: backup.app_name, source_incarnation: backup.incarnation });
+          }
+          // Named like the restore's agent, so that pg_hba.conf admits the agent there (src/agents.ts).
+          const restoring = agentName('restore', app);
           const retired = WORK_DATABASE_PREFIXES.retired + appName;
           await dropDatabase(client, restoring);
           await createDatabase(client, restoring);
           await this.crashPoint('restore:after-create-copy');
           try {
             await handDatabaseToApp(client, this.db, restoring, app);
-            await this.backups.restore(path, restoring, app);
+            await withAgent(this.db, client, app, 'restore', this.config.BACKUP_TIMEOUT_MS, async (agent) => {
+              await this.crashPoint('restore:after-create-agent');
+              await this.backups.restore(backup.path, file, restoring, app, agent);
+            });
             await this.crashPoint('restore:after-restore');
             await this.swapWithRetries(client, app, restoring, retired);
             await this.crashPoint('restore:after-swap');
@@ -341,7 +440,7 @@ export class AppLifecycle {
           }
           await dropDatabase(client, retired);
         }),
-      () => ({ file }),
+      () => source,
     );
   }
 
@@ -366,40 +465,53 @@ export class AppLifecycle {
    */
   async delete(appName: string, options: { backup: boolean }, context: RequestContext): Promise<{ backup: string | null }> {
     await this.db.ready();
+    const remove = async (client: pg.ClientBase) => {
+      const registered = await findApp(client, appName);
+      if (!registered) throw new AppNotFoundError(appName);
+      const app = appIdentifiers(appName);
+      let backup: string | null = null;
+      if (options.backup && registered.state === 'ready') backup = (await this.backupBeforeDelete(client, app, registered.incarnation)).file;
+      await this.crashPoint('delete:after-backup');
+      await setAppState(client, appName, 'deleting');
+      await this.crashPoint('delete:after-mark-deleting');
+      await this.removeAppObjects(client, app);
+      await unregisterApp(client, appName);
+      this.sizes.delete(appName);
+      return { backup };
+    };
     return this.audited(
       'delete',
       appName,
       context,
-      () =>
-        this.db.withAppLock(appName, async (client) => {
-          const registered = await findApp(client, appName);
-          if (!registered) throw new AppNotFoundError(appName);
-          const app = appIdentifiers(appName);
-          let backup: string | null = null;
-          if (options.backup && registered.state === 'ready') backup = (await this.backups.dump(app)).file;
-          await this.crashPoint('delete:after-backup');
-          await setAppState(client, appName, 'deleting');
-          await this.crashPoint('delete:after-mark-deleting');
-          await this.removeAppObjects(client, app);
-          await unregisterApp(client, appName);
-          this.sizes.delete(appName);
-          return { backup };
-        }),
+      // With a backup first, the delete holds the app's lock for as long as pg_dump runs: a backup slot's own connection.
+      () => (options.backup ? this.withBackupSlot(appName, remove) : this.db.withAppLock(appName, remove)),
       (result) => ({ backup: result.backup }),
     );
+  }
+
+  /** The backup DELETE takes first; if it fails, nothing is removed and the answer says why (409). */
+  private async backupBeforeDelete(client: pg.ClientBase, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
+    try {
+      return await this.dumpApp(client, app, incarnation);
+    } catch (err) {
+      const status = (err as { statusCode?: number }).statusCode;
+      if (status === 409) throw new AppNotDeletedError(app.appName, (err as Error).message);
+      if (status === 500) throw Object.assign(new AppNotDeletedError(app.appName, 'pg_dump failed; the service log has its exit code'), { cause: err });
+      throw err; // 503: Postgres away, or every backup slot taken: retry
+    }
   }
 
   /** Removes whatever exists of the app's objects: login first refused, sessions ended, database, roles. */
   private async removeAppObjects(client: pg.ClientBase, app: AppIdentifiers): Promise<void> {
     const objects = await appObjects(client, app);
     if (objects.loginRole) {
-      await disableLogin(client, app);
+      await disableLogin(client, app.username);
       await endSessionsOfRole(client, app);
     }
     await this.crashPoint('delete:after-end-sessions');
     await dropDatabase(client, app.database);
     await this.crashPoint('delete:after-drop-database');
-    await dropAppRoles(client, app);
+    await dropAppRoles(client, this.db, app);
   }
 
   // --- reconcile -------------------------------------------------------------------------------------------
@@ -436,6 +548,15 @@ export class AppLifecycle {
       });
     }
 
+    for (const agent of await agentRoles(this.db.pool)) {
+      const appName = appOfAgent(agent);
+      if (!appName) continue; // a member of pgprov_agents the operator made: not ours
+      await locked(appName, async (client) => {
+        await removeAgent(this.db, client, agent, appIdentifiers(appName).username);
+        await repaired(appName, `removed agent role ${agent}`);
+      });
+    }
+
     for (const database of await workDatabases(this.db.pool)) {
       const appName = database.replace(WORK_DATABASE_PREFIXES.restoring, '').replace(WORK_DATABASE_PREFIXES.retired, '');
       await locked(appName, async (client) => {
@@ -450,7 +571,7 @@ export class AppLifecycle {
     for (const { app_name: appName } of await appsInState(this.db.pool, ['ready'])) {
       const app = appIdentifiers(appName);
       const objects = await appObjects(this.db.pool, app);
-      if (objects.database && objects.databaseAllowsConnections && objects.loginRole && objects.accessRole) continue;
+      if (objects.database && objects.databaseAllowsConnections && objects.loginRole && objects.loginAllowed && objects.accessRole) continue;
       // Something looks wrong: look again under the app's lock (a delete may have been under way).
       await locked(appName, async (client) => {
         if ((await findApp(client, appName))?.state !== 'ready') return;
@@ -458,6 +579,10 @@ export class AppLifecycle {
         if (now.database && !now.databaseAllowsConnections) {
           await allowConnections(client, app.database);
           await repaired(appName, 'allowed connections again');
+        } else if (now.loginRole && !now.loginAllowed) {
+          // A rotation stopped before its end: it was never answered, so the app keeps the password it has.
+          await enableLogin(client, app);
+          await repaired(appName, 'allowed login again after an interrupted rotation');
         } else if (!now.database || !now.loginRole || !now.accessRole) {
           this.log.error({ app: appName, objects: now }, 'app is registered as ready but some of its objects are missing; left for the operator');
         }
@@ -481,7 +606,7 @@ export class AppLifecycle {
           await adoptApp(client, appName);
           await repaired(appName, 'adopted unregistered app made before access roles, and gave it one');
         } else if (!objects.database) {
-          await dropAppRoles(client, app);
+          await dropAppRoles(client, this.db, app);
           await repaired(appName, 'removed roles left without a database');
         } else {
           this.log.warn({ app: appName, objects }, 'database app_<name> exists without its roles; not ours to drop, left for the operator');

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
 import { LOCK_KEY_SQL, readyLock, type Database } from './db/database.js';
-import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, removeEntry, setPreparedPassword } from './db/ready-pool.js';
+import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
 import { newCredential, type AppCredential } from './credential-stock.js';
 import type { AppIdentifiers } from './app-names.js';
 
@@ -102,6 +102,7 @@ export class ReadyPool {
     while (!this.stopped) {
       try {
         client ??= await this.db.connect();
+        await this.removeTaintedSets(client);
         await this.rekeyUnknownSets(client);
         const { ready, preparing } = await countEntries(client);
         const sinceHandOver = Date.now() - this.lastHandOverAt;
@@ -121,6 +122,16 @@ export class ReadyPool {
       }
     }
     await client?.end().catch(() => {});
+  }
+
+  /** Removes the sets a tenant has granted something to (they are never handed over), whatever was granted. */
+  private async removeTaintedSets(client: pg.Client): Promise<void> {
+    for (const id of await taintedIds(client)) {
+      await this.db.tryWithLock(readyLock(id), async () => {
+        await this.removeSet(client, id);
+        this.log.warn({ ready_set: id }, 'ready pool: removed a prepared set another tenant had granted privileges to');
+      });
+    }
   }
 
   /** Gives a new password to every ready set whose password this process does not hold (after a restart). */
@@ -163,7 +174,7 @@ export class ReadyPool {
     this.passwords.delete(id);
     const names = readyObjectNames(id);
     await dropDatabase(client, names.database);
-    await dropAppRoles(client, names);
+    await dropAppRoles(client, this.db, names);
     await removeEntry(client, id);
   }
 

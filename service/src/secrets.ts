@@ -5,8 +5,32 @@ import { customAlphabet } from 'nanoid';
 
 const ALPHANUMERIC = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 
-/** 40 characters of [A-Za-z0-9] ≈ 238 bits; `grep -oP 'sk_\w+'` takes the key whole. */
+/** 40 characters of [A-Za-z0-9] ≈ 238 bits. */
 export const newAdminKey = (): string => `sk_${customAlphabet(ALPHANUMERIC, 40)()}`;
+
+/** The message of the one log line that carries the admin key, written once at boot (src/server.ts). */
+export const adminKeyMessage = (key: string): string => `🔑 ADMIN KEY: ${key}`;
+const ADMIN_KEY_MESSAGE = /^🔑 ADMIN KEY: (sk_[A-Za-z0-9]{40})$/;
+const PRETTY_LINE = /^\[[^\]]+\] INFO \(\d+\): (.*)$/;
+
+/**
+ * The admin key, if `line` is the service's own key line (a JSON line whose msg is exactly the key message, or
+ * pino-pretty's rendering of one); undefined for anything else, including text a tenant managed to put into
+ * another line of the log.
+ */
+export function adminKeyInLogLine(line: string): string | undefined {
+  let message: unknown;
+  if (line.startsWith('{')) {
+    try {
+      message = (JSON.parse(line) as { msg?: unknown }).msg;
+    } catch {
+      return undefined;
+    }
+  } else {
+    message = PRETTY_LINE.exec(line)?.[1];
+  }
+  return typeof message === 'string' ? ADMIN_KEY_MESSAGE.exec(message)?.[1] : undefined;
+}
 
 /** 32 characters of [A-Za-z0-9] ≈ 190 bits; needs no escaping in a connection string. */
 export const newAppPassword: () => string = customAlphabet(ALPHANUMERIC, 32);

@@ -2,7 +2,7 @@
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
-import { newAdminKey } from './secrets.js';
+import { adminKeyMessage, newAdminKey } from './secrets.js';
 
 let config;
 try {
@@ -16,9 +16,9 @@ try {
 const adminKey = newAdminKey();
 const app = await buildApp(config, { adminKey });
 
-// The only place the key is ever written: once, at boot. `docker compose logs service | grep "ADMIN KEY"`.
-// At info level whatever LOG_LEVEL says: without this line the service cannot be used.
-app.log.child({}, { level: 'info' }).info(`🔑 ADMIN KEY: ${adminKey}`);
+// The only place the key is ever written: once, at boot, as the message of its own line (README: "The admin
+// key" has the recipe that reads it). At info level whatever LOG_LEVEL says: without it the service is unusable.
+app.log.child({}, { level: 'info' }).info(adminKeyMessage(adminKey));
 
 closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, 'shutting down after an unexpected error');

@@ -97,6 +97,13 @@ describe('POST /apps/:name/rotate', () => {
   });
 });
 
+/** Work databases of restores and agent roles of dumps and restores: none may outlive its operation. */
+const restoreLeftovers = () =>
+  t.superuser(async (db) => ({
+    databases: (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%' AND datname NOT LIKE 'pgprov\\_ready\\_%'")).rows,
+    agents: (await db.query("SELECT rolname FROM pg_roles WHERE rolname ~ '^pgprov_(dump|restore)_'")).rows,
+  }));
+
 describe('backups and restore', () => {
   it('backs up, lists, and restores into the app database, objects owned by the app role', async () => {
     const app = await t.provision('keeper');
@@ -108,7 +115,10 @@ describe('backups and restore', () => {
     const backup = await t.admin('POST', '/apps/keeper/backups');
     assert.equal(backup.status, 201);
     const file = String(backup.body.file);
-    assert.match(file, /^app_keeper-\d{8}T\d{9}Z\.dump$/);
+    const incarnation = await t.superuser(async (db) => (await db.query("SELECT incarnation FROM apps WHERE app_name = 'keeper'")).rows[0].incarnation, 'provisioner');
+    assert.equal(file.startsWith(`app_keeper-${incarnation}-`), true, 'named after the app and its incarnation');
+    assert.match(file, /^app_keeper-[0-9a-f]{16}-\d{8}T\d{9}Z\.dump$/);
+    assert.equal(backup.body.incarnation, incarnation);
     assert.ok(Number(backup.body.size_bytes) > 0);
     assert.ok(existsSync(join(t.stack.paths.backups, file)));
     assert.equal(readFileSync(join(t.stack.paths.backups, file)).subarray(0, 5).toString(), 'PGDMP', 'a pg_dump custom-format file');
@@ -135,8 +145,7 @@ describe('backups and restore', () => {
       assert.deepEqual(owners.rows, [{ tableowner: 'app_keeper_user' }]);
       await c.query("INSERT INTO notes (body) VALUES ('writable again')");
     });
-    const leftovers = await t.superuser(async (db) => (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%'")).rows);
-    assert.deepEqual(leftovers, []);
+    assert.deepEqual(await restoreLeftovers(), { databases: [], agents: [] });
   });
 
   it('refuses unknown files, other apps\' files, path tricks and bad bodies', async () => {
@@ -189,17 +198,21 @@ describe('DELETE /apps/:name', () => {
 });
 
 describe('failures', () => {
-  it('answers 500 without detail when pg_restore refuses a file, and leaves the app as it was', async () => {
+  it('answers 422 without pg_restore\'s words when it refuses a file, and leaves the app as it was', async () => {
     const app = await t.provision('bad_dump');
     await asApp(app.connection_string, (c) => c.query("CREATE TABLE t AS SELECT 'intact' AS v"));
-    const file = 'app_bad_dump-20260101T000000000Z.dump';
+    const incarnation = await t.superuser(async (db) => (await db.query("SELECT incarnation FROM apps WHERE app_name = 'bad_dump'")).rows[0].incarnation, 'provisioner');
+    const file = `app_bad_dump-${incarnation}-20260101T000000000Z.dump`;
     writeFileSync(join(t.stack.paths.backups, file), 'PGDMP this is not a dump');
     const response = await t.admin('POST', '/apps/bad_dump/restore', { file });
-    assert.equal(response.status, 500);
-    assert.deepEqual(response.body, { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error' });
+    assert.equal(response.status, 422);
+    assert.deepEqual(response.body, {
+      statusCode: 422,
+      error: 'Unprocessable Entity',
+      message: `backup '${file}' could not be restored into app 'bad_dump': pg_restore stopped at an error in it; the app's database is unchanged`,
+    });
     assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SELECT v FROM t')).rows[0].v), 'intact');
-    const leftovers = await t.superuser(async (db) => (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%'")).rows);
-    assert.deepEqual(leftovers, []);
+    assert.deepEqual(await restoreLeftovers(), { databases: [], agents: [] });
   });
 
   it('answers 409 when another operation holds the app longer than the lock timeout', async () => {
@@ -284,7 +297,7 @@ describe('bookkeeping', () => {
     assert.match(docs.openapi, /^3\./);
     const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
     assert.deepEqual(operations.sort(), [
-      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /health',
+      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /backups', 'GET /health',
       'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');

@@ -41,6 +41,7 @@ async function crashAt(point: string, trigger?: () => Promise<unknown>, env: Rec
 interface AppState {
   registry: string[];
   loginRole: boolean;
+  loginAllowed: boolean;
   accessRole: boolean;
   database: boolean;
   allowsConnections: boolean | null;
@@ -52,18 +53,21 @@ async function stateOf(appName: string): Promise<AppState> {
   return t.superuser(async (db) => {
     const row = (
       await db.query(
-        `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS login, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS access,
+        `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS login,
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 AND rolcanlogin) AS can_login, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS access,
                 (SELECT datallowconn FROM pg_database WHERE datname = $2) AS allow`,
         [`app_${appName}_user`, `app_${appName}`],
       )
     ).rows[0];
     const work = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%' AND datname NOT LIKE 'pgprov\\_ready\\_%'")).rows.map((r) => r.datname);
-    return { registry, loginRole: row.login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
+    // The agent roles of dumps and restores (src/agents.ts) count as work left over too.
+    work.push(...(await db.query("SELECT rolname FROM pg_roles WHERE rolname ~ '^pgprov_(dump|restore)_'")).rows.map((r) => `role ${r.rolname}`));
+    return { registry, loginRole: row.login, loginAllowed: row.can_login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
   });
 }
 
-const ABSENT: AppState = { registry: [], loginRole: false, accessRole: false, database: false, allowsConnections: null, workDatabases: [] };
-const COMPLETE: AppState = { registry: ['ready'], loginRole: true, accessRole: true, database: true, allowsConnections: true, workDatabases: [] };
+const ABSENT: AppState = { registry: [], loginRole: false, loginAllowed: false, accessRole: false, database: false, allowsConnections: null, workDatabases: [] };
+const COMPLETE: AppState = { registry: ['ready'], loginRole: true, loginAllowed: true, accessRole: true, database: true, allowsConnections: true, workDatabases: [] };
 
 describe('a crash in the middle of provisioning leaves no half-made app', () => {
   for (const point of ['provision:after-register', 'provision:after-create-roles', 'provision:after-create-database', 'provision:after-hand-over']) {
@@ -97,6 +101,13 @@ describe('a crash in the middle of deleting leaves the app either whole or gone'
 });
 
 describe('a crash in the middle of rotating', () => {
+  it('at rotate:after-disable-login: the reconciler lets the app log in again, with the password it has', async () => {
+    const app = await t.provision('rot_early');
+    await crashAt('rotate:after-disable-login', () => t.admin('POST', '/apps/rot_early/rotate'));
+    assert.deepEqual(await stateOf('rot_early'), COMPLETE);
+    await asApp(app.connection_string, (c) => c.query('SELECT 1'));
+  });
+
   it('at rotate:after-set-password: the app is complete, and rotating again gives a working password', async () => {
     await t.provision('rot_crash');
     await crashAt('rotate:after-set-password', () => t.admin('POST', '/apps/rot_crash/rotate'));
@@ -108,7 +119,7 @@ describe('a crash in the middle of rotating', () => {
 });
 
 describe('a crash in the middle of restoring leaves the old data or the restored data, never a mix', () => {
-  for (const point of ['restore:after-create-copy', 'restore:after-restore', 'restore:after-swap']) {
+  for (const point of ['restore:after-create-copy', 'restore:after-create-agent', 'restore:after-restore', 'restore:after-swap']) {
     it(`at ${point}`, async () => {
       const name = `res_${point.split(':')[1]!.replaceAll('-', '_')}`;
       const app = await t.provision(name);

@@ -4,6 +4,7 @@
 // Every function takes the superuser connection to run on; none decides what to do on failure (src/lifecycle.ts
 // does).
 import pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { AppIdentifiers } from '../app-names.js';
 
 /** The Postgres names of one set of app objects: an app's, or a prepared set in the ready pool. */
@@ -16,6 +17,9 @@ type Queryable = Pick<pg.ClientBase, 'query'>;
 
 /** The group role every app login role belongs to; pg_hba.conf names it as +provisioned_apps. */
 export const APPS_GROUP_ROLE = 'provisioned_apps';
+
+/** The group role of the short-lived agent roles (createAgentRole); pg_hba.conf names it as +pgprov_agents. */
+export const AGENTS_GROUP_ROLE = 'pgprov_agents';
 
 export const DUPLICATE_ROLE_STATES = new Set(['42710', '23505']);
 export const DUPLICATE_DATABASE_STATE = '42P04';
@@ -88,12 +92,47 @@ export async function dropDatabase(db: Queryable, database: string): Promise<voi
 
 /**
  * Drops the app's login role, and its access role if that is a NOLOGIN role: a LOGIN role of that name is
- * another app's login (app x's app_x_user for app x_user), never ours to drop.
+ * another app's login (app x's app_x_user for app x_user), never ours to drop. Whatever other tenants granted
+ * to these roles is removed first (dropRoleEverywhere), so no tenant can keep another app's roles alive.
  */
-export async function dropAppRoles(db: Queryable, app: ObjectNames): Promise<void> {
-  await db.query(`DROP ROLE IF EXISTS ${ident(app.username)}`);
+export async function dropAppRoles(db: Queryable, database: Database, app: ObjectNames): Promise<void> {
+  await dropRoleEverywhere(db, database, app.username);
   const { rows } = await db.query<{ rolcanlogin: boolean }>(`SELECT rolcanlogin FROM pg_roles WHERE rolname = $1`, [app.accessRole]);
-  if (rows[0] && !rows[0].rolcanlogin) await db.query(`DROP ROLE ${ident(app.accessRole)}`);
+  if (rows[0] && !rows[0].rolcanlogin) await dropRoleEverywhere(db, database, app.accessRole);
+}
+
+/**
+ * The databases where `role` is named by something (a privilege, a default privilege, a policy, an owned
+ * object): pg_shdepend's rows for it. Any tenant can GRANT on its own objects to any role it sees in pg_roles,
+ * and each such grant makes a plain DROP ROLE fail.
+ */
+async function databasesNamingRole(db: Queryable, role: string): Promise<string[]> {
+  const { rows } = await db.query<{ datname: string }>(
+    `SELECT DISTINCT d.datname
+       FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid JOIN pg_database d ON d.oid = s.dbid
+      WHERE s.refclassid = 'pg_authid'::regclass AND r.rolname = $1 AND d.datallowconn
+      ORDER BY 1`,
+    [role],
+  );
+  return rows.map((row) => row.datname);
+}
+
+/**
+ * Drops `role` whatever anyone granted to it: in every database where something names it, objects it owns
+ * go to `reassignTo` (or are dropped) and privileges granted to it are revoked (DROP OWNED BY), then the role
+ * goes. No statement here runs code a tenant wrote: REASSIGN and DROP OWNED change catalogs only, and tenants
+ * cannot create event triggers. A database that refuses connections (mid-restore) makes DROP ROLE fail; the
+ * caller's operation then fails and the reconciler finishes it.
+ */
+export async function dropRoleEverywhere(db: Queryable, database: Database, role: string, reassignTo?: string): Promise<void> {
+  if (!(await existingRoles(db, [role])).has(role)) return;
+  for (const name of await databasesNamingRole(db, role)) {
+    await database.inDatabase(name, (inside) =>
+      inside.query(`${reassignTo ? `REASSIGN OWNED BY ${ident(role)} TO ${ident(reassignTo)}; ` : ''}DROP OWNED BY ${ident(role)}`),
+    );
+  }
+  // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left.
+  await db.query(`DROP ROLE IF EXISTS ${ident(role)}`);
 }
 
 /** Gives an app made before access roles existed its access role, so pg_hba.conf's samerole admits it. */
@@ -104,22 +143,116 @@ export async function addAccessRole(db: Queryable, app: ObjectNames): Promise<vo
   );
 }
 
-export async function setPassword(db: Queryable, app: AppIdentifiers, passwordVerifier: string): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(app.username)} WITH LOGIN PASSWORD ${literal(passwordVerifier)}`);
+/**
+ * The login role can no longer open sessions. Postgres checks LOGIN when a session starts, after the password
+ * exchange, so this also stops a login whose exchange is under way (its password stays).
+ */
+export async function disableLogin(db: Queryable, role: string): Promise<void> {
+  // A session of the role may be changing its own password at this very moment (a tenant holding a leaked
+  // password, trying to keep it): Postgres then fails one of the two ALTER ROLEs with "tuple concurrently
+  // updated". Ours is tried again; once it holds, no new session can start.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await db.query(`ALTER ROLE ${ident(role)} WITH NOLOGIN`);
+      return;
+    } catch (err) {
+      if (!isConcurrentUpdate(err) || attempt >= 50) throw err;
+      await sleep(10 * attempt);
+    }
+  }
 }
 
-/** The login role can no longer open sessions (its password stays). */
-export async function disableLogin(db: Queryable, app: ObjectNames): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(app.username)} WITH NOLOGIN`);
+/** Postgres's "tuple concurrently updated" (XX000): two statements changed the same catalog row at once. */
+function isConcurrentUpdate(err: unknown): boolean {
+  const { code, message } = err as { code?: unknown; message?: unknown };
+  return code === 'XX000' && typeof message === 'string' && /tuple concurrently updated/.test(message);
+}
+
+/** Lets the app's login role open sessions again (after a rotation that was interrupted before its end). */
+export async function enableLogin(db: Queryable, app: ObjectNames): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(app.username)} WITH LOGIN`);
+}
+
+/** Sets the login role's password (SCRAM verifier); LOGIN or NOLOGIN stays as it is. */
+export async function setPassword(db: Queryable, app: ObjectNames, passwordVerifier: string): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(app.username)} WITH PASSWORD ${literal(passwordVerifier)}`);
+}
+
+/** Whether the login role's password is still `passwordVerifier` (a role can change its own password). */
+export async function passwordIs(db: Queryable, app: ObjectNames, passwordVerifier: string): Promise<boolean> {
+  const { rows } = await db.query<{ same: boolean }>(`SELECT rolpassword = $2 AS same FROM pg_authid WHERE rolname = $1`, [app.username, passwordVerifier]);
+  return rows[0]?.same ?? false;
+}
+
+/**
+ * The server's authentication_timeout in milliseconds: how long a login may take between its connection and
+ * the end of its password exchange. Postgres reads a role's password verifier when the exchange begins, so a
+ * login begun before a password change can finish with the old password until this has passed.
+ */
+export async function authenticationTimeoutMs(db: Queryable): Promise<number> {
+  const { rows } = await db.query<{ ms: number }>(`SELECT setting::int * 1000 AS ms FROM pg_settings WHERE name = 'authentication_timeout'`);
+  return rows[0]?.ms ?? 60_000;
+}
+
+/** How many sessions `role` has open now (terminated ones take a moment to go). */
+export async function sessionCount(db: Queryable, role: string): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`, [role]);
+  return rows[0]?.n ?? 0;
 }
 
 /** Ends every session of the app's login role, in every database. Returns how many were ended. */
 export async function endSessionsOfRole(db: Queryable, app: ObjectNames): Promise<number> {
+  return endSessionsOf(db, app.username);
+}
+
+/** Ends every session of `role`, in every database. Returns how many were ended. */
+export async function endSessionsOf(db: Queryable, role: string): Promise<number> {
   const { rows } = await db.query<{ ended: number }>(
     `SELECT count(pg_terminate_backend(pid))::int AS ended FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`,
-    [app.username],
+    [role],
   );
   return rows[0]?.ended ?? 0;
+}
+
+/**
+ * A short-lived login role with exactly the app's rights, for the client programs (pg_dump, pg_restore) that
+ * work in an app's database: a member of the app's login role only (INHERIT, so it has the app's privileges and
+ * may SET ROLE to it), of AGENTS_GROUP_ROLE (so pg_hba.conf admits it over the service's socket), with a
+ * password only the service holds, valid for `validForMs`. Whatever a tenant's code does while it runs (RESET
+ * ROLE included) reaches nothing the app could not reach itself.
+ */
+export async function createAgentRole(db: Queryable, agent: string, app: ObjectNames, passwordVerifier: string, validForMs: number): Promise<void> {
+  const validUntil = new Date(Date.now() + validForMs).toISOString();
+  await db.query(
+    `CREATE ROLE ${ident(agent)} WITH LOGIN PASSWORD ${literal(passwordVerifier)} VALID UNTIL ${literal(validUntil)}
+       NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 2
+       IN ROLE ${ident(AGENTS_GROUP_ROLE)}, ${ident(app.username)}`,
+  );
+}
+
+/** Which of `roles` exist. */
+export async function existingRoles(db: Queryable, roles: string[]): Promise<Set<string>> {
+  const { rows } = await db.query<{ rolname: string }>(`SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])`, [roles]);
+  return new Set(rows.map((row) => row.rolname));
+}
+
+/** Whether a session of `role` is waiting for a lock right now (a tenant's transaction holds it). */
+export async function waitingOnLock(db: Queryable, role: string): Promise<boolean> {
+  const { rows } = await db.query<{ waiting: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE usename = $1 AND wait_event_type = 'Lock') AS waiting`,
+    [role],
+  );
+  return rows[0]?.waiting ?? false;
+}
+
+/** Agent roles that exist, by name (left behind only if the service died while one worked). */
+export async function agentRoles(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ rolname: string }>(
+    `SELECT r.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member
+      WHERE g.rolname = $1 ORDER BY 1`,
+    [AGENTS_GROUP_ROLE],
+  );
+  return rows.map((row) => row.rolname);
 }
 
 /**
@@ -143,6 +276,8 @@ export async function allowConnections(db: Queryable, database: string): Promise
 
 export interface AppObjects {
   loginRole: boolean;
+  /** The login role may log in (false only between the first and last step of a rotation, or after a crash there). */
+  loginAllowed: boolean;
   accessRole: boolean;
   database: boolean;
   databaseAllowsConnections: boolean;
@@ -152,6 +287,7 @@ export interface AppObjects {
 export async function appObjects(db: Queryable, app: ObjectNames): Promise<AppObjects> {
   const { rows } = await db.query<AppObjects>(
     `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS "loginRole",
+            EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 AND rolcanlogin) AS "loginAllowed",
             EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2 AND NOT rolcanlogin) AS "accessRole",
             EXISTS (SELECT 1 FROM pg_database WHERE datname = $3) AS "database",
             COALESCE((SELECT datallowconn FROM pg_database WHERE datname = $3), false) AS "databaseAllowsConnections"`,

@@ -172,10 +172,12 @@ export class Database {
   /**
    * Runs `work` holding the app's advisory lock, on the connection that holds it: operations on one app are
    * serialized, different apps proceed in parallel. Waits at most DATABASE_LOCK_TIMEOUT_MS, then AppBusyError.
-   * The lock is tied to the session: if the service dies, Postgres releases it.
+   * The lock is tied to the session: if the service dies, Postgres releases it. Operations that hold the lock
+   * for long (a backup, a restore, a rotation waiting out logins) pass `ownConnection`, so they never hold one
+   * of the pool's few connections that every request needs; their callers bound how many run at once.
    */
-  async withAppLock<T>(appName: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    return this.withClient(async (client) => {
+  async withAppLock<T>(appName: string, work: (client: pg.ClientBase) => Promise<T>, { ownConnection = false } = {}): Promise<T> {
+    const locked = async (client: pg.ClientBase) => {
       try {
         await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(appName)]);
       } catch (err) {
@@ -187,7 +189,14 @@ export class Database {
       } finally {
         await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(appName)]).catch(() => {});
       }
-    });
+    };
+    if (!ownConnection) return this.withClient(locked);
+    const client = await this.connect();
+    try {
+      return await locked(client);
+    } finally {
+      await client.end().catch(() => {});
+    }
   }
 
   /** Runs `work` holding the lock `key` if it is free; returns undefined, without running it, if it is not. */

@@ -50,6 +50,26 @@ export async function idsWithObjects(db: Queryable): Promise<string[]> {
   return rows.map((row) => row.id);
 }
 
+/**
+ * Prepared sets whose roles someone else has named: a tenant can GRANT on its own objects (or set default
+ * privileges or policies) to any role it sees in pg_roles, prepared ones included. Such a set would hand those
+ * grants to the app that receives it, so it is never handed over, and the pool removes it. A prepared set's own
+ * entries (CONNECT on its database, its public schema) are the only ones expected.
+ */
+const TAINTED_IDS_SQL = `
+  SELECT DISTINCT substring(r.rolname FROM '^pgprov_ready_([a-z0-9]{12})') AS id
+    FROM pg_shdepend s
+    JOIN pg_roles r ON s.refclassid = 'pg_authid'::regclass AND r.oid = s.refobjid
+    LEFT JOIN pg_database own ON own.datname = substring(r.rolname FROM '^(pgprov_ready_[a-z0-9]{12})')
+   WHERE r.rolname ~ '^pgprov_ready_[a-z0-9]{12}(_user)?$'
+     AND s.dbid IS DISTINCT FROM own.oid
+     AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = own.oid)`;
+
+export async function taintedIds(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(TAINTED_IDS_SQL);
+  return rows.map((row) => row.id);
+}
+
 /** Sets the password of a prepared login role, which stays NOLOGIN: nobody can use it before the handover. */
 export async function setPreparedPassword(db: Queryable, id: string, passwordVerifier: string): Promise<void> {
   await db.query(`ALTER ROLE ${ident(readyObjectNames(id).username)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)}`);
@@ -60,7 +80,8 @@ export async function setPreparedPassword(db: Queryable, id: string, passwordVer
  * (the sets whose password this process holds; skipping any another handover holds), registers the app as
  * ready, renames the roles and the database to the app's names, and lets the login role log in. Its password
  * was set when the set was prepared (setting a SCRAM verifier costs Postgres a PBKDF2 run, ~3 ms, kept off this
- * path). Returns the id handed over, or undefined, changing nothing, when no candidate is left. Any failure
+ * path). Sets another tenant has granted anything to are skipped (taintedIds). Returns the id handed over, or
+ * undefined, changing nothing, when no candidate is left. Any failure
  * (a taken name: 23505 or 42710) rolls everything back.
  */
 export async function handOver(db: Queryable, app: AppIdentifiers, candidates: string[]): Promise<string | undefined> {
@@ -70,6 +91,7 @@ export async function handOver(db: Queryable, app: AppIdentifiers, candidates: s
     // Two statements in one message (so no $n parameters: the ids are checked above): one result each.
     const results = (await db.query(
       `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' AND id IN (${ids.map((id) => literal(id)).join(', ')})
+          AND id NOT IN (${TAINTED_IDS_SQL})
         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
     )) as unknown as Array<pg.QueryResult<{ id: string }>>;
     const id = results[1]?.rows[0]?.id;

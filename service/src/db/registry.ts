@@ -9,6 +9,8 @@ export type AppState = 'creating' | 'ready' | 'deleting';
 export interface RegisteredApp {
   app_name: string;
   state: AppState;
+  /** Which life of the name this is (a new one after a delete and a new provision); backups carry it. */
+  incarnation: string;
   created_at: Date;
 }
 
@@ -34,13 +36,19 @@ export async function unregisterApp(db: Queryable, appName: string): Promise<voi
 }
 
 export async function findApp(db: Queryable, appName: string): Promise<RegisteredApp | undefined> {
-  const { rows } = await db.query<RegisteredApp>(`SELECT app_name, state, created_at FROM apps WHERE app_name = $1`, [appName]);
+  const { rows } = await db.query<RegisteredApp>(`SELECT app_name, state, incarnation, created_at FROM apps WHERE app_name = $1`, [appName]);
   return rows[0];
 }
 
 export async function appsInState(db: Queryable, states: AppState[]): Promise<RegisteredApp[]> {
-  const { rows } = await db.query<RegisteredApp>(`SELECT app_name, state, created_at FROM apps WHERE state = ANY($1::text[]) ORDER BY app_name`, [states]);
+  const { rows } = await db.query<RegisteredApp>(`SELECT app_name, state, incarnation, created_at FROM apps WHERE state = ANY($1::text[]) ORDER BY app_name`, [states]);
   return rows;
+}
+
+/** The incarnation of every registered app, by name. */
+export async function registeredIncarnations(db: Queryable): Promise<Map<string, string>> {
+  const { rows } = await db.query<{ app_name: string; incarnation: string }>(`SELECT app_name, incarnation FROM apps`);
+  return new Map(rows.map((row) => [row.app_name, row.incarnation]));
 }
 
 export async function registeredAppNames(db: Queryable): Promise<string[]> {

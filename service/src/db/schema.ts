@@ -10,6 +10,10 @@ CREATE TABLE IF NOT EXISTS apps (
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now()
 );
+-- Which life of the name this is: an app deleted and provisioned again under the same name is a new
+-- incarnation, and its backups are not the old one's (backup file names carry it).
+ALTER TABLE apps ADD COLUMN IF NOT EXISTS incarnation text NOT NULL
+  DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 16) CHECK (incarnation ~ '^[0-9a-f]{16}$');
 
 CREATE TABLE IF NOT EXISTS audit_log (
   id         bigserial PRIMARY KEY,
@@ -46,4 +50,13 @@ CREATE TABLE IF NOT EXISTS ready_pool (
 );
 
 REVOKE ALL ON apps, audit_log, ready_pool FROM PUBLIC;
+
+-- The group of the service's agent roles (init/01-create-users.sql makes it on new data directories).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgprov_agents') THEN
+    CREATE ROLE pgprov_agents WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+  END IF;
+END
+$$;
 `;

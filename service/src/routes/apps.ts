@@ -1,12 +1,12 @@
 // /apps: list and inspect apps, rotate a password, take, list and restore backups, delete an app.
-// Every route takes the admin key as "Authorization: Bearer <key>".
+// Every route takes the admin key as "Authorization: Bearer <key>", checked before anything else of the request.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { appIdentifiers } from '../app-names.js';
 import { BACKUP_FILE_PATTERN } from '../backups.js';
 import type { Config } from '../config.js';
 import type { AppSummary } from '../db/registry.js';
-import { AppNameParamsSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
+import { AppNameParamsSchema, BackupSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
 
 const AppSchema = z.object({
   app_name: z.string(),
@@ -17,10 +17,11 @@ const AppSchema = z.object({
   connections: z.number().int(),
 });
 
-const BackupSchema = z.object({ file: z.string(), size_bytes: z.number().int(), created_at: z.string() });
-
 const RestoreBodySchema = z.strictObject(
-  { file: z.string({ error: 'file is required: the name of one of this app\'s backups' }).regex(BACKUP_FILE_PATTERN, 'file must be a backup file name, as GET /apps/:name/backups lists them') },
+  {
+    file: z.string({ error: 'file is required: the name of one of this app\'s backups' }).regex(BACKUP_FILE_PATTERN, 'file must be a backup file name, as GET /apps/:name/backups lists them'),
+    from_deleted_app: z.boolean({ error: 'from_deleted_app must be true or false' }).default(false),
+  },
   { error: (issue) => (issue.code === 'invalid_type' ? 'the body must be a JSON object' : undefined) },
 );
 
@@ -39,7 +40,8 @@ function appBody(summary: AppSummary): z.infer<typeof AppSchema> {
 }
 
 const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
-  app.addHook('preHandler', async (request) => app.requireBearerKey(request));
+  // First of all, before params, query or body are even parsed: without the key, nothing about what they accept.
+  app.addHook('onRequest', async (request) => app.requireBearerKey(request));
 
   app.get(
     '/apps',
@@ -89,14 +91,15 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
     '/apps/:name/restore',
     {
       schema: {
-        summary: "Replace the app's database with one of its backups",
+        summary: "Replace the app's database with one of its backups (or, with from_deleted_app, a deleted app's)",
         params: AppNameParamsSchema,
         body: RestoreBodySchema,
         response: { 200: z.object({ app_name: z.string(), restored: z.string() }), ...errorResponses },
       },
     },
     async (request) => {
-      await app.lifecycle.restore(request.params.name, request.body.file, requestContext(request));
+      const { file, from_deleted_app: fromDeletedApp } = request.body;
+      await app.lifecycle.restore(request.params.name, file, { fromDeletedApp }, requestContext(request));
       return { app_name: request.params.name, restored: request.body.file };
     },
   );

@@ -23,7 +23,8 @@ const provisionRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, {
         body: ProvisionBodySchema,
         response: { 201: CredentialsSchema, ...errorResponses },
       },
-      preHandler: async (request) => app.requireAdminKey(request),
+      // After the body is parsed (it may carry the key), before it is validated: no key, nothing about the schema.
+      preValidation: async (request) => app.requireAdminKey(request),
     },
     async (request, reply) => {
       const { app: created, password } = await app.lifecycle.provision(request.body.app_name, requestContext(request));

@@ -15,10 +15,20 @@ export const errorResponses = {
   401: ErrorSchema,
   404: ErrorSchema,
   409: ErrorSchema,
+  422: ErrorSchema,
   429: ErrorSchema,
   500: ErrorSchema,
   503: ErrorSchema,
 };
+
+/** One backup file: the app (name and incarnation) it was taken of, its size and time. */
+export const BackupSchema = z.object({
+  file: z.string(),
+  app_name: z.string(),
+  incarnation: z.string().nullable(),
+  size_bytes: z.number().int(),
+  created_at: z.string(),
+});
 
 export const AppNameParamsSchema = z.object({ name: AppNameSchema });
 

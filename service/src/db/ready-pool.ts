@@ -56,17 +56,24 @@ export async function idsWithObjects(db: Queryable): Promise<string[]> {
  * grants to the app that receives it, so it is never handed over, and the pool removes it. A prepared set's own
  * entries (CONNECT on its database, its public schema) are the only ones expected.
  */
-const TAINTED_IDS_SQL = `
+function taintedIdsSql(ids?: string[]): string {
+  // With ids (checked by READY_ID_PATTERN), the roles are looked up by name: the hand-over stays a few index
+  // lookups however many apps and roles the server holds.
+  const roles = ids
+    ? `r.rolname IN (${ids.flatMap((id) => Object.values(readyObjectNames(id))).filter((name, i, all) => all.indexOf(name) === i).map((name) => literal(name)).join(', ')})`
+    : `r.rolname ~ '^pgprov_ready_[a-z0-9]{12}(_user)?$'`;
+  return `
   SELECT DISTINCT substring(r.rolname FROM '^pgprov_ready_([a-z0-9]{12})') AS id
-    FROM pg_shdepend s
-    JOIN pg_roles r ON s.refclassid = 'pg_authid'::regclass AND r.oid = s.refobjid
+    FROM pg_roles r
+    JOIN pg_shdepend s ON s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
     LEFT JOIN pg_database own ON own.datname = substring(r.rolname FROM '^(pgprov_ready_[a-z0-9]{12})')
-   WHERE r.rolname ~ '^pgprov_ready_[a-z0-9]{12}(_user)?$'
+   WHERE ${roles}
      AND s.dbid IS DISTINCT FROM own.oid
      AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = own.oid)`;
+}
 
 export async function taintedIds(db: Queryable): Promise<string[]> {
-  const { rows } = await db.query<{ id: string }>(TAINTED_IDS_SQL);
+  const { rows } = await db.query<{ id: string }>(taintedIdsSql());
   return rows.map((row) => row.id);
 }
 
@@ -91,7 +98,7 @@ export async function handOver(db: Queryable, app: AppIdentifiers, candidates: s
     // Two statements in one message (so no $n parameters: the ids are checked above): one result each.
     const results = (await db.query(
       `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' AND id IN (${ids.map((id) => literal(id)).join(', ')})
-          AND id NOT IN (${TAINTED_IDS_SQL})
+          AND id NOT IN (${taintedIdsSql(ids)})
         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
     )) as unknown as Array<pg.QueryResult<{ id: string }>>;
     const id = results[1]?.rows[0]?.id;

@@ -49,10 +49,11 @@ interface Sizes {
   healthRounds: number;
   scale: number;
   deletes: number;
+  rotations: number;
 }
 
-const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100 };
-const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3 };
+const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100, rotations: 5 };
+const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3, rotations: 1 };
 
 const LIMITS: AppRoleLimits = { connectionLimit: 10, tempFileLimit: '1GB', statementTimeout: '0', idleInTransactionTimeout: '10min' };
 
@@ -285,6 +286,33 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     await floorDeleteAll(floorNames.splice(0));
     for (const name of serviceNames.splice(0)) await deleteHttp(name);
 
+    // 7. Rotation: it waits out the server's authentication_timeout, so that no login begun with the old password
+    // can finish (SECURITY.md, promise 9). Reference: that timeout, read from the server.
+    log('7. rotation');
+    const authTimeoutMs = Number((await floorClient.query("SELECT setting::int * 1000 AS ms FROM pg_settings WHERE name = 'authentication_timeout'")).rows[0].ms);
+    const rotateHttp = async (name: string): Promise<number> => {
+      const [elapsed, response] = await timed(() => fetch(`${stack.httpUrl}/apps/${name}/rotate`, { method: 'POST', headers: { authorization: `Bearer ${stack.adminKey}` } }));
+      await response.arrayBuffer();
+      if (response.status !== 200) throw new Error(`rotate ${name}: ${response.status}`);
+      return elapsed;
+    };
+    const rotated: string[] = [];
+    for (let i = 0; i < sizes.rotations; i++) {
+      rotated.push(nextName('rotate'));
+      await provisionHttp(rotated[i]!);
+    }
+    const rotationTimes: number[] = [];
+    for (const name of rotated) rotationTimes.push(await rotateHttp(name));
+    // While rotations wait, other requests must not: a GET /health while rotations started together run.
+    const concurrentStart = performance.now();
+    const together = Promise.all(rotated.map(rotateHttp));
+    await sleep(500);
+    const healthDuring = (await timed(async () => (await fetch(`${stack.httpUrl}/health`)).arrayBuffer()))[0];
+    await together;
+    const concurrentMs = performance.now() - concurrentStart;
+    results.rotation = { authTimeoutMs, sequential: summarize(rotationTimes), concurrentMs, concurrent: rotated.length, healthDuringMs: healthDuring };
+    for (const name of rotated) await deleteHttp(name);
+
     // 2. The ready pool warm, then run dry.
     log('2. the ready pool, warm and dry');
     await stack.stopService();
@@ -467,6 +495,7 @@ interface Results {
   pool: { warm: Summary; dry: Summary; floor: Summary };
   concurrency: Record<number, { floor: number; service: number }>;
   health: { nginxAlone: WrkResult; ceilingRounds: LoadRound[]; healthRounds: LoadRound[]; detectMs: number; profiles: string[] };
+  rotation: { authTimeoutMs: number; sequential: Summary; concurrentMs: number; concurrent: number; healthDuringMs: number };
   scale: { first: Summary; last: Summary; floorAtStart: Summary; floorAtScale: Summary; walBytes: number; checkpointsDuringScale: number; firstListMs: number; list: Summary; listed: number; get: Summary; serviceRss: number; postgresPss: number; diskBytes: number };
 }
 
@@ -595,6 +624,12 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     ),
     '',
     `Ratio at p50: **${ratio(r.deletes.service.p50, r.deletes.floor.p50)}** the floor (target ≤ 1.10×: ${verdict(r.deletes.service.p50 <= 1.1 * r.deletes.floor.p50)}). Checkpoints requested per side during the deletes: ${r.deletes.checkpointsDuring} (every DROP DATABASE forces one). The tenant ran throughout both sides' deletes. The tenant's p99 during the drops is ${ratio(r.deletes.tenantDuringDrops.p99, r.deletes.tenantIdle.p99)} its idle p99; its session was lost ${r.deletes.tenantErrors} time(s).`,
+    '',
+    '## 7. Rotation (POST /apps/:name/rotate)',
+    '',
+    ...latencyTable(['POST /apps/:name/rotate through nginx, one at a time', r.rotation.sequential]),
+    '',
+    `Reference: the server's authentication_timeout, ${ms(r.rotation.authTimeoutMs)}, which a rotation waits out so that no login begun with the old password can finish (SECURITY.md, promise 9). Over it at p50: **${ms(r.rotation.sequential.p50 - r.rotation.authTimeoutMs)}** (250 ms of it a deliberate margin). ${r.rotation.concurrent} rotations started together took ${ms(r.rotation.concurrentMs)} in all; a GET /health while they ran answered in ${ms(r.rotation.healthDuringMs)}. The app cannot log in during its rotation.`,
     '',
   ];
 }

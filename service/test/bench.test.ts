@@ -15,6 +15,7 @@ describe('benchmark (tiny run)', () => {
       '## 4. GET /health through nginx',
       '## 5. Scale',
       '## 6. Deprovisioning',
+      '## 7. Rotation',
     ]) {
       assert.ok(report.includes(heading), heading);
     }

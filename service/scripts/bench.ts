@@ -50,10 +50,12 @@ interface Sizes {
   scale: number;
   deletes: number;
   rotations: number;
+  /** Bursts of 4 provisions with the default ready pool, /health under load meanwhile. */
+  bursts: number;
 }
 
-const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100, rotations: 5 };
-const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3, rotations: 1 };
+const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100, rotations: 5, bursts: 10 };
+const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3, rotations: 1, bursts: 1 };
 
 const LIMITS: AppRoleLimits = { connectionLimit: 10, tempFileLimit: '1GB', statementTimeout: '0', idleInTransactionTimeout: '10min' };
 
@@ -334,6 +336,27 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
       dryTimes.push(await provisionHttp(name));
     }
     results.pool = { warm: summarize(warmTimes), dry: summarize(dryTimes), floor: floor1 };
+
+    // 2b. As users meet it: the default pool (5 sets, refilled in the background at the default pace), bursts
+    // of 4 provisions with the pool refilling between them, and GET /health under 64 connections all along.
+    log('2b. default pool, bursts of 4, /health under load');
+    await stack.stopService();
+    await stack.startService({ READY_POOL_SIZE: '5' });
+    for (let i = 0; i < 600 && (await readyCount()) < 5; i++) await sleep(100);
+    const burstTimes: number[] = [];
+    // 60 connections: with the burst's 4, the 64 nginx allows one client address (limit_conn per_client).
+    const healthLoad = wrk(`${stack.httpUrl}/health`, options.tiny ? 2 : Math.max(10, sizes.bursts * 4), 60);
+    const burstsStart = performance.now();
+    for (let burst = 0; burst < sizes.bursts; burst++) {
+      const names = Array.from({ length: 4 }, () => nextName('burst'));
+      warmNames.push(...names);
+      burstTimes.push(...(await Promise.all(names.map(provisionHttp))));
+      for (let i = 0; i < 600 && (await readyCount()) < 4; i++) await sleep(100); // the pool refills between bursts
+    }
+    const burstsSeconds = (performance.now() - burstsStart) / 1000;
+    const healthDuringRefill = await healthLoad;
+    results.bursts = { provision: summarize(burstTimes), health: healthDuringRefill, seconds: burstsSeconds };
+
     await stack.stopService();
     await stack.startService({ READY_POOL_SIZE: '0' });
     for (const name of warmNames) await deleteHttp(name);
@@ -495,6 +518,7 @@ interface Results {
   pool: { warm: Summary; dry: Summary; floor: Summary };
   concurrency: Record<number, { floor: number; service: number }>;
   health: { nginxAlone: WrkResult; ceilingRounds: LoadRound[]; healthRounds: LoadRound[]; detectMs: number; profiles: string[] };
+  bursts: { provision: Summary; health: WrkResult; seconds: number };
   rotation: { authTimeoutMs: number; sequential: Summary; concurrentMs: number; concurrent: number; healthDuringMs: number };
   scale: { first: Summary; last: Summary; floorAtStart: Summary; floorAtScale: Summary; walBytes: number; checkpointsDuringScale: number; firstListMs: number; list: Summary; listed: number; get: Summary; serviceRss: number; postgresPss: number; diskBytes: number };
 }
@@ -578,6 +602,12 @@ function renderReport(r: Results, sizes: Sizes, tiny: boolean): string[] {
     ),
     '',
     `Warm: p50 **${ms(r.pool.warm.p50)}** through nginx (target ≤ 5 ms: ${verdict(r.pool.warm.p50 <= 5)}), **${ratio(r.pool.floor.p50, r.pool.warm.p50)}** faster than the floor (target ≥ 5×: ${verdict(r.pool.floor.p50 >= 5 * r.pool.warm.p50)}). Dry: ${ratio(r.pool.dry.p50, r.pool.floor.p50)} the floor at p50.`,
+    '',
+    '### As users meet it: the default pool (5 sets), bursts of 4, GET /health under load (60 connections)',
+    '',
+    ...latencyTable([`POST /provision in bursts of 4 (${sizes.bursts} bursts), the pool refilling between them`, r.bursts.provision]),
+    '',
+    `Provisioning p50 **${ms(r.bursts.provision.p50)}** (target ≤ 5 ms: ${verdict(r.bursts.provision.p50 <= 5)}). Meanwhile wrk held 60 connections on GET /health through nginx: ${r.bursts.health.rps.toFixed(0)} requests/s, p99 **${ms(r.bursts.health.p99)}** (target < 10 ms: ${verdict(r.bursts.health.p99 < 10)}), ${r.bursts.health.non2xx} non-2xx. /health answers from the last success (at most HEALTH_STALE_MS = 1 s old) while a ping is slowed by the pool's CREATE DATABASE; a failure is never served stale.`,
     '',
     '## 3. Concurrent provisioning (ready pool off)',
     '',

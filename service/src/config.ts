@@ -34,6 +34,11 @@ export const ConfigSchema = z.object({
   HEALTH_TIMEOUT_MS: durationMs.default(1_500),
   /** How long one health ping's answer is shared by every /health request. */
   HEALTH_REUSE_MS: z.coerce.number().int().min(0).max(1_000).default(250),
+  /**
+   * While a new health ping is under way, /health answers from the last success if it is no older than this
+   * (a ping is slow while the ready pool's CREATE DATABASE runs). Failures are never served stale.
+   */
+  HEALTH_STALE_MS: z.coerce.number().int().min(0).max(2_000).default(1_000),
 
   /** Backups: where dumps are written (compose mounts ./backups here), and the client programs (PostgreSQL 15). */
   BACKUP_DIR: z.string().min(1).default('/backups'),

@@ -109,24 +109,35 @@ describe('the service down behind nginx', () => {
 });
 
 describe("one tenant takes every connection slot", () => {
-  it('the service keeps its reserved way in, and everything works again once the tenant lets go', async () => {
+  it('the service opens new connections through its reserved slots, and everything works again once the tenant lets go', async () => {
     const hog = await t.provision('hog');
     const held: pg.Client[] = [];
-    let refused: (Error & { code?: string }) | undefined;
-    try {
-      for (let i = 0; i < 60 && !refused; i++) {
+    /** Connects as the tenant until Postgres refuses it; returns the refusal. */
+    const takeEverySlot = async () => {
+      for (let i = 0; i < 60; i++) {
         try {
           held.push(await connectAs(hog.connection_string));
         } catch (err) {
-          refused = err as Error & { code?: string };
+          return err as Error & { code?: string };
         }
       }
-      assert.equal(refused?.code, '53300', 'the tenant ran out of slots');
-      assert.equal((await t.get('/health')).status, 200, 'the service still reaches Postgres (superuser_reserved_connections)');
+      return undefined;
+    };
+    try {
+      assert.equal((await takeEverySlot())?.code, '53300', 'the tenant ran out of slots');
+      // A service that starts now has no connection open: every one it needs is new, and only the slots
+      // reserved for the superuser are left (the ones the old service held are taken by the tenant first).
+      await t.stack.stopService();
+      assert.equal((await takeEverySlot())?.code, '53300', 'the slots the old service freed are taken too');
+      await t.stack.startService({ READY_POOL_SIZE: '0', DATABASE_POOL_SIZE: '2' });
+      const health = await eventually(() => t.get('/health'), (r) => r.status === 200, 10_000);
+      assert.equal(health.status, 200, 'the service reaches Postgres through new connections (superuser_reserved_connections)');
       assert.equal((await t.admin('GET', '/apps/steady')).status, 200);
     } finally {
       await Promise.all(held.map((c) => c.end()));
     }
+    await t.stack.stopService();
+    await t.stack.startService();
     apps.push(hog);
     await everythingWorks();
   });

@@ -5,7 +5,8 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SERVICE_DIR } from '../scripts/local-stack.js';
-import { asApp, rejectionOf, startTestStack, type TestStack } from './helpers/stack.js';
+import pg from 'pg';
+import { asApp, eventually, rejectionOf, startTestStack, type TestStack } from './helpers/stack.js';
 
 describe('service start-up', () => {
   it('stops with a message naming a missing or bad setting', () => {
@@ -56,19 +57,34 @@ describe('stack restart', () => {
   });
 
   it('shuts the service down cleanly on SIGTERM, finishing the request in flight', async () => {
-    const inFlight = t.post('/provision', { app_name: 'in_flight', admin_key: t.stack.adminKey });
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    await t.stack.stopService('SIGTERM');
-    const response = await inFlight;
-    assert.ok([201, 503].includes(response.status), `got ${response.status}`);
-    assert.ok(t.serviceLines.some((line) => line.includes('shutting down')));
-    const halfMade = await t.superuser(async (db) =>
-      (
-        await db.query(`SELECT r.rolname FROM pg_roles r WHERE r.rolname = 'app_in_flight_user'
-                          AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = 'app_in_flight')`)
-      ).rowCount,
-    );
-    assert.equal(halfMade, 0, 'no role without its database');
+    // The on-demand path (ready pool off), held in flight by the test: the test takes the app's lock first, so
+    // the request is inside the service, waiting for it, when SIGTERM arrives; then the lock is let go.
+    await t.stack.stopService();
+    await t.stack.startService({ READY_POOL_SIZE: '0' });
+    const holder = new pg.Client(t.stack.superuserConnection('provisioner'));
+    await holder.connect();
+    try {
+      await holder.query(`SELECT pg_advisory_lock(hashtextextended('pg-provisioner:' || $1, 0))`, ['app:in_flight']);
+      const inFlight = t.post('/provision', { app_name: 'in_flight', admin_key: t.stack.adminKey });
+      const waiting = await eventually(
+        () => t.superuser(async (db) => (await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'pg-provisioner' AND wait_event_type = 'Lock'")).rows[0].n as number),
+        (n) => n > 0,
+        10_000,
+      );
+      assert.equal(waiting, 1, 'the request is in flight, waiting for the app lock');
+      const from = t.serviceLines.length;
+      const stopped = t.stack.stopService('SIGTERM');
+      await t.waitForServiceLine(/shutting down/, from);
+      await holder.query(`SELECT pg_advisory_unlock(hashtextextended('pg-provisioner:' || $1, 0))`, ['app:in_flight']);
+      const response = await inFlight;
+      await stopped;
+      assert.equal(response.status, 201, response.text);
+      await t.stack.startService();
+      await asApp(String(response.body.connection_string), (c) => c.query('SELECT 1'));
+      await t.stack.stopService('SIGTERM');
+    } finally {
+      await holder.end();
+    }
 
     // With the service down, nginx answers for it, in JSON.
     for (const response of [await t.get('/health'), await t.post('/provision', { app_name: 'nobody_home' })]) {

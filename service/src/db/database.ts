@@ -26,9 +26,11 @@ export class Database {
   readonly pool: pg.Pool;
   readonly connection: pg.ClientConfig;
   private readonly log: FastifyBaseLogger;
+  private readonly healthStaleMs: number;
 
   constructor(config: Config, log: FastifyBaseLogger) {
     this.log = log;
+    this.healthStaleMs = config.HEALTH_STALE_MS;
     this.connection = {
       host: config.DATABASE_HOST,
       port: config.DATABASE_PORT,
@@ -68,26 +70,38 @@ export class Database {
     return this.schemaApplied;
   }
 
-  private lastCheck?: { at: number; result: Promise<void> };
+  /** The last settled ping: whether Postgres answered, and when. */
+  private lastKnown?: { ok: boolean; at: number; error?: unknown };
+  private pingInFlight?: Promise<void>;
 
   /**
    * Whether Postgres answers, for /health: one ping at a time, its answer shared by every caller for
-   * `reuseMs`, so a flood of health checks costs Postgres at most a few queries a second. A dead database
-   * is reported within timeoutMs + reuseMs.
+   * `reuseMs`. While a newer ping is under way (slow when the ready pool's CREATE DATABASE runs), callers get
+   * the last answer if it was a success no older than HEALTH_STALE_MS, instead of waiting for it; a failure is
+   * never served stale. A dead database is reported within about reuseMs + timeoutMs (the ping's own bound).
    */
   checkHealth(timeoutMs: number, reuseMs: number): Promise<void> {
     const now = Date.now();
-    if (!this.lastCheck || now - this.lastCheck.at > reuseMs) {
-      const result = this.ping(timeoutMs);
-      result.catch(() => {}); // observed by callers; never an unhandled rejection
-      this.lastCheck = { at: now, result };
-      // Measure reuse from when the answer came, so an in-flight ping is shared however long it takes.
-      void result.then(
-        () => this.lastCheck?.result === result && (this.lastCheck.at = Date.now()),
-        () => this.lastCheck?.result === result && (this.lastCheck.at = Date.now()),
+    const last = this.lastKnown;
+    if (last && now - last.at <= reuseMs) return last.ok ? Promise.resolve() : Promise.reject(last.error);
+    if (!this.pingInFlight) {
+      const ping = this.ping(timeoutMs).then(
+        () => this.settlePing({ ok: true, at: Date.now() }),
+        (error: unknown) => {
+          this.settlePing({ ok: false, at: Date.now(), error });
+          throw error;
+        },
       );
+      ping.catch(() => {}); // observed by the callers that wait for it; never an unhandled rejection
+      this.pingInFlight = ping;
     }
-    return this.lastCheck.result;
+    if (last?.ok && now - last.at <= this.healthStaleMs) return Promise.resolve();
+    return this.pingInFlight;
+  }
+
+  private settlePing(result: { ok: boolean; at: number; error?: unknown }): void {
+    this.lastKnown = result;
+    this.pingInFlight = undefined;
   }
 
   /** The health check's own connection: a flood of requests queued on the pool never delays /health. */

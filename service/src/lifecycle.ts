@@ -26,7 +26,9 @@ import {
   endSessionsOfRole,
   existingAppLogins,
   handDatabaseToApp,
+  loginRoleState,
   passwordIs,
+  putBackLoginRoleState,
   sessionCount,
   setPassword,
   swapInDatabase,
@@ -83,6 +85,8 @@ export interface Credentials {
 export interface ReconcileReport {
   repaired: Array<{ app: string; action: string }>;
   skippedBusy: number;
+  /** Repairs that failed this time (logged); the next run tries them again. */
+  failed: number;
 }
 
 /** An audit outcome for an error: its code when it is one of ours, else "failed". */
@@ -178,7 +182,7 @@ export class AppLifecycle {
 
   /** Dumps the app as its dump agent (src/agents.ts): with the app's rights, never the superuser's. */
   private dumpApp(client: pg.ClientBase, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
-    return withAgent(this.db, client, app, 'dump', this.config.BACKUP_TIMEOUT_MS, (agent) => this.backups.dump(app, incarnation, agent));
+    return withAgent(this.db, client, app, 'dump', this.config.BACKUP_TIMEOUT_MS, this.log, (agent) => this.backups.dump(app, incarnation, agent));
   }
 
   // --- provision -------------------------------------------------------------------------------------------
@@ -426,10 +430,19 @@ export class AppLifecycle {
           await this.crashPoint('restore:after-create-copy');
           try {
             await handDatabaseToApp(client, this.db, restoring, app);
-            await withAgent(this.db, client, app, 'restore', this.config.BACKUP_TIMEOUT_MS, async (agent) => {
-              await this.crashPoint('restore:after-create-agent');
-              await this.backups.restore(backup.path, file, restoring, app, agent);
-            });
+            const roleBefore = await loginRoleState(client, app);
+            try {
+              await withAgent(this.db, client, app, 'restore', this.config.BACKUP_TIMEOUT_MS, this.log, async (agent) => {
+                await this.crashPoint('restore:after-create-agent');
+                await this.backups.restore(backup.path, file, restoring, app, agent);
+              });
+            } finally {
+              const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, this.limits) : [];
+              if (putBack.length > 0) {
+                source.login_role_put_back = putBack;
+                this.log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
+              }
+            }
             await this.crashPoint('restore:after-restore');
             await this.swapWithRetries(client, app, restoring, retired);
             await this.crashPoint('restore:after-swap');
@@ -524,18 +537,25 @@ export class AppLifecycle {
    */
   async reconcile(): Promise<ReconcileReport> {
     await this.db.ready();
-    const report: ReconcileReport = { repaired: [], skippedBusy: 0 };
+    const report: ReconcileReport = { repaired: [], skippedBusy: 0, failed: 0 };
     const repaired = async (app: string, action: string) => {
       report.repaired.push({ app, action });
       this.log.warn({ app, action }, 'reconciler repaired an app');
       await appendAudit(this.db.pool, { action: 'reconcile', appName: app, outcome: action }).catch(() => {});
     };
+    // Each repair on its own: one that fails (Postgres away, a tenant's lock) is tried again at the next run
+    // and never keeps the others from running.
     const locked = async (appName: string, work: (client: pg.PoolClient) => Promise<void>) => {
-      const done = await this.db.tryWithLock(appLock(appName), async (client) => {
-        await work(client);
-        return true;
-      });
-      if (!done) report.skippedBusy++;
+      try {
+        const done = await this.db.tryWithLock(appLock(appName), async (client) => {
+          await work(client);
+          return true;
+        });
+        if (!done) report.skippedBusy++;
+      } catch (err) {
+        report.failed++;
+        this.log.warn({ err, app: appName }, 'reconciler could not repair an app now; it will try again');
+      }
     };
 
     for (const { app_name: appName } of await appsInState(this.db.pool, ['creating', 'deleting'])) {

@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
 import { LOCK_KEY_SQL, readyLock, type Database } from './db/database.js';
-import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
+import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
 import { newCredential, type AppCredential } from './credential-stock.js';
 import type { AppIdentifiers } from './app-names.js';
 
@@ -170,12 +170,17 @@ export class ReadyPool {
     }
   }
 
+  /**
+   * Removes a set: its entry first (from then on it is never handed over, and whatever is left of its objects
+   * is an orphan reconcile() removes), then its roles, then its database. Roles before the database: if a
+   * tenant's lock makes dropping a role wait, no set is ever left with roles and no database.
+   */
   private async removeSet(client: pg.ClientBase, id: string): Promise<void> {
     this.passwords.delete(id);
     const names = readyObjectNames(id);
-    await dropDatabase(client, names.database);
-    await dropAppRoles(client, this.db, names);
     await removeEntry(client, id);
+    await dropAppRoles(client, this.db, names);
+    await dropDatabase(client, names.database);
   }
 
   async counts(): Promise<{ ready: number; preparing: number }> {
@@ -183,20 +188,26 @@ export class ReadyPool {
   }
 
   /**
-   * Removes sets left half-prepared by a crash, and prepared objects with no entry; sets being prepared right
+   * Removes sets left half-prepared by a crash, prepared objects with no entry, and entries whose database is
+   * gone; sets being prepared right
    * now (their lock is held) are left alone. Returns the ids removed.
    */
   async reconcile(): Promise<string[]> {
     const removed: string[] = [];
     const preparing = await entriesIn(this.db.pool, 'preparing');
     const known = new Set([...preparing, ...(await entriesIn(this.db.pool, 'ready'))]);
-    const candidates = new Set([...preparing, ...(await idsWithObjects(this.db.pool)).filter((id) => !known.has(id))]);
+    const orphans = (await idsWithObjects(this.db.pool)).filter((id) => !known.has(id));
+    const candidates = new Set([...preparing, ...orphans, ...(await readyIdsWithoutDatabase(this.db.pool))]);
     for (const id of candidates) {
-      const done = await this.db.tryWithLock(readyLock(id), async (client) => {
-        await this.removeSet(client, id);
-        return true;
-      });
-      if (done) removed.push(id);
+      try {
+        const done = await this.db.tryWithLock(readyLock(id), async (client) => {
+          await this.removeSet(client, id);
+          return true;
+        });
+        if (done) removed.push(id);
+      } catch (err) {
+        this.log.warn({ err, ready_set: id }, 'ready pool: could not remove a set now; the next reconcile will');
+      }
     }
     return removed;
   }

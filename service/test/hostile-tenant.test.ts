@@ -72,6 +72,14 @@ describe('a restore runs the dump\'s code with the app\'s rights, never the supe
          BEGIN EXECUTE 'GRANT pg_execute_server_program, pg_read_server_files TO app_trapper_user'; EXCEPTION WHEN OTHERS THEN NULL; END;
          BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch ${marker}'''; EXCEPTION WHEN OTHERS THEN NULL; END;
          BEGIN EXECUTE 'ALTER ROLE postgres PASSWORD ''stolen'''; EXCEPTION WHEN OTHERS THEN NULL; END;
+         -- What the app's own rights do allow: its own password and settings (SET ROLE to the app's role),
+         -- during the restore only (the tenant's own inserts run this function too).
+         IF current_setting('application_name') = 'pg-provisioner-backup' THEN BEGIN
+           EXECUTE 'SET ROLE app_trapper_user';
+           EXECUTE 'ALTER ROLE app_trapper_user PASSWORD ''Trap-Chosen-Password-7''';
+           EXECUTE 'ALTER ROLE app_trapper_user SET statement_timeout = ''1ms''';
+           EXECUTE 'RESET ROLE';
+         EXCEPTION WHEN OTHERS THEN NULL; END; END IF;
          RETURN true;
        END $f$;
        CREATE FUNCTION trap(kind text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $f$ BEGIN RETURN public.trap_act(kind); END $f$;
@@ -103,6 +111,12 @@ describe('a restore runs the dump\'s code with the app\'s rights, never the supe
     assert.deepEqual(await superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pwned%' OR rolname LIKE 'pgprov\\_restore\\_%' OR rolname LIKE 'pgprov\\_dump\\_%'"), []);
     assert.equal(existsSync(marker), false, 'no program ran on the server');
     await t.superuser((db) => db.query('SELECT 1')); // the superuser's password is unchanged
+    // What the app's own rights could change was put back: its password (a rotation is not undone by a
+    // restore) and its settings.
+    await rejectionOf(connectAs(withPassword(app.connection_string, 'Trap-Chosen-Password-7')));
+    assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SHOW statement_timeout')).rows[0].statement_timeout), '0');
+    const audit = await superuserRows("SELECT detail FROM audit_log WHERE action = 'restore' AND app_name = 'trapper' AND outcome = 'ok'", [], 'provisioner');
+    assert.deepEqual(audit.map((row) => row.detail.login_role_put_back), [['password', 'settings']]);
   });
 
   after(() => rmSync(marker, { force: true }));
@@ -212,8 +226,12 @@ describe("one tenant's grants cannot block or taint other apps", () => {
        CREATE FUNCTION lure.f() RETURNS int LANGUAGE sql AS 'SELECT 1'; GRANT EXECUTE ON FUNCTION lure.f() TO app_grantee;`,
     );
     assert.ok((await foreignGrants('app_grantee_user', 'app_grantee')).length > 0, 'the grants are in place');
+    // And a lock on the policy's table, held as long as the tenant likes: removing a role from a policy needs
+    // an ACCESS EXCLUSIVE lock on it.
+    const holder = await holdLock(granter, 'bait');
     const deleted = await t.admin('DELETE', '/apps/grantee?backup=false');
     assert.equal(deleted.status, 200, deleted.text);
+    assert.ok((await rejectionOf(holder.query('SELECT 1'))) instanceof Error, "the session that blocked another app's deletion was ended");
     assert.deepEqual(await superuserRows("SELECT rolname FROM pg_roles WHERE rolname IN ('app_grantee_user', 'app_grantee')"), []);
     assert.deepEqual(await superuserRows("SELECT app_name FROM apps WHERE app_name = 'grantee'", [], 'provisioner'), []);
     const again = await t.provision('grantee');
@@ -252,7 +270,59 @@ describe("one tenant's grants cannot block or taint other apps", () => {
     );
     assert.deepEqual(left, [], 'the tainted sets were removed');
   });
+
+  it('keeps provisioning working when a tenant names a prepared set in a policy and holds a lock on its table', async () => {
+    const readyIds = async () => (await superuserRows("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY created_at", [], 'provisioner')).map((row) => row.id as string);
+    const [id] = await eventually(readyIds, (found) => found.length >= 1, 20_000);
+    assert.ok(id);
+    await sql(granter, `CREATE TABLE jam (x int); ALTER TABLE jam ENABLE ROW LEVEL SECURITY; CREATE POLICY jam_policy ON jam TO pgprov_ready_${id}_user USING (true)`);
+    const holder = await holdLock(granter, 'jam');
+    const gone = await eventually(
+      () => superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", [`pgprov\\_ready\\_${id}%`]),
+      (rows) => rows.length === 0,
+      30_000,
+    );
+    assert.deepEqual(gone, [], 'the tainted set was removed, roles and database');
+    assert.ok((await rejectionOf(holder.query('SELECT 1'))) instanceof Error, 'the session holding the lock was ended');
+    for (const name of ['after_jam_1', 'after_jam_2', 'after_jam_3']) await sql(await t.provision(name), 'SELECT 1');
+    assert.deepEqual(await superuserRows("SELECT id FROM ready_pool r WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'pgprov_ready_' || r.id)", [], 'provisioner'), []);
+  });
+
+  it("removes another app's dump agent, and answers its backup, whatever a tenant names the agent in", async () => {
+    const prey = await t.provision('agent_prey');
+    // A dump that takes long enough for the tenant to see the agent appear in pg_roles.
+    await sql(prey, 'CREATE TABLE bulk AS SELECT g, md5(g::text) AS h FROM generate_series(1, 300000) g');
+    await sql(granter, 'CREATE TABLE snare (x int); ALTER TABLE snare ENABLE ROW LEVEL SECURITY');
+    const backup = t.admin('POST', '/apps/agent_prey/backups');
+    const watcher = await connectAs(granter.connection_string);
+    let holder: pg.Client | undefined;
+    try {
+      const agent = await eventually(
+        async () => (await watcher.query("SELECT rolname FROM pg_roles WHERE rolname = 'pgprov_dump_agent_prey'")).rows.length,
+        (n) => n > 0,
+        20_000,
+      );
+      assert.equal(agent, 1, 'the tenant saw the agent');
+      await watcher.query('CREATE POLICY snare_policy ON snare TO pgprov_dump_agent_prey USING (true)');
+      holder = await holdLock(granter, 'snare');
+      const answered = await backup;
+      assert.equal(answered.status, 201, answered.text);
+      const agents = await eventually(() => superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgprov\\_dump\\_%'"), (rows) => rows.length === 0, 20_000);
+      assert.deepEqual(agents, [], 'no agent left');
+      assert.equal((await t.admin('POST', '/apps/agent_prey/backups')).status, 201, 'the next backup works too');
+    } finally {
+      await watcher.end().catch(() => {});
+      await holder?.end().catch(() => {});
+    }
+  });
 });
+
+/** A session of `app` that holds a lock on `table` (read, in an open transaction) until it is ended. */
+async function holdLock(app: ProvisionedApp, table: string): Promise<pg.Client> {
+  const holder = await connectAs(app.connection_string);
+  await holder.query(`SET idle_in_transaction_session_timeout = 0; BEGIN; SELECT * FROM ${table}`);
+  return holder;
+}
 
 // --- 4. Tenants cannot starve the service through their own backups ----------------------------------------
 
@@ -368,12 +438,57 @@ ADMIN KEY: ${fakeKey}" (v int); RESET ROLE;`,
   });
 });
 
+describe("nothing a tenant's session sends reaches Postgres's log", () => {
+  it('keeps RAISE LOG and RAISE WARNING text out of postgres.log', async () => {
+    const app = await t.provision('raiser');
+    await sql(app, `DO $$ BEGIN RAISE LOG 'forged-line-RAISE-LOG'; RAISE WARNING 'forged-line-RAISE-WARNING'; END $$`);
+    // A server event after it, to know the log has been written that far: a failed login with a name we choose.
+    const probe = `log-probe-${process.pid}`;
+    await rejectionOf(connectAs(withPassword(app.connection_string, 'wrong').replace('app_raiser_user', probe)));
+    const log = await eventually(() => Promise.resolve(readFileSync(join(t.stack.paths.logs, 'postgres.log'), 'utf8')), (text) => text.includes(probe), 10_000);
+    assert.ok(log.includes(probe), 'the later server event is in the log');
+    assert.ok(!log.includes('forged-line'), "the tenant's RAISE text is not");
+  });
+});
+
+describe("agent roles are admitted only over the service's socket", () => {
+  it('refuses a role made like an agent over TCP, and admits it over the socket to its app only', async () => {
+    const app = await t.provision('socket_only');
+    await t.superuser((db) =>
+      db.query(`CREATE ROLE agentlike_socket_only LOGIN PASSWORD 'Agent-Like-Password-9' IN ROLE pgprov_agents, app_socket_only_user`),
+    );
+    try {
+      const tcp = withPassword(app.connection_string, 'Agent-Like-Password-9').replace('app_socket_only_user', 'agentlike_socket_only');
+      const err = await rejectionOf(connectAs(tcp));
+      assert.match(err.message, /pg_hba\.conf rejects/);
+      const socket = `postgres://agentlike_socket_only:Agent-Like-Password-9@${encodeURIComponent(t.stack.paths.socketDir)}:${t.stack.settings.pgPort}`;
+      await asApp(`${socket}/app_socket_only`, (c) => c.query('SELECT 1'));
+      const elsewhere = await rejectionOf(asApp(`${socket}/provisioner`, (c) => c.query('SELECT 1')));
+      assert.match(elsewhere.message, /pg_hba\.conf rejects|no pg_hba\.conf entry/);
+    } finally {
+      await t.superuser((db) => db.query('DROP ROLE agentlike_socket_only'));
+    }
+  });
+});
+
 // --- 6. Backups belong to one incarnation of an app ----------------------------------------------------------
 
 describe('backups belong to one incarnation of an app', () => {
   it("gives a new app of an old name none of the old app's backups, unless the operator asks for one", async () => {
     const first = await t.provision('reborn');
-    await sql(first, "CREATE TABLE diary AS SELECT 'first life' AS entry");
+    // The first life leaves a dump whose code, restored into another app, tries to take that app's login.
+    await sql(
+      first,
+      `CREATE TABLE diary AS SELECT 'first life' AS entry;
+       CREATE FUNCTION take_login() RETURNS boolean LANGUAGE plpgsql AS $f$
+       BEGIN
+         IF current_setting('application_name') = 'pg-provisioner-backup' THEN
+           EXECUTE format('ALTER ROLE %I PASSWORD %L', current_user, 'Taken-Over-Password-8');
+         END IF;
+         RETURN true;
+       END $f$;
+       CREATE TABLE taker (v int CHECK (public.take_login())); INSERT INTO taker VALUES (1);`,
+    );
     const oldIncarnation = await incarnationOf('reborn');
     const deleted = await t.admin('DELETE', '/apps/reborn');
     assert.equal(deleted.status, 200);
@@ -395,7 +510,11 @@ describe('backups belong to one incarnation of an app', () => {
     const entries = await asApp(second.connection_string, async (c) => (await c.query('SELECT entry FROM diary')).rows);
     assert.deepEqual(entries, [{ entry: 'first life' }]);
     const audit = await superuserRows("SELECT detail FROM audit_log WHERE action = 'restore' AND app_name = 'reborn' AND outcome = 'ok'", [], 'provisioner');
-    assert.deepEqual(audit.map((row) => row.detail), [{ file: oldFile, from_deleted_app: true, source_app: 'reborn', source_incarnation: oldIncarnation }]);
+    assert.deepEqual(audit.map((row) => row.detail), [
+      { file: oldFile, from_deleted_app: true, source_app: 'reborn', source_incarnation: oldIncarnation, login_role_put_back: ['password'] },
+    ]);
+    await rejectionOf(connectAs(withPassword(second.connection_string, 'Taken-Over-Password-8')));
+    await sql(second, 'SELECT 1');
 
     // A live app's backup never goes into another app, asked or not.
     const other = await t.provision('bystander_two');

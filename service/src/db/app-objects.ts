@@ -32,6 +32,21 @@ export interface AppRoleLimits {
 }
 
 /**
+ * The settings every app login role carries: its limits, and log_min_messages = fatal, so that nothing a
+ * tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and PANIC
+ * lines still do. All are superuser-only or settable by the app for its own sessions only.
+ */
+function roleSettingsSql(role: string, limits: AppRoleLimits): string {
+  const settings: Array<[string, string]> = [
+    ['temp_file_limit', limits.tempFileLimit],
+    ['statement_timeout', limits.statementTimeout],
+    ['idle_in_transaction_session_timeout', limits.idleInTransactionTimeout],
+    ['log_min_messages', 'fatal'],
+  ];
+  return settings.map(([name, value]) => `ALTER ROLE ${ident(role)} SET ${name} = ${literal(value)};`).join('\n     ');
+}
+
+/**
  * The access role (NOLOGIN, named like the database, for pg_hba.conf's samerole) and the login role, with
  * their limits. One message of several statements runs as one implicit transaction: both appear, or neither.
  * Without a password verifier (the ready pool), the login role is made NOLOGIN and gets no password.
@@ -44,9 +59,7 @@ export async function createAppRoles(db: Queryable, app: ObjectNames, passwordVe
      CREATE ROLE ${role} WITH ${passwordVerifier === null ? 'NOLOGIN' : `LOGIN PASSWORD ${literal(passwordVerifier)}`}
        NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT ${limits.connectionLimit}
        IN ROLE ${ident(APPS_GROUP_ROLE)}, ${accessRole};
-     ALTER ROLE ${role} SET temp_file_limit = ${literal(limits.tempFileLimit)};
-     ALTER ROLE ${role} SET statement_timeout = ${literal(limits.statementTimeout)};
-     ALTER ROLE ${role} SET idle_in_transaction_session_timeout = ${literal(limits.idleInTransactionTimeout)};`,
+     ${roleSettingsSql(app.username, limits)}`,
   );
 }
 
@@ -127,12 +140,47 @@ async function databasesNamingRole(db: Queryable, role: string): Promise<string[
 export async function dropRoleEverywhere(db: Queryable, database: Database, role: string, reassignTo?: string): Promise<void> {
   if (!(await existingRoles(db, [role])).has(role)) return;
   for (const name of await databasesNamingRole(db, role)) {
-    await database.inDatabase(name, (inside) =>
-      inside.query(`${reassignTo ? `REASSIGN OWNED BY ${ident(role)} TO ${ident(reassignTo)}; ` : ''}DROP OWNED BY ${ident(role)}`),
-    );
+    await database.inDatabase(name, (inside) => dropOwnedInside(inside, db, role, reassignTo));
   }
   // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left.
   await db.query(`DROP ROLE IF EXISTS ${ident(role)}`);
+}
+
+/** How long DROP OWNED waits for a lock before it ends the sessions that hold it. */
+const DROP_OWNED_LOCK_PATIENCE_MS = 2_000;
+
+/**
+ * DROP OWNED BY `role` in the database `inside` is connected to. Removing a role from a row-level security
+ * policy needs an ACCESS EXCLUSIVE lock on the policy's table, and the tenant whose table it is can hold a
+ * lock on it for as long as it likes: it chose to name another app's role, and could so keep that app from
+ * ever being deleted. So while it runs, the statement is watched from `outside`: once it has waited
+ * DROP_OWNED_LOCK_PATIENCE_MS for a lock, the non-superuser sessions that block it (that database's tenant's)
+ * are ended.
+ */
+async function dropOwnedInside(inside: Queryable, outside: Queryable, role: string, reassignTo?: string): Promise<void> {
+  const { rows } = await inside.query<{ pid: number }>(`SELECT pg_backend_pid() AS pid`);
+  const pid = rows[0]!.pid;
+  let finished = false;
+  const dropping = inside
+    .query(`${reassignTo ? `REASSIGN OWNED BY ${ident(role)} TO ${ident(reassignTo)}; ` : ''}DROP OWNED BY ${ident(role)}`)
+    .finally(() => (finished = true));
+  dropping.catch(() => {}); // awaited below
+  let waitingSince: number | undefined;
+  while (!finished) {
+    await Promise.race([dropping.catch(() => {}), sleep(250)]);
+    if (finished) break;
+    const { rows: waits } = await outside.query<{ waiting: boolean }>(`SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`, [pid]);
+    waitingSince = waits[0]?.waiting ? (waitingSince ?? Date.now()) : undefined;
+    if (waitingSince !== undefined && Date.now() - waitingSince >= DROP_OWNED_LOCK_PATIENCE_MS) {
+      await outside.query(
+        `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
+          WHERE a.pid = ANY (pg_blocking_pids($1)) AND NOT r.rolsuper`,
+        [pid],
+      );
+      waitingSince = undefined;
+    }
+  }
+  await dropping;
 }
 
 /** Gives an app made before access roles existed its access role, so pg_hba.conf's samerole admits it. */
@@ -226,8 +274,55 @@ export async function createAgentRole(db: Queryable, agent: string, app: ObjectN
   await db.query(
     `CREATE ROLE ${ident(agent)} WITH LOGIN PASSWORD ${literal(passwordVerifier)} VALID UNTIL ${literal(validUntil)}
        NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 2
-       IN ROLE ${ident(AGENTS_GROUP_ROLE)}, ${ident(app.username)}`,
+       IN ROLE ${ident(AGENTS_GROUP_ROLE)}, ${ident(app.username)};
+     ALTER ROLE ${ident(agent)} SET log_min_messages = 'fatal';`,
   );
+}
+
+/** What a restore must not change about the app's login role: its password and its settings. */
+export interface LoginRoleState {
+  verifier: string | null;
+  /** pg_db_role_setting's rows for the role, as text, to compare. */
+  settings: string;
+}
+
+export async function loginRoleState(db: Queryable, app: ObjectNames): Promise<LoginRoleState | undefined> {
+  const { rows } = await db.query<LoginRoleState>(
+    `SELECT a.rolpassword AS verifier,
+            COALESCE((SELECT json_agg(json_build_object('database', s.setdatabase, 'config', s.setconfig) ORDER BY s.setdatabase)
+                        FROM pg_db_role_setting s WHERE s.setrole = a.oid), '[]')::text AS settings
+       FROM pg_authid a WHERE a.rolname = $1`,
+    [app.username],
+  );
+  return rows[0];
+}
+
+/**
+ * Puts back what a restore changed about the login role. The dump's code runs with the app's rights, and a
+ * role may set its own password and settings: a restored dump could otherwise undo a rotation, or hand the
+ * login of the app it is restored into to whoever wrote it (from_deleted_app). The password verifier is put
+ * back exactly; changed settings are reset, and the service's own set again (settings the app had made itself
+ * are then gone: a dump that changes settings is not a plain dump). Returns what was put back.
+ */
+export async function putBackLoginRoleState(db: Queryable, app: ObjectNames, before: LoginRoleState, limits: AppRoleLimits): Promise<string[]> {
+  const now = await loginRoleState(db, app);
+  if (!now) return [];
+  const putBack: string[] = [];
+  if (now.verifier !== before.verifier) {
+    await db.query(before.verifier ? `ALTER ROLE ${ident(app.username)} PASSWORD ${literal(before.verifier)}` : `ALTER ROLE ${ident(app.username)} PASSWORD NULL`);
+    putBack.push('password');
+  }
+  if (now.settings !== before.settings) {
+    const { rows } = await db.query<{ datname: string | null }>(
+      `SELECT d.datname FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole LEFT JOIN pg_database d ON d.oid = s.setdatabase
+        WHERE r.rolname = $1 AND (s.setdatabase = 0 OR d.datname IS NOT NULL)`,
+      [app.username],
+    );
+    for (const { datname } of rows) await db.query(`ALTER ROLE ${ident(app.username)}${datname ? ` IN DATABASE ${ident(datname)}` : ''} RESET ALL`);
+    await db.query(roleSettingsSql(app.username, limits));
+    putBack.push('settings');
+  }
+  return putBack;
 }
 
 /** Which of `roles` exist. */

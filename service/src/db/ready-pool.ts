@@ -72,6 +72,14 @@ function taintedIdsSql(ids?: string[]): string {
      AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = own.oid)`;
 }
 
+/** Ready entries whose database is gone (it is never handed over: handOver checks it too). */
+export async function readyIdsWithoutDatabase(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT id FROM ready_pool WHERE state = 'ready' AND NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'pgprov_ready_' || id)`,
+  );
+  return rows.map((row) => row.id);
+}
+
 export async function taintedIds(db: Queryable): Promise<string[]> {
   const { rows } = await db.query<{ id: string }>(taintedIdsSql());
   return rows.map((row) => row.id);
@@ -87,7 +95,8 @@ export async function setPreparedPassword(db: Queryable, id: string, passwordVer
  * (the sets whose password this process holds; skipping any another handover holds), registers the app as
  * ready, renames the roles and the database to the app's names, and lets the login role log in. Its password
  * was set when the set was prepared (setting a SCRAM verifier costs Postgres a PBKDF2 run, ~3 ms, kept off this
- * path). Sets another tenant has granted anything to are skipped (taintedIds). Returns the id handed over, or
+ * path). Sets another tenant has granted anything to (taintedIds), and sets whose database is missing, are
+ * skipped. Returns the id handed over, or
  * undefined, changing nothing, when no candidate is left. Any failure
  * (a taken name: 23505 or 42710) rolls everything back.
  */
@@ -99,6 +108,7 @@ export async function handOver(db: Queryable, app: AppIdentifiers, candidates: s
     const results = (await db.query(
       `BEGIN; SELECT id FROM ready_pool WHERE state = 'ready' AND id IN (${ids.map((id) => literal(id)).join(', ')})
           AND id NOT IN (${taintedIdsSql(ids)})
+          AND EXISTS (SELECT 1 FROM pg_database WHERE datname = 'pgprov_ready_' || id AND datallowconn)
         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED`,
     )) as unknown as Array<pg.QueryResult<{ id: string }>>;
     const id = results[1]?.rows[0]?.id;

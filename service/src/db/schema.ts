@@ -59,4 +59,22 @@ BEGIN
   END IF;
 END
 $$;
+
+-- Nothing an app's session sends reaches Postgres's log (RAISE LOG): app login roles made before this setting
+-- get it here (new ones get it when they are made; src/db/app-objects.ts, roleSettingsSql).
+DO $$
+DECLARE
+  app_role name;
+BEGIN
+  FOR app_role IN
+    SELECT m.rolname FROM pg_auth_members am
+      JOIN pg_roles g ON g.oid = am.roleid AND g.rolname = 'provisioned_apps'
+      JOIN pg_roles m ON m.oid = am.member
+     WHERE NOT EXISTS (SELECT 1 FROM pg_db_role_setting s
+                        WHERE s.setrole = m.oid AND s.setdatabase = 0 AND s.setconfig @> ARRAY['log_min_messages=fatal'])
+  LOOP
+    EXECUTE format('ALTER ROLE %I SET log_min_messages = fatal', app_role);
+  END LOOP;
+END
+$$;
 `;

@@ -22,7 +22,7 @@ export default fp<{ config: Config }>(
     const reconcileOnce = () => {
       running ??= lifecycle
         .reconcile()
-        .then((report) => app.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy }, 'reconcile finished'))
+        .then((report) => app.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy, failed: report.failed }, 'reconcile finished'))
         .then(() => lifecycle.refreshSizes())
         .catch((err) => app.log.warn({ err }, 'reconcile failed; it will run again'))
         .finally(() => {

@@ -285,7 +285,7 @@ describe("one tenant's grants cannot block or taint other apps", () => {
     assert.deepEqual(gone, [], 'the tainted set was removed, roles and database');
     assert.ok((await rejectionOf(holder.query('SELECT 1'))) instanceof Error, 'the session holding the lock was ended');
     for (const name of ['after_jam_1', 'after_jam_2', 'after_jam_3']) await sql(await t.provision(name), 'SELECT 1');
-    assert.deepEqual(await superuserRows("SELECT id FROM ready_pool r WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'pgprov_ready_' || r.id)", [], 'provisioner'), []);
+    assert.deepEqual(await superuserRows("SELECT id FROM ready_pool r WHERE state = 'ready' AND NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'pgprov_ready_' || r.id)", [], 'provisioner'), []);
   });
 
   it("removes another app's dump agent, and answers its backup, whatever a tenant names the agent in", async () => {

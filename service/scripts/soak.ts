@@ -25,6 +25,8 @@ export interface SoakResult {
   byOperation: Record<string, number>;
   faults: Array<{ at: number; name: string }>;
   serverErrorsOutsideFaults: string[];
+  /** 503s of the service's own back-pressure: every backup slot taken (retry after 5 s). */
+  busy: number;
   timeouts: number;
   appsChecked: number;
   /** Apps registered at the end (the population the memory figures were measured with). */
@@ -90,6 +92,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
     byOperation: {},
     faults: [],
     serverErrorsOutsideFaults: [],
+    busy: 0,
     timeouts: 0,
     appsChecked: 0,
     appsAtEnd: 0,
@@ -138,7 +141,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
       result.requests++;
       result.byStatus[String(status)] = (result.byStatus[String(status)] ?? 0) + 1;
       result.byOperation[operation] = (result.byOperation[operation] ?? 0) + 1;
-      if ((status >= 500 || status === 0) && !inFault(at, Date.now())) result.serverErrorsOutsideFaults.push(`${new Date(at).toISOString()} ${operation} ${method} ${path} → ${status}`);
+      // A 503 that says every backup slot is taken (with Retry-After) is the service's own back-pressure, as
+      // documented, not a failure: 16 clients back up far more at once than BACKUP_MAX_CONCURRENT allows.
+      const busy = status === 503 && typeof json.message === 'string' && json.message.startsWith('too many ');
+      if (busy) result.busy++;
+      if ((status >= 500 || status === 0) && !busy && !inFault(at, Date.now())) {
+        const message = typeof json.message === 'string' ? ` (${json.message})` : '';
+        result.serverErrorsOutsideFaults.push(`${new Date(at).toISOString()} ${operation} ${method} ${path} → ${status}${message}`);
+      }
       return { status, json };
     };
 
@@ -331,6 +341,7 @@ export function renderReliability(r: SoakResult, o: SoakOptions): string {
     `- Requests: ${r.requests} (${Object.entries(r.byOperation).map(([k, v]) => `${k} ${v}`).join(', ')})`,
     `- Answers by status: ${Object.entries(r.byStatus).sort().map(([k, v]) => `${k === '0' ? 'no answer' : k} ${v}`).join(', ')}`,
     `- Faults: ${r.faults.map((f) => `${f.at} s ${f.name}`).join('; ')}`,
+    `- 503 "too many backups and restores are running at once" (back-pressure, with Retry-After; not counted as failures): ${r.busy}`,
     `- 5xx or no answer outside the fault windows (a fault and the ${FAULT_GRACE_MS / 1000} s after it): **${r.serverErrorsOutsideFaults.length}**${r.serverErrorsOutsideFaults.length ? ` (${r.serverErrorsOutsideFaults.slice(0, 5).join('; ')})` : ''}`,
     `- Apps: each client keeps at most ${APPS_PER_CLIENT} (a provision at the cap becomes a delete); ${r.appsAtEnd} registered at the end`,
     `- Apps the clients were told exist, checked at the end with their current connection strings: ${r.appsChecked}; not connecting: **${r.appsNotConnecting.length}**`,

@@ -2,8 +2,11 @@
 // Postgres 15 (the machine's binaries) with the repo's postgres.conf, pg_hba.conf and init/; the built service
 // started the way the Dockerfile starts it (node dist/server.js); nginx with the repo's nginx.conf, where only
 // the upstream address, the listen address and the file paths differ. Used by `npm run stack` and the tests.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
+// Each part runs in a session of its own (a Ctrl-C at the terminal reaches only the stack, which stops the parts
+// in order) and is tied to this process by the kernel (setpriv --pdeathsig): if this process dies, however it
+// dies, the parts are told to stop. $STACK_DIR/stack.lock (scripts/stack-lock.ts) keeps one stack per directory.
+import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { chmodSync, chownSync, closeSync, copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { once } from 'node:events';
@@ -13,6 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { adminKeyInLogLine } from '../src/secrets.js';
+import { portProblem, StackLock, type StackPart } from './stack-lock.js';
 
 export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../..');
 export const REPO_ROOT = resolve(SERVICE_DIR, '..');
@@ -29,8 +33,10 @@ export interface StackSettings {
   pgOsUser: string;
   /** Extra environment for the service (any setting of src/config.ts). */
   serviceEnv: Record<string, string>;
-  /** Where the service's output goes: each line, as written. */
+  /** Where the service's output goes: each line, as written (it is also kept in $STACK_DIR/logs/service.log). */
   onServiceLine: (line: string) => void;
+  /** What the stack is doing (initdb, init/ scripts, each part starting and stopping), for a person watching. */
+  onProgress?: (message: string) => void;
   /** Benchmarks only: Postgres settings on top of postgres.conf (e.g. max_connections for a 32-client floor). */
   extraPostgresSettings?: Record<string, string>;
   /** Postgres's data directory, if not $STACK_DIR/pgdata (the disk-full test puts it on a small filesystem of its own). */
@@ -90,13 +96,15 @@ function osUser(name: string): OsUser {
   return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
 }
 
-function findNginx(): string {
-  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/local/sbin', '/sbin'])) {
-    const candidate = join(dir, 'nginx');
+function findProgram(name: string, packageName: string): string {
+  for (const dir of (process.env.PATH ?? '').split(':').concat(['/usr/sbin', '/usr/local/sbin', '/sbin', '/usr/bin', '/bin'])) {
+    const candidate = join(dir, name);
     if (dir && existsSync(candidate)) return candidate;
   }
-  throw new StackError('nginx not found: install it (Debian/Ubuntu: apt-get install -y nginx)');
+  throw new StackError(`${name} not found: install it (Debian/Ubuntu: apt-get install -y ${packageName})`);
 }
+
+const findNginx = () => findProgram('nginx', 'nginx');
 
 function checkPostgresBinaries(binDir: string): void {
   const postgres = join(binDir, 'postgres');
@@ -109,26 +117,28 @@ function checkPostgresBinaries(binDir: string): void {
   }
 }
 
-/** Waits for `check` to resolve, retrying until `timeoutMs`; fails early if `child` exits. */
-async function waitFor(what: string, check: () => Promise<boolean>, child: ChildProcess, timeoutMs = 30_000): Promise<void> {
+/** Waits for `check` to resolve, retrying until `timeoutMs`; fails early if `child` exits. `log` is where it writes. */
+async function waitFor(what: string, check: () => Promise<boolean>, child: ChildProcess, log: string, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new StackError(`${what} exited (code ${child.exitCode ?? child.signalCode}) before it was ready; see its log`);
+      throw new StackError(`${what} exited (code ${child.exitCode ?? child.signalCode}) before it was ready; see ${log}`);
     }
     if (await check().catch(() => false)) return;
     await sleep(100);
   }
-  throw new StackError(`${what} was not ready after ${timeoutMs / 1000} s; see its log`);
+  throw new StackError(`${what} was not ready after ${timeoutMs / 1000} s; see ${log}`);
 }
 
-async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals, timeoutMs = 15_000): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+/** Stops `child` with `signal` (SIGKILL after `timeoutMs`); false if it was not running. */
+async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals, timeoutMs = 15_000): Promise<boolean> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return false;
   const exited = once(child, 'exit');
   child.kill(signal);
   const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
   await exited;
   clearTimeout(timer);
+  return true;
 }
 
 export class LocalStack {
@@ -140,6 +150,7 @@ export class LocalStack {
   private nginx?: ChildProcess;
   private readonly pgUser?: OsUser;
   private readonly logStreams: WriteStream[] = [];
+  private lock?: StackLock;
 
   constructor(settings: StackSettings) {
     this.settings = settings;
@@ -193,11 +204,14 @@ export class LocalStack {
     return { host: '127.0.0.1', port: this.settings.pgPort, user: 'postgres', password: this.postgresPassword, database };
   }
 
+  /** Starts Postgres, the service and nginx; refuses at once, starting nothing, if STACK_DIR or a port is taken. */
   async start(): Promise<void> {
     checkPostgresBinaries(this.settings.pgBinDir);
     const nginxBin = findNginx();
-    this.prepareDirectories();
+    this.takeLock();
     try {
+      await this.checkPortsFree();
+      this.prepareDirectories();
       await this.startPostgres();
       await this.startService();
       await this.startNginx(nginxBin);
@@ -207,15 +221,61 @@ export class LocalStack {
     }
   }
 
+  private takeLock(): void {
+    const { dir } = this.paths;
+    const { httpPort: http, pgPort: pg, servicePort: service } = this.settings;
+    mkdirSync(dir, { recursive: true });
+    const lock = StackLock.take(dir, { http, pg, service });
+    if (!(lock instanceof StackLock)) {
+      throw new StackError(
+        `a local stack is already running on STACK_DIR=${dir} (pid ${lock.pid}; nginx on port ${lock.ports.http}, the service on ` +
+          `${lock.ports.service}, Postgres on ${lock.ports.pg}): use it, stop it (Ctrl-C where it runs, or kill ${lock.pid}), or choose another STACK_DIR`,
+      );
+    }
+    this.lock = lock;
+  }
+
+  private async checkPortsFree(): Promise<void> {
+    const ports: Array<[number, string, string]> = [
+      [this.settings.httpPort, 'STACK_HTTP_PORT', 'nginx'],
+      [this.settings.servicePort, 'STACK_SERVICE_PORT', 'the service'],
+      [this.settings.pgPort, 'STACK_PG_PORT', 'Postgres'],
+    ];
+    const problems: string[] = [];
+    for (const [port, setting, part] of ports) {
+      const problem = await portProblem(port);
+      if (problem) problems.push(`port ${port} (${setting}, for ${part}) is ${problem}`);
+    }
+    if (problems.length > 0) throw new StackError(`${problems.join('; ')}: stop what holds ${problems.length > 1 ? 'them' : 'it'}, or choose other ports`);
+  }
+
+  private progress(message: string): void {
+    this.settings.onProgress?.(message);
+  }
+
   async stopNginx(): Promise<void> {
     await stopChild(this.nginx, 'SIGQUIT');
   }
 
+  /** Stops nginx, then the service (which closes its connections), then Postgres (fast); says which were running. */
   async stop(): Promise<void> {
-    await stopChild(this.nginx, 'SIGQUIT');
-    await this.stopService();
-    await this.stopPostgres();
+    if (await stopChild(this.nginx, 'SIGQUIT')) this.progress('nginx stopped');
+    if (await stopChild(this.service, 'SIGTERM')) this.progress('the service stopped');
+    if (await stopChild(this.postgres, 'SIGINT', 30_000)) this.progress('Postgres stopped');
     for (const stream of this.logStreams.splice(0)) stream.end();
+    this.lock?.release();
+    this.lock = undefined;
+  }
+
+  /**
+   * Starts a part in a session of its own (detached), through util-linux's setpriv, which asks the kernel to
+   * send the part `onOrphaned` when this process dies and then execs it (the part keeps setpriv's pid).
+   */
+  private spawnPart(part: StackPart, onOrphaned: NodeJS.Signals, command: string, args: string[], options: SpawnOptions): ChildProcess {
+    const setpriv = findProgram('setpriv', 'util-linux');
+    const child = spawn(setpriv, ['--pdeathsig', onOrphaned, '--', command, ...args], { ...options, detached: true });
+    this.lock?.recordPart(part, child.pid);
+    return child;
   }
 
   private ownForPostgres(path: string): void {
@@ -265,6 +325,7 @@ export class LocalStack {
 
   private initdb(): void {
     const { pgData, passwordFile, dir } = this.paths;
+    this.progress(`first start: making Postgres's data directory ${pgData} (initdb)`);
     let password = this.settings.postgresPassword;
     if (!password) {
       password = spawnSync('openssl', ['rand', '-hex', '24'], { encoding: 'utf8' }).stdout?.trim() || crypto.randomUUID().replaceAll('-', '');
@@ -294,6 +355,7 @@ export class LocalStack {
   private runInitScripts(): void {
     const initDir = join(REPO_ROOT, 'init');
     for (const file of readdirSync(initDir).filter((f) => f.endsWith('.sql') || f.endsWith('.sh')).sort()) {
+      this.progress(`first start: running init/${file}`);
       const result = file.endsWith('.sh')
         ? spawnSync('sh', [join(initDir, file)], {
             ...this.asPostgresUser(),
@@ -318,7 +380,10 @@ export class LocalStack {
       this.initdb();
     }
     const log = this.logFile('postgres.log');
-    this.postgres = spawn(
+    this.progress(`starting Postgres on 127.0.0.1:${this.settings.pgPort} (log: ${log.path})`);
+    this.postgres = this.spawnPart(
+      'postgres',
+      'SIGINT',
       this.pg('postgres'),
       [
         '-D', pgData,
@@ -333,7 +398,7 @@ export class LocalStack {
     );
     this.postgres.stdout?.pipe(log, { end: false });
     this.postgres.stderr?.pipe(log, { end: false });
-    await waitFor('Postgres', () => this.postgresAnswers(), this.postgres);
+    await waitFor('Postgres', () => this.postgresAnswers(), this.postgres, String(log.path));
     if (fresh) {
       try {
         this.runInitScripts();
@@ -388,18 +453,23 @@ export class LocalStack {
     const entry = join(SERVICE_DIR, 'dist', 'server.js');
     if (!existsSync(entry)) throw new StackError(`${entry} is missing: run npm --prefix service run build first`);
     this.adminKey = '';
-    const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment(), ...extraEnv };
+    const env: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.serviceEnvironment(), ...extraEnv };
+    const log = this.logFile('service.log');
+    this.progress(`starting the service on ${this.serviceUrl} (log: ${log.path})`);
     // Started exactly as the Dockerfile's CMD starts it.
-    this.service = spawn(process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.service = this.spawnPart('service', 'SIGTERM', process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [this.service.stdout, this.service.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
         // The key is written once, at boot: the first key line is the real one.
         const key = this.adminKey ? undefined : adminKeyInLogLine(line);
         if (key) this.adminKey = key;
+        if (log.writable) log.write(`${line}\n`);
         this.settings.onServiceLine(line);
       });
     }
-    await waitFor('the service', async () => (await fetch(`${this.serviceUrl}/health`)).status > 0 && this.adminKey !== '', this.service);
+    const keyExpected = !env.ADMIN_KEY_FILE; // a pinned key is never written
+    const ready = async () => (await fetch(`${this.serviceUrl}/health`)).status > 0 && (this.adminKey !== '' || !keyExpected);
+    await waitFor('the service', ready, this.service, String(log.path));
   }
 
   async stopService(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
@@ -438,10 +508,17 @@ export class LocalStack {
     const configFile = join(this.paths.nginx, 'nginx.conf');
     writeFileSync(configFile, this.nginxConfig());
     const errorLog = join(this.paths.logs, 'nginx-error.log');
+    const accessLog = join(this.paths.logs, 'nginx-access.log');
+    // nginx would make its logs readable by all (0644); made first, they stay 0600 like the stack's others.
+    for (const file of [errorLog, accessLog]) {
+      closeSync(openSync(file, 'a', 0o600));
+      chmodSync(file, 0o600);
+    }
     const log = this.logFile('nginx-stderr.log');
-    this.nginx = spawn(nginxBin, ['-p', this.paths.nginx, '-e', errorLog, '-c', configFile, '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.progress(`starting nginx on ${this.httpUrl} (logs: ${errorLog}, ${accessLog})`);
+    this.nginx = this.spawnPart('nginx', 'SIGQUIT', nginxBin, ['-p', this.paths.nginx, '-e', errorLog, '-c', configFile, '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.nginx.stdout?.pipe(log, { end: false });
     this.nginx.stderr?.pipe(log, { end: false });
-    await waitFor('nginx', async () => (await fetch(`${this.httpUrl}/`)).status === 200, this.nginx);
+    await waitFor('nginx', async () => (await fetch(`${this.httpUrl}/`)).status === 200, this.nginx, `${errorLog} and ${log.path}`);
   }
 }

@@ -1,9 +1,16 @@
-// `npm --prefix service run stack`: runs the local stack in the foreground until SIGINT/SIGTERM.
-// Settings come from the environment, then from the repo's .env (the environment wins).
+// `npm --prefix service run stack`: runs the local stack in the foreground until SIGINT/SIGTERM/SIGHUP, or until
+// the npm that started it is gone (npm passes a SIGTERM only to its shell, which dies without passing it on).
+// Settings come from the environment, then from the repo's .env (the environment wins): the stack's own
+// (STACK_*, PG_BIN_DIR, DISK_RESERVE_MB, POSTGRES_PASSWORD) and every setting of the service's (src/config.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseEnv } from 'node:util';
+import { ConfigSchema } from '../src/config.js';
 import { LocalStack, REPO_ROOT, StackError } from './local-stack.js';
+import { processStat } from './stack-lock.js';
+
+/** Service settings the stack sets itself so that the three parts find each other (README: Without Docker). */
+const SET_BY_THE_STACK = ['HOST', 'PORT', 'DATABASE_HOST', 'DATABASE_PORT', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'SYSTEM_DATABASE', 'PUBLIC_DB_HOST', 'PUBLIC_DB_PORT'];
 
 function settingsFromEnvironment(): Record<string, string | undefined> {
   const envFile = join(REPO_ROOT, '.env');
@@ -19,10 +26,111 @@ function port(env: Record<string, string | undefined>, name: string, fallback: n
   return value;
 }
 
+/** Every setting of the service's schema that env holds, but those the stack sets itself. */
+function serviceSettings(env: Record<string, string | undefined>): Record<string, string> {
+  const names = Object.keys(ConfigSchema.shape).filter((name) => !SET_BY_THE_STACK.includes(name));
+  return Object.fromEntries(names.filter((name) => env[name] !== undefined).map((name) => [name, env[name]!]));
+}
+
+interface Starter {
+  pid: number;
+  started: string;
+  name: string;
+}
+
+function commandName(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return 'npm';
+  }
+}
+
+function startedByNpmFor(pid: number, event: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`npm_lifecycle_event=${event}`);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The processes npm put between itself and this script (its shell, tsx: they carry this script's
+ * npm_lifecycle_event in their environment), and npm itself. Empty when npm did not start the script.
+ */
+function npmAndItsLayers(): Starter[] {
+  const event = process.env.npm_lifecycle_event;
+  const chain: Starter[] = [];
+  for (let pid = process.ppid; event && pid > 1; ) {
+    const stat = processStat(pid);
+    if (!stat) break;
+    chain.push({ pid, started: stat.started, name: commandName(pid) });
+    if (!startedByNpmFor(pid, event)) break; // npm itself
+    pid = stat.ppid;
+  }
+  return chain;
+}
+
+/** Calls `onGone` once, when one of `starters` has exited. */
+function watchStarters(starters: Starter[], onGone: (starter: Starter) => void): void {
+  if (starters.length === 0) return;
+  const timer = setInterval(() => {
+    const gone = starters.find(({ pid, started }) => processStat(pid)?.started !== started);
+    if (!gone) return;
+    clearInterval(timer);
+    onGone(gone);
+  }, 250);
+  timer.unref();
+}
+
+function printWhereEverythingIs(stack: LocalStack): void {
+  const { paths, settings } = stack;
+  process.stdout.write(
+    [
+      '',
+      'The local stack is up:',
+      `  nginx (the public door)   ${stack.httpUrl}            POST /provision, GET /health`,
+      `  service (direct)          ${stack.serviceUrl}`,
+      `  Postgres                  127.0.0.1:${settings.pgPort}     psql "postgres://postgres@127.0.0.1:${settings.pgPort}/postgres"`,
+      `  superuser password        ${settings.postgresPassword ? 'POSTGRES_PASSWORD (environment or .env)' : paths.passwordFile}`,
+      `  logs                      ${paths.logs}/  (service.log, with the admin key; postgres.log; nginx-access.log, nginx-error.log)`,
+      `  data, backups             ${paths.dir}`,
+      'Ctrl-C stops all three.',
+      '',
+    ].join('\n'),
+  );
+}
+
+const say = (message: string) => process.stdout.write(`stack: ${message}\n`);
 const env = settingsFromEnvironment();
-const isTty = Boolean(process.stdout.isTTY);
-let stack: LocalStack;
+let stopping = false;
+let starting: Promise<void> = Promise.resolve();
+let stack: LocalStack | undefined;
+
+/** Stops the three parts in order (nginx, the service, Postgres) once they have started, then exits. */
+function stopAll(why: string): void {
+  if (stopping) return;
+  stopping = true;
+  say(`${why}: stopping nginx, the service and Postgres`);
+  starting
+    .catch(() => {})
+    .then(() => stack?.stop())
+    .then(
+      () => process.exit(0),
+      (err) => {
+        say(`stop failed: ${String(err)}`);
+        process.exit(1);
+      },
+    );
+}
+
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => stopAll(signal));
+watchStarters(npmAndItsLayers(), ({ name, pid }) => stopAll(`npm has exited (${name}, pid ${pid}, is gone)`));
+
+let up = false;
 try {
+  const ignored = SET_BY_THE_STACK.filter((name) => name !== 'POSTGRES_PASSWORD' && process.env[name] !== undefined);
+  if (ignored.length > 0) say(`not passed to the service, the stack sets them itself: ${ignored.join(', ')}`);
   stack = new LocalStack({
     stackDir: resolve(REPO_ROOT, env.STACK_DIR || '.stack'),
     httpPort: port(env, 'STACK_HTTP_PORT', 8088),
@@ -32,49 +140,19 @@ try {
     pgBinDir: env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
     pgOsUser: env.STACK_PG_OS_USER || 'postgres',
     diskReserveMb: env.DISK_RESERVE_MB ? Number(env.DISK_RESERVE_MB) : undefined,
-    serviceEnv: {
-      LOG_PRETTY: String(isTty),
-      ...Object.fromEntries(
-        ['LOG_LEVEL', 'APP_CONNECTION_LIMIT', 'APP_TEMP_FILE_LIMIT', 'APP_STATEMENT_TIMEOUT', 'APP_IDLE_IN_TRANSACTION_TIMEOUT', 'DATABASE_POOL_SIZE']
-          .filter((name) => env[name])
-          .map((name) => [name, env[name]!]),
-      ),
+    serviceEnv: { LOG_PRETTY: String(Boolean(process.stdout.isTTY)), ...serviceSettings(env) },
+    onServiceLine: (line) => {
+      if (!stopping) process.stdout.write(`${line}\n`); // while stopping, the service's lines go to its log only
     },
-    onServiceLine: (line) => process.stdout.write(`${line}\n`),
+    onProgress: say,
   });
-  await stack.start();
+  starting = stack.start();
+  await starting;
+  up = true;
 } catch (err) {
-  process.stderr.write(`stack: ${err instanceof StackError ? err.message : String((err as Error)?.stack ?? err)}\n`);
-  process.exit(1);
+  if (!stopping) {
+    say(err instanceof StackError ? err.message : String((err as Error)?.stack ?? err));
+    process.exit(1);
+  } // else stopAll exits once everything has stopped
 }
-
-const { paths, settings } = stack;
-process.stdout.write(
-  [
-    '',
-    'The local stack is up:',
-    `  nginx (the public door)   ${stack.httpUrl}            POST /provision, GET /health`,
-    `  service (direct)          ${stack.serviceUrl}`,
-    `  Postgres                  127.0.0.1:${settings.pgPort}     psql "postgres://postgres@127.0.0.1:${settings.pgPort}/postgres"`,
-    `  superuser password        ${settings.postgresPassword ? 'POSTGRES_PASSWORD (environment or .env)' : paths.passwordFile}`,
-    `  data, logs, backups       ${paths.dir}`,
-    'Ctrl-C stops all three.',
-    '',
-  ].join('\n'),
-);
-
-let stopping = false;
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(signal, () => {
-    if (stopping) return;
-    stopping = true;
-    process.stdout.write(`\n${signal}: stopping nginx, the service and Postgres…\n`);
-    stack.stop().then(
-      () => process.exit(0),
-      (err) => {
-        process.stderr.write(`stack: stop failed: ${String(err)}\n`);
-        process.exit(1);
-      },
-    );
-  });
-}
+if (up && !stopping && stack) printWhereEverythingIs(stack);

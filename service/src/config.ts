@@ -84,6 +84,18 @@ export const ConfigSchema = z.object({
   AUTH_MAX_FAILED_ATTEMPTS: z.coerce.number().int().min(1).default(10),
   AUTH_FAILED_ATTEMPTS_WINDOW_MS: durationMs.default(60_000),
 
+  // --- ADMIN_KEY_FILE (src/secrets.ts, src/server.ts) ----------------------------------------------------------
+  /**
+   * Opt-in pinned admin key: a file (a Docker secret) holding sha256:<the key's SHA-256 in hex>, or the key
+   * itself (sk_…); read once at start, which refuses a file it cannot use. Unset or empty: a new random key at
+   * every start, printed once in the log (the default).
+   */
+  ADMIN_KEY_FILE: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
+  // --- end ADMIN_KEY_FILE ---------------------------------------------------------------------------------------
+
   // --- TRUSTED_PROXY (src/trusted-proxy.ts) -------------------------------------------------------------------
   /**
    * Whose X-Forwarded-For is believed, so that lockouts, logs and the audit log see the real client: a

@@ -21,6 +21,17 @@ export const MissingAdminKeyError = createError(
   400,
 );
 export const MissingAuthorizationError = createError('MISSING_AUTHORIZATION', 'send the admin key as "Authorization: Bearer <key>"', 401);
+export const MalformedAuthorizationError = createError(
+  'MALFORMED_AUTHORIZATION',
+  'malformed Authorization header: send exactly "Authorization: Bearer <key>"',
+  401,
+);
+export const ConflictingAdminKeysError = createError(
+  'CONFLICTING_ADMIN_KEYS',
+  'the admin key in the Authorization header and admin_key in the body differ: send the key once',
+  401,
+);
+export const UnsupportedMediaTypeError = createError('UNSUPPORTED_MEDIA_TYPE', 'send the body as JSON, with "Content-Type: application/json"', 415);
 export const TooManyFailedAttemptsError = createError<[number]>(
   'TOO_MANY_FAILED_ATTEMPTS',
   'too many wrong admin keys from this address: retry in %d s',

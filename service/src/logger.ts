@@ -4,7 +4,7 @@ import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify';
 import type { LoggerOptions } from 'pino';
 import type { Config } from './config.js';
 
-const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'authorization', 'POSTGRES_PASSWORD'];
+const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'database_url', 'authorization', 'POSTGRES_PASSWORD'];
 
 export const REDACTED_PATHS = [
   'req.headers.authorization',

@@ -9,7 +9,7 @@ import { customAlphabet } from 'nanoid';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
-import { LOCK_KEY_SQL, readyLock, type Database } from './db/database.js';
+import { LOCK_KEY_SQL, readyLock, sqlState, type Database } from './db/database.js';
 import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
 import { newCredential, type AppCredential } from './credential-stock.js';
 import type { AppIdentifiers } from './app-names.js';
@@ -17,6 +17,7 @@ import type { AppIdentifiers } from './app-names.js';
 const newReadyId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
 const RETRY_AFTER_ERROR_MS = 5_000;
 const IDLE_CHECK_MS = 1_000;
+const UNDEFINED_TABLE = '42P01';
 
 export type CrashPoint = (point: string) => Promise<void>;
 
@@ -99,6 +100,7 @@ export class ReadyPool {
 
   private async refillLoop(): Promise<void> {
     let client: pg.Client | undefined;
+    let waitedForSchema = false;
     while (!this.stopped) {
       try {
         client ??= await this.db.connect();
@@ -115,6 +117,12 @@ export class ReadyPool {
           await this.pause(IDLE_CHECK_MS);
         }
       } catch (err) {
+        if (sqlState(err) === UNDEFINED_TABLE && !waitedForSchema) {
+          // A fresh database, whose bookkeeping tables are still being made: wait for them, quietly. (Not waited
+          // for up front, so that after a restart the pool re-keys its sets while the schema is being checked.)
+          waitedForSchema = true;
+          if (await this.db.ready().then(() => true, () => false)) continue;
+        }
         this.log.warn({ err }, 'ready pool: could not prepare a set; retrying later');
         await client?.end().catch(() => {});
         client = undefined;

@@ -1,5 +1,7 @@
-// Owns every secret the service makes or checks: the admin key, app passwords and their SCRAM verifiers.
+// Owns every secret the service makes or checks: the admin key (made at start, or pinned by ADMIN_KEY_FILE), app
+// passwords and their SCRAM verifiers.
 import { createHash, createHmac, pbkdf2, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import { customAlphabet } from 'nanoid';
 
@@ -45,6 +47,66 @@ export function isAdminKey(presented: string | undefined, adminKey: string): boo
   if (typeof presented !== 'string') return false;
   return timingSafeEqual(sha256(presented), sha256(adminKey));
 }
+
+// --- The pinned admin key (ADMIN_KEY_FILE) --------------------------------------------------------------------
+
+/** How the service knows the admin key: the SHA-256 digest of it, never the key itself once it has started. */
+export interface AdminKeyDigest {
+  digest: Buffer;
+}
+
+/** A pinned key read from ADMIN_KEY_FILE, and the form the file held it in. */
+export interface PinnedAdminKey extends AdminKeyDigest {
+  form: 'sha256' | 'key';
+}
+
+export class AdminKeyFileError extends Error {
+  override name = 'AdminKeyFileError';
+}
+
+export const adminKeyDigest = (key: string): Buffer => sha256(key);
+
+/** The two forms a pinned key file may hold, on one line: the key's hash (better), or the key itself. */
+const PINNED_HASH = /^sha256:([0-9a-f]{64})$/i;
+const PINNED_KEY = /^sk_[A-Za-z0-9]{32,128}$/;
+
+/**
+ * Reads ADMIN_KEY_FILE at start: `sha256:<64 hex digits>` (the SHA-256 of the key, so that the file need not
+ * hold the secret) or the key itself (`sk_` and 32-128 letters and digits). Throws an AdminKeyFileError that
+ * names the file and what is wrong with it, and never quotes what it holds.
+ */
+export function loadPinnedAdminKey(path: string): PinnedAdminKey {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'unknown error';
+    throw new AdminKeyFileError(`ADMIN_KEY_FILE=${path} cannot be read (${code}): the service's user must be able to read it`);
+  }
+  const content = text.trim();
+  if (content === '') {
+    throw new AdminKeyFileError(`ADMIN_KEY_FILE=${path} is empty: write sha256:<the key's SHA-256 in hex> into it (README: "The admin key")`);
+  }
+  if (/^sha256:/i.test(content)) {
+    const hex = PINNED_HASH.exec(content)?.[1];
+    if (hex === undefined) throw new AdminKeyFileError(`ADMIN_KEY_FILE=${path} is malformed: it must hold sha256: followed by exactly 64 hexadecimal digits, on one line`);
+    return { digest: Buffer.from(hex, 'hex'), form: 'sha256' };
+  }
+  if (!PINNED_KEY.test(content)) {
+    throw new AdminKeyFileError(`ADMIN_KEY_FILE=${path} is malformed: it holds neither sha256:<64 hex digits> nor a key sk_<32 to 128 letters and digits>, on one line (README: "The admin key")`);
+  }
+  return { digest: sha256(content), form: 'key' };
+}
+
+/**
+ * Compares a presented key with the admin key, known by its digest, in constant time: the presented key is
+ * hashed first, so neither the comparison nor a length check can tell how much of it was right.
+ */
+export function matchesAdminKey(presented: string | undefined, adminKey: AdminKeyDigest): boolean {
+  if (typeof presented !== 'string') return false;
+  return timingSafeEqual(sha256(presented), adminKey.digest);
+}
+// --- end of the pinned admin key ------------------------------------------------------------------------------
 
 const pbkdf2Async = promisify(pbkdf2);
 const SCRAM_ITERATIONS = 4096;

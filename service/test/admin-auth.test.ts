@@ -3,14 +3,21 @@
 // presented), and X-Forwarded-For is believed only from nginx's own address (so a client reaching the
 // service's port directly cannot dodge the lockout by claiming a new address each time).
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { rawRequest, type RawResponse } from './helpers/raw-http.js';
-import { eventually, startTestStack, type TestStack } from './helpers/stack.js';
+import { eventually, freePort, request, startTestStack, type TestStack } from './helpers/stack.js';
+import { LocalStack, SERVICE_DIR } from '../scripts/local-stack.js';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { adminKeyInLogLine } from '../src/secrets.js';
 import { TrustedProxies } from '../src/trusted-proxy.js';
 
 let t: TestStack;
@@ -122,6 +129,171 @@ describe('the admin key is checked before the input is validated', () => {
         assert.equal(answer.status, 400, `${label}, right key: ${answer.body}`);
         assert.match(String(answer.json.message), invalid, label);
       }
+    }
+  });
+});
+
+describe('the shape of the Authorization header', () => {
+  const MALFORMED = 'malformed Authorization header: send exactly "Authorization: Bearer <key>"';
+
+  it('takes only "Bearer <key>": any other scheme or shape is a 401 that says the expected form, even with the right key', async () => {
+    const key = t.stack.adminKey;
+    for (const [i, header] of [`Bearer  ${key}`, `Bearer ${key} extra`, `Bearer\t${key}`, `Basic ${key}`, `Token ${key}`, key, 'Bearer', `Bearer ${key},${key}`].entries()) {
+      const source = `127.0.4.${i + 1}`;
+      const apps = await send({ method: 'GET', path: '/apps', headers: { Authorization: header } }, source);
+      assert.equal(apps.status, 401, `GET /apps with ${JSON.stringify(header)}: ${apps.body}`);
+      assert.equal(apps.json.message, MALFORMED, header);
+      assert.equal(apps.headers['www-authenticate'], 'Bearer');
+      // On POST /provision a malformed header is not excused by a right key in the body.
+      const provision = await send({ method: 'POST', path: '/provision', body: { app_name: 'BAD-NAME', admin_key: key }, headers: { Authorization: header } }, source);
+      assert.equal(provision.status, 401, `POST /provision with ${JSON.stringify(header)}: ${provision.body}`);
+      assert.equal(provision.json.message, MALFORMED, header);
+    }
+    assert.equal((await send({ method: 'GET', path: '/apps', headers: bearer(key) })).status, 200, 'the one right shape');
+    // Audited like a missing key: one row per address and window (two refusals from 127.0.4.1 above), never the key.
+    const rows = await eventually(() => auditRows(`action = 'admin_auth' AND client = $1`, ['127.0.4.1']), (found) => found.length > 0);
+    assert.deepEqual(rows.map((row) => row.outcome), ['malformed_authorization']);
+    assert.ok(!JSON.stringify(rows).includes(key));
+  });
+
+  it('answers a POST /provision whose body key and header key disagree with a 401, whichever one is right', async () => {
+    const key = t.stack.adminKey;
+    const DISAGREE = 'the admin key in the Authorization header and admin_key in the body differ: send the key once';
+    const cases: Array<[string, string, string]> = [
+      ['right header, wrong body', key, 'sk_wrong_in_body'],
+      ['wrong header, right body', 'sk_wrong_in_header', key],
+      ['two wrong keys', 'sk_wrong_one', 'sk_wrong_two'],
+    ];
+    for (const [i, [label, header, body]] of cases.entries()) {
+      const answer = await send({ method: 'POST', path: '/provision', body: { app_name: 'BAD-NAME', admin_key: body }, headers: bearer(header) }, `127.0.5.${i + 1}`);
+      assert.equal(answer.status, 401, `${label}: ${answer.body}`);
+      assert.equal(answer.json.message, DISAGREE, label);
+    }
+    const rows = await eventually(() => auditRows(`action = 'admin_auth' AND client = $1`, ['127.0.5.1']), (found) => found.length > 0);
+    assert.deepEqual(rows.map((row) => row.outcome), ['conflicting_keys']);
+    const agree = await send({ method: 'POST', path: '/provision', body: { app_name: 'BAD-NAME', admin_key: key }, headers: bearer(key) });
+    assert.equal(agree.status, 400, `the same key twice is the key: ${agree.body}`);
+    assert.match(String(agree.json.message), /app_name may contain only/);
+  });
+});
+
+/** The hexadecimal SHA-256 of a key, as `sha256sum` prints it. */
+const sha256Hex = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/**
+ * Starts (or restarts) a service that uses ADMIN_KEY_FILE. scripts/local-stack.ts waits for the generated key's
+ * log line before it calls the service started, and a pinned key writes no such line. It is not ours to change,
+ * so until it learns about ADMIN_KEY_FILE the stack is told the key (which the test knows) right after
+ * startService has cleared it: its wait then ends when /health answers, and its helpers send this key.
+ */
+async function startingWithPinnedKey<T>(key: string, start: () => Promise<T>): Promise<T> {
+  const startService = LocalStack.prototype.startService;
+  LocalStack.prototype.startService = function (this: LocalStack, ...args: Parameters<typeof startService>) {
+    const started = startService.apply(this, args);
+    this.adminKey = key; // startService cleared it synchronously; it reads it again only after /health answers
+    return started;
+  };
+  try {
+    return await start();
+  } finally {
+    LocalStack.prototype.startService = startService;
+  }
+}
+
+describe('a pinned admin key (ADMIN_KEY_FILE)', () => {
+  let p: TestStack;
+  let keyDir: string;
+  let keyFile: string;
+  const key = `sk_${randomBytes(24).toString('hex')}`;
+  const hash = sha256Hex(key);
+
+  before(async () => {
+    keyDir = mkdtempSync(join(tmpdir(), 'pgprov-admin-key-'));
+    keyFile = join(keyDir, 'admin-key.sha256');
+    writeFileSync(keyFile, `sha256:${hash}\n`);
+    p = await startingWithPinnedKey(key, () => startTestStack({ serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info', ADMIN_KEY_FILE: keyFile } }));
+  });
+  after(async () => {
+    await p?.stop();
+    rmSync(keyDir, { recursive: true, force: true });
+  });
+
+  const provisionWith = (adminKey: string, name: string) =>
+    request(`${p.stack.httpUrl}/provision`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ app_name: name, admin_key: adminKey }) });
+  const listWith = (adminKey: string) => request(`${p.stack.httpUrl}/apps`, { headers: { authorization: `Bearer ${adminKey}` } });
+
+  it('accepts the key whose hash the file holds, refuses any other, and logs neither key nor hash', async () => {
+    assert.equal((await provisionWith(key, 'pinned_one')).status, 201);
+    assert.equal((await listWith(key)).status, 200);
+    for (const wrong of ['sk_wrong', hash, `sha256:${hash}`, `${key}x`]) {
+      const provision = await provisionWith(wrong, 'pinned_intruder');
+      assert.equal(provision.status, 401, wrong);
+      assert.equal(provision.body.message, 'invalid admin key');
+      assert.equal((await listWith(wrong)).status, 401, wrong);
+    }
+
+    assert.deepEqual(p.serviceLines.filter((line) => adminKeyInLogLine(line) !== undefined), [], 'no key was generated, nor printed');
+    assert.ok(!p.serviceLines.some((line) => line.includes('ADMIN KEY')), 'no admin-key line at all');
+    const pinnedLine = p.serviceLines.find((line) => line.includes('pinned'));
+    assert.ok(pinnedLine?.includes(keyFile), `a line says the key is pinned, and by which file: ${pinnedLine}`);
+    const logs = p.allLogs();
+    for (const secret of [key, hash, hash.toUpperCase()]) assert.ok(!logs.includes(secret), 'neither the key nor its hash is in any log');
+  });
+
+  it('takes a new file at the next start (rotation): the old key stops working, the new one works; a plain key works too', async () => {
+    const newKey = `sk_${randomBytes(24).toString('hex')}`;
+    writeFileSync(keyFile, `${newKey}\n`, { mode: 0o600 }); // the key itself this time, not its hash
+    await startingWithPinnedKey(newKey, async () => {
+      await p.stack.stopService();
+      await p.stack.startService();
+    });
+    assert.equal((await listWith(key)).status, 401, 'the old key is refused');
+    assert.equal((await listWith(newKey)).status, 200);
+    assert.equal((await provisionWith(newKey, 'pinned_two')).status, 201);
+    const logs = p.allLogs();
+    assert.ok(!logs.includes(newKey), 'the new key is in no log');
+    assert.ok(!logs.includes(sha256Hex(newKey)), 'nor its hash');
+    assert.ok(!p.serviceLines.some((line) => line.includes('ADMIN KEY')), 'still no admin-key line');
+  });
+
+  it('refuses to start on a file it cannot use, and says which file and why', async () => {
+    const file = (name: string, content: string) => {
+      const path = join(keyDir, name);
+      writeFileSync(path, content);
+      return path;
+    };
+    const cases: Array<[string, string, RegExp]> = [
+      ['missing', join(keyDir, 'no-such-file'), /cannot be read \(ENOENT\)/],
+      ['a directory', keyDir, /cannot be read \(EISDIR\)/],
+      ['empty', file('empty', ''), /is empty/],
+      ['blank', file('blank', ' \n\n'), /is empty/],
+      ['short hash', file('short-hash', `sha256:${hash.slice(1)}\n`), /sha256: followed by exactly 64 hexadecimal digits/],
+      ['bare hash', file('bare-hash', `${hash}\n`), /neither sha256:<64 hex digits> nor a key sk_/],
+      ['sha256sum output', file('sha256sum', `${hash}  -\n`), /neither sha256:<64 hex digits> nor a key sk_/],
+      ['short key', file('short-key', 'sk_short\n'), /neither sha256:<64 hex digits> nor a key sk_/],
+      ['two lines', file('two-lines', `sha256:${hash}\nsha256:${hash}\n`), /sha256: followed by exactly 64 hexadecimal digits, on one line/],
+    ];
+    const results = await Promise.all(
+      cases.map(async ([label, path, reason]) => {
+        const env = { PATH: process.env.PATH ?? '/usr/bin:/bin', POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', HOST: '127.0.0.1', PORT: String(await freePort()), LOG_PRETTY: 'false', ADMIN_KEY_FILE: path };
+        const child = spawn(process.execPath, ['dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (chunk) => (stdout += chunk));
+        child.stderr.on('data', (chunk) => (stderr += chunk));
+        // A service that does not refuse the file keeps running: stop it once it has said it is listening.
+        const listening = setInterval(() => /Server listening/.test(stdout) && child.kill('SIGKILL'), 50);
+        const [code] = (await once(child, 'exit')) as [number | null];
+        clearInterval(listening);
+        return { label, path, reason, code, stdout, stderr };
+      }),
+    );
+    for (const { label, path, reason, code, stdout, stderr } of results) {
+      assert.equal(code, 1, `${label}: exits 1 (stdout ${stdout.slice(0, 300)})`);
+      assert.ok(stderr.includes(`ADMIN_KEY_FILE=${path}`), `${label}: names the file: ${stderr}`);
+      assert.match(stderr, reason, label);
+      assert.ok(!stderr.includes(hash.slice(1)) && !/sk_short/.test(stderr), `${label}: never quotes the file`);
+      assert.ok(!stdout.includes('ADMIN KEY'), `${label}: no key made`);
     }
   });
 });

@@ -33,6 +33,14 @@ describe('authentication of /apps', () => {
     assert.equal((await t.get('/apps', { authorization: `Basic ${t.stack.adminKey}` })).status, 401);
     assert.equal((await t.get('/apps', { authorization: `Bearer ${t.stack.adminKey}` })).status, 200);
   });
+
+  it('takes the key only as exactly "Bearer <key>"', async () => {
+    for (const header of [`Bearer  ${t.stack.adminKey}`, `Bearer ${t.stack.adminKey} x`, t.stack.adminKey, `Basic ${t.stack.adminKey}`]) {
+      const response = await t.get('/apps', { authorization: header });
+      assert.equal(response.status, 401, header);
+      assert.match(String(response.body.message), /send exactly "Authorization: Bearer <key>"/, header);
+    }
+  });
 });
 
 describe('GET /apps and GET /apps/:name', () => {
@@ -83,12 +91,32 @@ describe('POST /apps/:name/rotate', () => {
     const fresh = String(rotated.body.connection_string);
     assert.notEqual(fresh, app.connection_string);
     assert.match(fresh, /^postgres:\/\/app_rotating_user:[A-Za-z0-9]{32}@/);
+    const password = new URL(fresh).password;
+    assert.deepEqual(
+      { ...rotated.body, connection_string: undefined },
+      {
+        connection_string: undefined,
+        database_url: fresh.replace(/^postgres:/, 'postgresql:'),
+        app_name: 'rotating',
+        database: 'app_rotating',
+        username: 'app_rotating_user',
+        password,
+        host: '127.0.0.1',
+        port: t.stack.settings.pgPort,
+        sessions_ended: 1,
+      },
+      'the new password, in the URL forms and in parts',
+    );
 
     const refused = await rejectionOf(connectAs(app.connection_string));
     assert.match(refused.message, /password authentication failed/);
     const ended = await rejectionOf(oldSession.query('SELECT 1'));
     assert.match(ended.message, /terminat|Connection terminated|not queryable/i);
     await asApp(fresh, async (c) => assert.equal((await c.query('SELECT current_user AS u')).rows[0].u, 'app_rotating_user'));
+    await asApp(String(rotated.body.database_url), async (c) => assert.equal((await c.query('SELECT current_user AS u')).rows[0].u, 'app_rotating_user'));
+    const logs = t.allLogs();
+    assert.ok(!logs.includes(password), 'the new password is in no log');
+    assert.ok(!logs.includes('postgresql://'), 'nor its database_url');
   });
 
   it('answers 404 for an unknown app and 400 for a bad name', async () => {
@@ -185,7 +213,13 @@ describe('DELETE /apps/:name', () => {
 
   it('skips the backup with ?backup=false, and refuses other values', async () => {
     await t.provision('no_backup');
-    assert.equal((await t.admin('DELETE', '/apps/no_backup?backup=maybe')).status, 400);
+    // z.stringbool took 0, no, off (and 1, yes, on, y, n, enabled, disabled) as booleans: a typo deleted with no backup.
+    for (const value of ['maybe', '0', 'no', 'off', 'n', 'disabled', '1', 'yes', 'on', 'FALSE', 'True', '', 'false%20', '%20true', 'true&backup=false']) {
+      const response = await t.admin('DELETE', `/apps/no_backup?backup=${value}`);
+      assert.equal(response.status, 400, JSON.stringify(value));
+      assert.equal(response.body.message, 'backup must be true or false', JSON.stringify(value));
+    }
+    assert.deepEqual(await catalog('no_backup'), { roles: ['app_no_backup', 'app_no_backup_user'], databases: 1, registry: ['ready'] }, 'still there');
     const deleted = await t.admin('DELETE', '/apps/no_backup?backup=false');
     assert.equal(deleted.status, 200);
     assert.deepEqual(deleted.body, { deleted: 'no_backup', backup: null });
@@ -237,6 +271,12 @@ describe('failures', () => {
         const response = await t.admin(method, path);
         assert.equal(response.status, 503, `${method} ${path}`);
         assert.equal(response.body.message, 'the database is unavailable, retry later');
+        // The request id nginx gave it, in the body and the header: the operator's way to the log line.
+        const requestId = response.headers.get('x-request-id');
+        assert.match(String(requestId), /^[0-9a-f]{32}$/, `${method} ${path}`);
+        assert.equal(response.body.request_id, requestId, `${method} ${path}`);
+        const logged = await t.waitForServiceLine(new RegExp(`"reqId":"${requestId}"[^\\n]*"level":50|"level":50[^\\n]*"reqId":"${requestId}"`));
+        assert.match(logged, /the database is unavailable/);
       }
     } finally {
       await t.stack.startPostgres();
@@ -253,8 +293,11 @@ describe('concurrent operations', () => {
       t.admin('POST', '/apps/contended/backups'),
       t.admin('DELETE', '/apps/contended?backup=false'),
     ]);
-    for (const response of [rotate, backup, remove]) assert.ok([200, 201, 404].includes(response.status), String(response.status));
-    assert.equal(remove.status, 200);
+    // 409: another operation held the app longer than this stack's 1 s lock timeout (a rotation waits out
+    // authentication_timeout, ~5 s, holding it).
+    for (const response of [rotate, backup, remove]) assert.ok([200, 201, 404, 409].includes(response.status), String(response.status));
+    const removed = remove.status === 409 ? await t.admin('DELETE', '/apps/contended?backup=false') : remove;
+    assert.equal(removed.status, 200);
     assert.deepEqual(await catalog('contended'), { roles: [], databases: 0, registry: [] });
   });
 

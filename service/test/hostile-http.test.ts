@@ -190,6 +190,9 @@ function checkAnswer(c: Case, response: RawResponse): string | undefined {
   if (!/^application\/json/.test(response.headers['content-type'] ?? '')) return `content type ${response.headers['content-type']}`;
   if (response.headers['x-content-type-options'] !== 'nosniff') return 'no nosniff';
   if (response.headers.server !== 'nginx') return `server header ${response.headers.server}`;
+  if (!/^[0-9a-f]{32}$/.test(response.headers['x-request-id'] ?? '')) return `x-request-id ${response.headers['x-request-id']}`;
+  // A 405 names the methods the path takes; nginx refuses TRACE and CONNECT before it looks at the path.
+  if (response.status === 405 && !['TRACE', 'CONNECT'].includes(c.method) && !/^[A-Z]+(, [A-Z]+)*$/.test(response.headers.allow ?? '')) return `405 with Allow ${response.headers.allow}`;
   if (c.method === 'HEAD') return undefined;
   try {
     const body = JSON.parse(response.body);
@@ -199,6 +202,58 @@ function checkAnswer(c: Case, response: RawResponse): string | undefined {
   }
   return undefined;
 }
+
+describe('methods and paths', () => {
+  // [method, path, status, Allow]: every route answers a method it does not take with 405 and the methods it
+  // takes, and a path it does not have with 404, whether nginx or the service answers, and the same on both.
+  const table: Array<[string, string, number, string?]> = [
+    ['POST', '/health', 405, 'GET, HEAD'],
+    ['DELETE', '/health', 405, 'GET, HEAD'],
+    ['GET', '/provision', 405, 'POST'],
+    ['PUT', '/provision', 405, 'POST'],
+    ['OPTIONS', '/provision', 405, 'POST'],
+    ['POST', '/apps', 405, 'GET, HEAD'],
+    ['DELETE', '/apps', 405, 'GET, HEAD'],
+    ['POST', '/backups', 405, 'GET, HEAD'],
+    ['POST', '/apps/some_app', 405, 'DELETE, GET, HEAD'],
+    ['PUT', '/apps/some_app', 405, 'DELETE, GET, HEAD'],
+    ['PATCH', '/apps/some_app', 405, 'DELETE, GET, HEAD'],
+    ['GET', '/apps/some_app/rotate', 405, 'POST'],
+    ['HEAD', '/apps/some_app/rotate', 405, 'POST'],
+    ['DELETE', '/apps/some_app/rotate', 405, 'POST'],
+    ['PUT', '/apps/some_app/restore', 405, 'POST'],
+    ['DELETE', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
+    ['PUT', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
+    ['GET', '/apps/', 404],
+    ['DELETE', '/apps/', 404],
+    ['PUT', '/apps/', 404],
+    ['GET', '/apps//rotate', 404],
+    ['GET', '/apps/some_app/nothing', 404],
+    ['PUT', '/apps/some_app/nothing', 404],
+    ['POST', '/apps/some_app/rotate/x', 404],
+    ['GET', '/provision/', 404],
+    ['GET', '/nope', 404],
+  ];
+
+  it('answer a wrong method with 405 and Allow, an unknown path with 404: the same through nginx and directly', async () => {
+    const problems: string[] = [];
+    for (const [method, path, status, allow] of table) {
+      const call = { method, path, headers: { Authorization: `Bearer ${t.stack.adminKey}` } };
+      for (const [door, port] of [['nginx', t.stack.settings.httpPort], ['service', t.stack.settings.servicePort]] as const) {
+        const response = await rawRequest(port, call);
+        const label = `${method} ${path} (${door})`;
+        if (response.status !== status) problems.push(`${label}: ${response.status} ${response.body.slice(0, 120)}`);
+        if (response.headers.allow !== allow) problems.push(`${label}: Allow ${response.headers.allow}`);
+        if (!response.headers['x-request-id']) problems.push(`${label}: no x-request-id`);
+        if (method === 'HEAD') continue;
+        const body = JSON.parse(response.body) as { statusCode?: number; message?: string };
+        if (body.statusCode !== status) problems.push(`${label}: body ${response.body}`);
+        if (status === 405 && body.message !== `method not allowed: use ${allow}`) problems.push(`${label}: message ${body.message}`);
+      }
+    }
+    assert.deepEqual(problems, []);
+  });
+});
 
 describe('admin key guessing', () => {
   it('locks a client out after 10 wrong keys (429, right key or not), while another client provisions 120 apps in a burst', async () => {

@@ -2,7 +2,8 @@
 // opened from the connection strings exactly as returned.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { asApp, eventually, rejectionOf, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
+import pg from 'pg';
+import { asApp, eventually, rejectionOf, request, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
 
 let t: TestStack;
 before(async () => {
@@ -40,6 +41,34 @@ describe('nginx and health', () => {
     }
   });
 
+  it('gives every answer, nginx\'s own and the service\'s, one x-request-id: the id in the service\'s log line', async () => {
+    const answers = {
+      'nginx 200': await t.get('/'),
+      'nginx 404': await t.get('/nope'),
+      'nginx 405': await request(`${t.stack.httpUrl}/health`, { method: 'DELETE' }),
+      'nginx 413': await t.post('/provision', { app_name: 'big', admin_key: 'x'.repeat(20_000) }),
+      'service 200': await t.get('/health'),
+      'service 400': await t.post('/provision', {}),
+      'service 401': await t.get('/apps'),
+      'service 201': await t.post('/provision', { app_name: 'request_ids', admin_key: t.stack.adminKey }),
+    };
+    const ids = new Set<string>();
+    for (const [label, response] of Object.entries(answers)) {
+      const id = response.headers.get('x-request-id');
+      assert.match(String(id), /^[0-9a-f]{32}$/, `${label}: one id, nginx's $request_id (${id})`);
+      ids.add(id!);
+    }
+    assert.equal(ids.size, Object.keys(answers).length, 'a new id per request');
+    const created = answers['service 201'].headers.get('x-request-id')!;
+    const line = await t.waitForServiceLine(new RegExp(`"reqId":"${created}"[^\\n]*"msg":"request"`));
+    assert.match(line, /"statusCode":201/);
+
+    const direct = await request(`${t.stack.serviceUrl}/health`);
+    assert.match(String(direct.headers.get('x-request-id')), /^[A-Za-z0-9_-]{12}$/, 'the service makes one when nobody gave it one');
+    const given = await request(`${t.stack.serviceUrl}/nope`, { headers: { 'x-request-id': 'my-trace-0001' } });
+    assert.equal(given.headers.get('x-request-id'), 'my-trace-0001', 'and keeps a well-formed one it was given');
+  });
+
   it('answers unknown paths with a JSON 404', async () => {
     for (const path of ['/nope', '/provision/extra', '/admin', '/metrics', '/docs/json']) {
       const response = await t.get(path);
@@ -59,12 +88,25 @@ describe('POST /provision', () => {
   it('creates an app whose connection string works as returned, and which the app can fully use', async () => {
     const response = await t.post('/provision', { app_name: 'shop', admin_key: t.stack.adminKey });
     assert.equal(response.status, 201);
-    const { connection_string, database, username, host, port } = response.body as Record<string, string>;
+    const { connection_string, database_url, database, username, password, host, port } = response.body as Record<string, string>;
     assert.match(connection_string!, /^postgres:\/\/app_shop_user:[A-Za-z0-9]{32}@127\.0\.0\.1:\d+\/app_shop\?sslmode=disable$/);
     assert.equal(database, 'app_shop');
     assert.equal(username, 'app_shop_user');
     assert.equal(host, '127.0.0.1');
     assert.equal(Number(port), t.stack.settings.pgPort);
+    // The same login for SQLAlchemy (which refuses postgres://) and in parts, for drivers that take them so.
+    assert.deepEqual(Object.keys(response.body).sort(), ['app_name', 'connection_string', 'database', 'database_url', 'host', 'password', 'port', 'username']);
+    assert.equal(database_url, connection_string!.replace(/^postgres:\/\//, 'postgresql://'));
+    assert.equal(password, new URL(connection_string!).password);
+    for (const login of [database_url!, { host, port: Number(port), database, user: username, password }]) {
+      const client = new pg.Client(typeof login === 'string' ? { connectionString: login } : login);
+      await client.connect();
+      try {
+        assert.deepEqual((await client.query('SELECT current_user AS u, current_database() AS d')).rows[0], { u: 'app_shop_user', d: 'app_shop' });
+      } finally {
+        await client.end();
+      }
+    }
 
     await asApp(connection_string!, async (app) => {
       assert.equal((await app.query('SELECT current_user, current_database()')).rows[0].current_user, 'app_shop_user');
@@ -157,7 +199,8 @@ describe('POST /provision', () => {
       ['quote', { app_name: 'x"y', admin_key: key }, /lowercase/],
       ['sql', { app_name: "a'; DROP ROLE x; --", admin_key: key }, /lowercase|at most/],
       ['number', { app_name: 123, admin_key: key }, /must be a string/],
-      ['missing app_name', { admin_key: key }, /app_name/],
+      ['missing app_name', { admin_key: key }, /^app_name is required$/],
+      ['null app_name', { app_name: null, admin_key: key }, /^app_name must be a string$/],
       ['missing admin_key', { app_name: 'nokey' }, /admin_key is required/],
       ['key not a string', { app_name: 'nokey', admin_key: 42 }, /admin_key must be a string/],
       ['extra field', { app_name: 'extra', admin_key: key, owner: 'me' }, /owner/],
@@ -173,9 +216,11 @@ describe('POST /provision', () => {
       assert.equal(response.body.statusCode, 400, label);
       assert.match(String(response.body.message), message, label);
     }
-    const form = await t.post('/provision', 'app_name=x', { 'content-type': 'application/x-www-form-urlencoded' });
-    assert.equal(form.status, 415);
-    assert.equal(form.body.statusCode, 415);
+    for (const contentType of ['application/x-www-form-urlencoded', 'text/plain', 'text/plain; charset=utf-8', 'application/xml']) {
+      const refused = await t.post('/provision', JSON.stringify({ app_name: 'not_json', admin_key: key }), { 'content-type': contentType });
+      assert.equal(refused.status, 415, contentType);
+      assert.deepEqual(refused.body, { statusCode: 415, error: 'Unsupported Media Type', message: 'send the body as JSON, with "Content-Type: application/json"' }, contentType);
+    }
     assert.deepEqual(await appRoles(t), rolesBefore);
     assert.deepEqual(await appDatabases(t), databasesBefore);
   });
@@ -237,6 +282,28 @@ describe('health when Postgres is away', () => {
   });
 });
 
+describe('nginx when the service is down', () => {
+  it('answers 503 with its request id in the body and the header', async () => {
+    await t.stack.stopService();
+    try {
+      const response = await t.post('/provision', { app_name: 'while_away', admin_key: 'sk_whatever' });
+      assert.equal(response.status, 503);
+      const requestId = response.headers.get('x-request-id');
+      assert.match(String(requestId), /^[0-9a-f]{32}$/);
+      assert.deepEqual(response.body, {
+        statusCode: 503,
+        error: 'Service Unavailable',
+        message: 'the provisioning service is not reachable, retry shortly',
+        request_id: requestId,
+      });
+      const logs = await eventually(async () => t.allLogs(), (text) => text.includes(`"request_id":"${requestId}"`));
+      assert.ok(logs.includes(`"request_id":"${requestId}"`), "and nginx's access log has it");
+    } finally {
+      await t.stack.startService();
+    }
+  });
+});
+
 describe('logs', () => {
   it('print the admin key exactly once, and never a password or connection string', async () => {
     const keyLines = t.serviceLines.filter((line) => line.includes(t.stack.adminKey));
@@ -244,9 +311,12 @@ describe('logs', () => {
     assert.match(keyLines[0]!, /ADMIN KEY: sk_/);
     const app = await t.provision('log_check');
     const password = new URL(app.connection_string).password;
+    const rotated = await t.admin('POST', '/apps/log_check/rotate');
+    assert.equal(rotated.status, 200);
     const logs = t.allLogs();
-    assert.ok(!logs.includes(password), 'no app password in any log');
+    for (const secret of [password, String(rotated.body.password)]) assert.ok(!logs.includes(secret), 'no app password in any log');
     assert.ok(!logs.includes('postgres://'), 'no connection string in any log');
+    assert.ok(!logs.includes('postgresql://'), 'no database_url in any log');
     assert.ok(!logs.includes(t.stack.postgresPassword), 'no superuser password in any log');
     assert.equal(logs.split(t.stack.adminKey).length - 1, 1, 'the admin key appears once in all logs together');
     assert.ok(t.serviceLines.some((line) => line.includes('"url":"/provision"') && line.includes('"statusCode":201')), 'one line per request');

@@ -3,24 +3,33 @@
 // that keeps presenting wrong keys is locked out for a while (429), right key or not, so that guessing is slow
 // and a lucky guess cannot be told from a wrong one during the lockout. Right keys are never counted: an
 // operator's burst of provisioning is not slowed down.
+// The header must be exactly "Bearer <key>": any other scheme or shape is refused (401) without looking at any
+// key, and so is a POST /provision whose body key and header key differ, whichever of them is right.
 // Routes check the key before anything else of the request is validated (onRequest, or preValidation when the
 // key may be in the body), so that a caller without the key learns nothing about what the routes accept.
 // Failed attempts go to the audit log (never the key presented), without the answer waiting for Postgres, and
 // bounded: one row per wrong key (the lockout bounds those), one when a lockout starts and none during it, and
-// at most one per client address and window for a missing key.
+// at most one per client address and window for a request that presents no usable key.
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
 import createError from '@fastify/error';
 import type { FastifyRequest } from 'fastify';
 import { appendAudit } from '../db/registry.js';
-import { InvalidAdminKeyError, MissingAdminKeyError, MissingAuthorizationError, TooManyFailedAttemptsError } from '../errors.js';
-import { isAdminKey } from '../secrets.js';
+import {
+  ConflictingAdminKeysError,
+  InvalidAdminKeyError,
+  MalformedAuthorizationError,
+  MissingAdminKeyError,
+  MissingAuthorizationError,
+  TooManyFailedAttemptsError,
+} from '../errors.js';
+import { matchesAdminKey, type AdminKeyDigest } from '../secrets.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     /**
      * For POST /provision, as its preValidation hook (after the body is parsed, before it is validated): the
-     * key as a Bearer header or as admin_key in the body; missing is a 400.
+     * key as a Bearer header or as admin_key in the body (both: they must be the same); missing is a 400.
      */
     requireAdminKey: (request: FastifyRequest) => Promise<void>;
     /** For the other admin routes, as their onRequest hook: the key as a Bearer header only; missing is a 401. */
@@ -29,7 +38,8 @@ declare module 'fastify' {
 }
 
 export interface AdminAuthOptions {
-  adminKey: string;
+  /** The admin key, by its digest (src/secrets.ts): generated at start, or pinned by ADMIN_KEY_FILE. */
+  adminKey: AdminKeyDigest;
   /** Wrong keys one client address may present per window before it is locked out. */
   maxFailedAttempts: number;
   failedAttemptsWindowMs: number;
@@ -39,17 +49,29 @@ export interface AdminAuthOptions {
 const MAX_TRACKED_LOCKOUTS = 10_000;
 
 /** How a failed attempt is recorded in audit_log.outcome (action 'admin_auth'). */
-type AuthFailure = 'missing_key' | 'invalid_key' | 'locked_out';
+type AuthFailure = 'missing_key' | 'malformed_authorization' | 'conflicting_keys' | 'invalid_key' | 'locked_out';
+
+/** A request that presents no key to check: why, in the audit log and in the answer. */
+interface Unusable {
+  outcome: 'missing_key' | 'malformed_authorization' | 'conflicting_keys';
+  error: () => Error;
+}
 
 // Where POST /provision looks for the key, said with the words its body schema uses for the same faults.
 const BodyNotAnObjectError = createError('BODY_NOT_AN_OBJECT', 'the body must be a JSON object', 400);
 const AdminKeyNotAStringError = createError('ADMIN_KEY_NOT_A_STRING', 'admin_key must be a string', 400);
 
-function bearerKey(request: FastifyRequest): string | undefined {
+/** "Bearer", one space, and a token (RFC 6750's b64token); the scheme's case does not matter (RFC 9110). */
+const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/i;
+
+const malformed: Unusable = { outcome: 'malformed_authorization', error: () => new MalformedAuthorizationError() };
+const conflicting: Unusable = { outcome: 'conflicting_keys', error: () => new ConflictingAdminKeysError() };
+
+/** The key of the Authorization header; undefined when there is no header; Unusable when it is not "Bearer <key>". */
+function headerKey(request: FastifyRequest): string | Unusable | undefined {
   const header = request.headers.authorization;
-  if (typeof header !== 'string') return undefined;
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-  return match?.[1] ?? header; // anything else is a wrong key, never a missing one
+  if (header === undefined) return undefined;
+  return BEARER.exec(header)?.[1] ?? malformed;
 }
 
 /** The body's admin_key, read before the body is validated: anything but a string is no key. */
@@ -71,8 +93,8 @@ export default fp<AdminAuthOptions>(
     await app.register(rateLimit, { global: false });
     // Counts wrong keys only: called once per failed attempt, keyed by the client address nginx saw.
     const countFailedAttempt = app.createRateLimit({ max: maxFailedAttempts, timeWindow: failedAttemptsWindowMs });
-    // Missing keys are not counted (a lockout is for guessing), but only the first per window is audited.
-    const firstMissingKeyInWindow = app.createRateLimit({ max: 1, timeWindow: failedAttemptsWindowMs });
+    // Requests without a usable key are not counted (a lockout is for guessing), but only the first per window is audited.
+    const firstUnusableInWindow = app.createRateLimit({ max: 1, timeWindow: failedAttemptsWindowMs });
     const lockedOutUntil = new Map<string, number>();
 
     const lockedOut = (client: string): number | undefined => {
@@ -94,16 +116,16 @@ export default fp<AdminAuthOptions>(
         .catch((err) => request.log.warn({ err, action: entry.action, outcome }, 'could not write the audit log'));
     };
 
-    const check = async (request: FastifyRequest, key: string | undefined, missing: () => Error) => {
+    const check = async (request: FastifyRequest, presented: string | Unusable) => {
       const client = request.ip;
       const until = lockedOut(client);
       if (until !== undefined) throw tooMany(Math.ceil((until - Date.now()) / 1000));
-      if (key === undefined) {
-        const seen = await firstMissingKeyInWindow(request);
-        if (seen.isAllowed || !seen.isExceeded) audit(request, client, 'missing_key');
-        throw missing();
+      if (typeof presented !== 'string') {
+        const seen = await firstUnusableInWindow(request);
+        if (seen.isAllowed || !seen.isExceeded) audit(request, client, presented.outcome);
+        throw presented.error();
       }
-      if (isAdminKey(key, adminKey)) return;
+      if (matchesAdminKey(presented, adminKey)) return;
       const limit = await countFailedAttempt(request);
       if (!limit.isAllowed && limit.isExceeded) {
         if (lockedOut(client) === undefined) startLockout(request, client, limit.ttl); // concurrent attempts: once
@@ -121,10 +143,16 @@ export default fp<AdminAuthOptions>(
     };
 
     app.decorate('requireAdminKey', (request: FastifyRequest) => {
-      const header = bearerKey(request);
-      return header !== undefined ? check(request, header, () => new MissingAdminKeyError()) : check(request, bodyKey(request), () => missingBodyKey(request));
+      const header = headerKey(request);
+      const body = bodyKey(request);
+      if (header === undefined) return check(request, body ?? { outcome: 'missing_key', error: () => missingBodyKey(request) });
+      // Two keys that differ are refused whichever is right: a client that sends both means one of them.
+      if (typeof header === 'string' && body !== undefined && body !== header) return check(request, conflicting);
+      return check(request, header);
     });
-    app.decorate('requireBearerKey', (request: FastifyRequest) => check(request, bearerKey(request), () => new MissingAuthorizationError()));
+    app.decorate('requireBearerKey', (request: FastifyRequest) =>
+      check(request, headerKey(request) ?? { outcome: 'missing_key', error: () => new MissingAuthorizationError() }),
+    );
   },
   { name: 'admin-auth', dependencies: ['database'] },
 );

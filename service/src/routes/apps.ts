@@ -25,7 +25,8 @@ const RestoreBodySchema = z.strictObject(
   { error: (issue) => (issue.code === 'invalid_type' ? 'the body must be a JSON object' : undefined) },
 );
 
-const DeleteQuerySchema = z.strictObject({ backup: z.stringbool({ error: 'backup must be true or false' }).default(true) });
+// Exactly true or false: z.stringbool also took 0, no, off, n, disabled… as false, so a typo deleted with no backup.
+const DeleteQuerySchema = z.strictObject({ backup: z.enum(['true', 'false'], { error: 'backup must be true or false' }).default('true') });
 
 function appBody(summary: AppSummary): z.infer<typeof AppSchema> {
   const ids = appIdentifiers(summary.app_name);
@@ -41,7 +42,11 @@ function appBody(summary: AppSummary): z.infer<typeof AppSchema> {
 
 const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
   // First of all, before params, query or body are even parsed: without the key, nothing about what they accept.
-  app.addHook('onRequest', async (request) => app.requireBearerKey(request));
+  // An empty name (/apps/, /apps//rotate) names no app: no route has such a path (404), as nginx answers.
+  app.addHook('onRequest', async (request, reply) => {
+    if ((request.params as { name?: string }).name === '') return reply.callNotFound();
+    return app.requireBearerKey(request);
+  });
 
   app.get(
     '/apps',
@@ -115,7 +120,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
       },
     },
     async (request) => {
-      const { backup } = await app.lifecycle.delete(request.params.name, { backup: request.query.backup }, requestContext(request));
+      const { backup } = await app.lifecycle.delete(request.params.name, { backup: request.query.backup === 'true' }, requestContext(request));
       return { deleted: request.params.name, backup };
     },
   );

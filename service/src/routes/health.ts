@@ -10,6 +10,8 @@ const UnhealthySchema = z.object({
   error: z.string(),
   status: z.literal('unavailable'),
   message: z.string(),
+  /** The request's id, which finds the log line of the failed check. */
+  request_id: z.string(),
 });
 
 const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
@@ -35,6 +37,7 @@ const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { co
           error: 'Service Unavailable',
           status: 'unavailable',
           message: 'the database is not answering',
+          request_id: request.id,
         });
       }
     },

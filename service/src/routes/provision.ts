@@ -7,7 +7,10 @@ import { CredentialsSchema, credentialsBody, errorResponses, requestContext } fr
 
 export const ProvisionBodySchema = z.strictObject(
   {
-    app_name: AppNameSchema,
+    // The app-name rule (src/app-names.ts), where a missing app_name is "required", not a wrong type.
+    app_name: z
+      .string({ error: (issue) => (issue.input === undefined ? 'app_name is required' : 'app_name must be a string') })
+      .check(...(AppNameSchema.def.checks ?? [])),
     admin_key: z.string({ error: 'admin_key must be a string' }).optional(),
   },
   { error: (issue) => (issue.code === 'invalid_type' ? 'the body must be a JSON object' : undefined) },

@@ -8,6 +8,8 @@ export const ErrorSchema = z.object({
   statusCode: z.number().int(),
   error: z.string(),
   message: z.string(),
+  /** 5xx only: the request's id (nginx's X-Request-Id), which finds the log line that holds the detail. */
+  request_id: z.string().optional(),
 });
 
 export const errorResponses = {
@@ -32,12 +34,18 @@ export const BackupSchema = z.object({
 
 export const AppNameParamsSchema = z.object({ name: AppNameSchema });
 
-/** What an app needs to connect; returned by provisioning and rotation, and nowhere else. */
+/**
+ * What an app needs to connect; returned by provisioning and rotation, and nowhere else. One login in three
+ * forms: connection_string (postgres://, as the original README has it), database_url (the same with the
+ * postgresql:// scheme, the only one SQLAlchemy takes), and the parts, for drivers and tools that take them so.
+ */
 export const CredentialsSchema = z.object({
   connection_string: z.string(),
+  database_url: z.string(),
   app_name: z.string(),
   database: z.string(),
   username: z.string(),
+  password: z.string(),
   host: z.string(),
   port: z.number().int(),
 });
@@ -46,11 +54,14 @@ export function credentialsBody(config: Config, app: AppIdentifiers, password: s
   const user = encodeURIComponent(app.username);
   const secret = encodeURIComponent(password);
   const { PUBLIC_DB_HOST: host, PUBLIC_DB_PORT: port } = config;
+  const location = `${user}:${secret}@${host}:${port}/${app.database}?sslmode=disable`;
   return {
-    connection_string: `postgres://${user}:${secret}@${host}:${port}/${app.database}?sslmode=disable`,
+    connection_string: `postgres://${location}`,
+    database_url: `postgresql://${location}`,
     app_name: app.appName,
     database: app.database,
     username: app.username,
+    password,
     host,
     port,
   };

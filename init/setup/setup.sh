@@ -1,0 +1,59 @@
+#!/bin/sh
+# Run by compose's one-shot "setup" container (docker-compose.yml), as root in the postgres image, at every
+# `docker compose up`, before Postgres and the service start; so a fresh clone needs nothing set by hand.
+# Not one of Postgres's init scripts: it sits in a subdirectory of init/, which the postgres image's
+# entrypoint ("ignoring") and the local stack both skip.
+#
+# 1. The superuser password, in PASSWORD_FILE (the secrets volume): POSTGRES_PASSWORD from the environment
+#    (.env) when it is set; otherwise the one already there; otherwise a new random one (24 bytes as hex, like
+#    the local stack's). Postgres reads it through POSTGRES_PASSWORD_FILE when it makes its data directory; the
+#    service's entrypoint (service/docker-entrypoint.sh) at every start. Owned by the service's user, group
+#    root (how Postgres's root entrypoint reads it), mode 0440.
+# 2. The backup directory (./backups, bind-mounted at BACKUP_DIR) owned by the service's user, which then keeps
+#    it 0700 itself.
+#
+# Needs only CAP_CHOWN (compose drops every other capability). Never prints the password.
+set -eu
+
+password_file=${PASSWORD_FILE:-/run/pgprov/postgres-password}
+backup_dir=${BACKUP_DIR:-/backups}
+uid=${SERVICE_UID:-1000}
+gid=${SERVICE_GID:-1000}
+
+say() { printf 'setup: %s\n' "$*"; }
+fail() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+dir=$(dirname "$password_file")
+mkdir -p "$dir"
+chmod 0755 "$dir"
+
+if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+  password=$POSTGRES_PASSWORD
+  origin="POSTGRES_PASSWORD from .env or the environment"
+elif [ -s "$password_file" ]; then
+  password=$(cat "$password_file")
+  origin="kept from an earlier start"
+else
+  password=$(head -c 24 /dev/urandom | od -An -v -tx1 | tr -d ' \n')
+  origin="made now (first start)"
+fi
+case $password in
+  *'
+'*) fail "the superuser password must be one line" ;;
+esac
+[ -n "$password" ] || fail "the superuser password is empty"
+
+# A new file, complete and with its final mode and owner, then renamed over the old one: a reader sees the old
+# password or the new one, never a part of either.
+tmp=$(mktemp "$dir/.postgres-password.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+printf '%s\n' "$password" > "$tmp"
+chmod 0440 "$tmp"
+chown "$uid:0" "$tmp"
+mv -f "$tmp" "$password_file"
+trap - EXIT
+say "superuser password in $password_file: $origin"
+
+mkdir -p "$backup_dir"
+chown "$uid:$gid" "$backup_dir"
+say "backup directory $backup_dir owned by $uid:$gid"

@@ -155,9 +155,26 @@ describe('a crash with the ready pool on', () => {
     await t.stack.startService(pool);
     await t.waitForServiceLine(/"msg":"reconcile finished"/);
     for (let i = 0; i < 100 && (await readySets()).entries.filter((e) => e.state === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
-    await crashAt('provision:after-handover', () => t.post('/provision', { app_name: 'pooled_crash', admin_key: t.stack.adminKey }), pool);
-    assert.deepEqual(await stateOf('pooled_crash'), COMPLETE);
-    const rotated = await t.admin('POST', '/apps/pooled_crash/rotate');
+    // The restarted service gives the prepared sets new passwords in the background; until it has, provisioning
+    // takes the on-demand path (201, no crash). Provision new names until one goes through a hand-over.
+    let crashed = '';
+    await crashAt(
+      'provision:after-handover',
+      async () => {
+        for (let i = 0; i < 100; i++) {
+          const response = await t.post('/provision', { app_name: `pooled_crash_${i}`, admin_key: t.stack.adminKey });
+          if (response.status !== 201) {
+            crashed = `pooled_crash_${i}`;
+            return response;
+          }
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        throw new Error('no provision went through a hand-over');
+      },
+      pool,
+    );
+    assert.deepEqual(await stateOf(crashed), COMPLETE);
+    const rotated = await t.admin('POST', `/apps/${crashed}/rotate`);
     await asApp(String(rotated.body.connection_string), (c) => c.query('SELECT 1'));
     const sets = await readySets();
     for (const entry of sets.entries) assert.ok(sets.databases.includes(`pgprov_ready_${entry.id}`) || entry.state === 'preparing');

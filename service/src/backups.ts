@@ -5,11 +5,11 @@
 import { execFile } from 'node:child_process';
 import { chmod, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import type { AgentLogin } from './agents.js';
 import type { AppIdentifiers } from './app-names.js';
 import type { Config } from './config.js';
+import { watchLockWaits } from './lock-watch.js';
 import { BackupBlockedError, BackupFailedError, BackupNotFoundError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from './errors.js';
 
 const run = promisify(execFile);
@@ -35,9 +35,6 @@ function parseBackupFile(file: string): Omit<BackupFile, 'size_bytes'> | undefin
 function backupFileName(app: AppIdentifiers, incarnation: string, date: Date): string {
   return `${app.database}-${incarnation}-${date.toISOString().replace(/[-:.]/g, '')}.dump`; // …-20261124T210512345Z.dump
 }
-
-/** How often a running program's session is checked for a lock wait. */
-const LOCK_POLL_MS = 250;
 
 /**
  * What went wrong in a client program, in our words. Its stderr can quote text a tenant chose (object names,
@@ -158,19 +155,10 @@ export class Backups {
     const lockWaitMs = this.config.BACKUP_LOCK_WAIT_TIMEOUT_MS;
     const stop = new AbortController();
     let blocked = false;
-    const watching = (async () => {
-      let waitingSince: number | undefined;
-      while (!stop.signal.aborted) {
-        await sleep(LOCK_POLL_MS, undefined, { signal: stop.signal }).catch(() => {});
-        if (stop.signal.aborted) return;
-        const waiting = await agent.waitingOnLock().catch(() => false);
-        waitingSince = waiting ? (waitingSince ?? Date.now()) : undefined;
-        if (waitingSince !== undefined && Date.now() - waitingSince >= lockWaitMs) {
-          blocked = true;
-          stop.abort();
-        }
-      }
-    })();
+    const watching = watchLockWaits(stop.signal, agent.waitingOnLock, lockWaitMs, () => {
+      blocked = true;
+      stop.abort();
+    });
     try {
       await run(path, args, { env: this.env(agent), timeout: this.config.BACKUP_TIMEOUT_MS, signal: stop.signal });
     } catch (err) {

@@ -10,6 +10,7 @@ import type { AppIdentifiers } from '../app-names.js';
 /** The Postgres names of one set of app objects: an app's, or a prepared set in the ready pool. */
 export type ObjectNames = Pick<AppIdentifiers, 'database' | 'username' | 'accessRole'>;
 import type { Database } from './database.js';
+import { watchLockWaits } from '../lock-watch.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
@@ -160,26 +161,20 @@ const DROP_OWNED_LOCK_PATIENCE_MS = 2_000;
 async function dropOwnedInside(inside: Queryable, outside: Queryable, role: string, reassignTo?: string): Promise<void> {
   const { rows } = await inside.query<{ pid: number }>(`SELECT pg_backend_pid() AS pid`);
   const pid = rows[0]!.pid;
-  let finished = false;
+  const done = new AbortController();
   const dropping = inside
     .query(`${reassignTo ? `REASSIGN OWNED BY ${ident(role)} TO ${ident(reassignTo)}; ` : ''}DROP OWNED BY ${ident(role)}`)
-    .finally(() => (finished = true));
-  dropping.catch(() => {}); // awaited below
-  let waitingSince: number | undefined;
-  while (!finished) {
-    await Promise.race([dropping.catch(() => {}), sleep(250)]);
-    if (finished) break;
-    const { rows: waits } = await outside.query<{ waiting: boolean }>(`SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`, [pid]);
-    waitingSince = waits[0]?.waiting ? (waitingSince ?? Date.now()) : undefined;
-    if (waitingSince !== undefined && Date.now() - waitingSince >= DROP_OWNED_LOCK_PATIENCE_MS) {
-      await outside.query(
-        `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
-          WHERE a.pid = ANY (pg_blocking_pids($1)) AND NOT r.rolsuper`,
-        [pid],
-      );
-      waitingSince = undefined;
-    }
-  }
+    .finally(() => done.abort());
+  dropping.catch(() => {}); // awaited below, once the watch ends
+  const isWaiting = async () =>
+    (await outside.query<{ waiting: boolean }>(`SELECT wait_event_type = 'Lock' AS waiting FROM pg_stat_activity WHERE pid = $1`, [pid])).rows[0]?.waiting ?? false;
+  const endBlockers = () =>
+    outside.query(
+      `SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a JOIN pg_roles r ON r.rolname = a.usename
+        WHERE a.pid = ANY (pg_blocking_pids($1)) AND NOT r.rolsuper`,
+      [pid],
+    );
+  await watchLockWaits(done.signal, isWaiting, DROP_OWNED_LOCK_PATIENCE_MS, endBlockers);
   await dropping;
 }
 

@@ -457,7 +457,9 @@ export class LocalStack {
     const log = this.logFile('service.log');
     this.progress(`starting the service on ${this.serviceUrl} (log: ${log.path})`);
     // Started exactly as the Dockerfile's CMD starts it.
-    this.service = this.spawnPart('service', 'SIGTERM', process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    // SIGKILL when orphaned: with the stack gone, nothing reads the service's output, and a graceful shutdown
+    // was seen to hang on a busy machine; the service is crash-safe (the reconciler finishes what it cut).
+    this.service = this.spawnPart('service', 'SIGKILL', process.execPath, [...nodeFlags, 'dist/server.js'], { cwd: SERVICE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const stream of [this.service.stdout, this.service.stderr]) {
       createInterface({ input: stream! }).on('line', (line) => {
         // The key is written once, at boot: the first key line is the real one.

@@ -1,6 +1,7 @@
 // Owns the one superuser pool and how work gets a connection: plain queries, per-app locks, and short-lived
 // connections into an app's database. Every SQL statement of the service lives in src/db/.
 import pg from 'pg';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Config } from '../config.js';
 import { AppBusyError, DatabaseUnavailableError } from '../errors.js';
@@ -22,15 +23,20 @@ export const LOCK_KEY_SQL = `hashtextextended('pg-provisioner:' || $1, 0)`;
 export const appLock = (appName: string) => `app:${appName}`;
 export const readyLock = (id: string) => `ready:${id}`;
 
+/** How often a wait for an app's lock asks again. */
+const APP_LOCK_POLL_MS = 50;
+
 export class Database {
   readonly pool: pg.Pool;
   readonly connection: pg.ClientConfig;
   private readonly log: FastifyBaseLogger;
   private readonly healthStaleMs: number;
+  private readonly lockTimeoutMs: number;
 
   constructor(config: Config, log: FastifyBaseLogger) {
     this.log = log;
     this.healthStaleMs = config.HEALTH_STALE_MS;
+    this.lockTimeoutMs = config.DATABASE_LOCK_TIMEOUT_MS;
     this.connection = {
       host: config.DATABASE_HOST,
       port: config.DATABASE_PORT,
@@ -186,17 +192,20 @@ export class Database {
   /**
    * Runs `work` holding the app's advisory lock, on the connection that holds it: operations on one app are
    * serialized, different apps proceed in parallel. Waits at most DATABASE_LOCK_TIMEOUT_MS, then AppBusyError.
-   * The lock is tied to the session: if the service dies, Postgres releases it. Operations that hold the lock
-   * for long (a backup, a restore, a rotation waiting out logins) pass `ownConnection`, so they never hold one
-   * of the pool's few connections that every request needs; their callers bound how many run at once.
+   * The wait is a series of short tries, not one blocking pg_advisory_lock: each try is bounded by the statement
+   * timeout like any query, so a lock timeout longer than the statement timeout still ends in a 409, and a frozen
+   * Postgres still in a 503 within the statement timeout. The lock is tied to the session: if the service dies,
+   * Postgres releases it. Operations that hold the lock for long (a backup, a restore, a rotation waiting out
+   * logins) pass `ownConnection`, so they never hold one of the pool's few connections that every request needs;
+   * their callers bound how many run at once.
    */
   async withAppLock<T>(appName: string, work: (client: pg.ClientBase) => Promise<T>, { ownConnection = false } = {}): Promise<T> {
     const locked = async (client: pg.ClientBase) => {
-      try {
-        await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(appName)]);
-      } catch (err) {
-        if (sqlState(err) === '55P03') throw new AppBusyError(appName);
-        throw err;
+      const deadline = Date.now() + this.lockTimeoutMs;
+      while (!(await tryAdvisoryLock(client, appLock(appName)))) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new AppBusyError(appName);
+        await sleep(Math.min(APP_LOCK_POLL_MS, left));
       }
       try {
         return await work(client);
@@ -216,8 +225,7 @@ export class Database {
   /** Runs `work` holding the lock `key` if it is free; returns undefined, without running it, if it is not. */
   async tryWithLock<T>(key: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
     return this.withClient(async (client) => {
-      const { rows } = await client.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${LOCK_KEY_SQL}) AS locked`, [key]);
-      if (!rows[0]?.locked) return undefined;
+      if (!(await tryAdvisoryLock(client, key))) return undefined;
       try {
         return await work(client);
       } finally {
@@ -248,4 +256,9 @@ export class Database {
     await this.healthClient?.end().catch(() => {});
     await this.pool.end();
   }
+}
+
+async function tryAdvisoryLock(client: pg.ClientBase, key: string): Promise<boolean> {
+  const { rows } = await client.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${LOCK_KEY_SQL}) AS locked`, [key]);
+  return rows[0]?.locked === true;
 }

@@ -10,8 +10,8 @@ import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { appIdentifiers, type AppIdentifiers } from '../src/app-names.js';
-import { loadConfig } from '../src/config.js';
+import { appIdentifiers, type AppIdentifiers } from '../src/shared/app-names.js';
+import { loadConfig } from '../src/shared/config.js';
 import {
   appObjects,
   createAppRoles,
@@ -22,10 +22,10 @@ import {
   endSessionsOfRole,
   handDatabaseToApp,
   type AppRoleLimits,
-} from '../src/db/app-objects.js';
-import { Database, LOCK_KEY_SQL, appLock } from '../src/db/database.js';
-import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/registry.js';
-import { newCredential, type AppCredential } from '../src/credential-stock.js';
+} from '../src/db/postgres-server/app-objects.js';
+import { Database, LOCK_KEY_SQL, appLock } from '../src/db/superuser-connections.js';
+import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/system-store/registry.js';
+import { newCredential, type AppCredential } from '../src/domain/credential-stock.js';
 import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
 import { HealthCeiling } from './minimal-health-server.js';
 import { cpuTime, pssBytes, rssBytes, signalAll } from './process-stats.js';

@@ -15,7 +15,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { adminKeyInLogLine } from '../src/secrets.js';
+import { adminKeyInLogLine } from '../src/shared/secrets.js';
 import { portProblem, StackLock, type StackPart } from './stack-lock.js';
 
 export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../..');

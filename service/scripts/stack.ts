@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseEnv } from 'node:util';
-import { ConfigSchema } from '../src/config.js';
+import { ConfigSchema } from '../src/shared/config.js';
 import { LocalStack, REPO_ROOT, StackError } from './local-stack.js';
 import { processStat } from './stack-lock.js';
 

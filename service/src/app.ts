@@ -12,19 +12,19 @@ import {
 } from 'fastify-type-provider-zod';
 import { nanoid } from 'nanoid';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import { isDatabaseUnavailable, unavailableMessage, UnsupportedMediaTypeError } from './errors.js';
-import { loggerOptions, requestLogger } from './logger.js';
-import adminAuth from './plugins/admin-auth.js';
-import database from './plugins/database.js';
-import lifecycle from './plugins/lifecycle.js';
-import metrics from './plugins/metrics.js';
-import appsRoutes from './routes/apps.js';
-import backupsRoutes from './routes/backups.js';
-import healthRoutes from './routes/health.js';
-import provisionRoutes from './routes/provision.js';
-import { adminKeyDigest, type AdminKeyDigest } from './secrets.js';
-import { TrustedProxies } from './trusted-proxy.js';
+import type { Config } from './shared/config.js';
+import { isDatabaseUnavailable, unavailableMessage, UnsupportedMediaTypeError } from './shared/errors.js';
+import { loggerOptions, requestLogger } from './shared/logger.js';
+import adminAuth from './http/plugins/admin-auth.js';
+import database from './http/plugins/database.js';
+import lifecycle from './http/plugins/service.js';
+import metrics from './http/plugins/metrics.js';
+import appsRoutes from './http/routes/apps.js';
+import backupsRoutes from './http/routes/backups.js';
+import healthRoutes from './http/routes/health.js';
+import provisionRoutes from './http/routes/provision.js';
+import { adminKeyDigest, type AdminKeyDigest } from './shared/secrets.js';
+import { TrustedProxies } from './http/trusted-proxy.js';
 
 export interface BuildOptions {
   /**

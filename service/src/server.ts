@@ -2,8 +2,8 @@
 // a signal.
 import closeWithGrace from 'close-with-grace';
 import { buildApp } from './app.js';
-import { ConfigError, loadConfig } from './config.js';
-import { AdminKeyFileError, adminKeyDigest, adminKeyMessage, loadPinnedAdminKey, newAdminKey, type PinnedAdminKey } from './secrets.js';
+import { ConfigError, loadConfig } from './shared/config.js';
+import { AdminKeyFileError, adminKeyDigest, adminKeyMessage, loadPinnedAdminKey, newAdminKey, type PinnedAdminKey } from './shared/secrets.js';
 
 let config;
 let pinned: PinnedAdminKey | undefined;

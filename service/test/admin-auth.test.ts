@@ -16,9 +16,9 @@ import { rawRequest, type RawResponse } from './helpers/raw-http.js';
 import { eventually, freePort, request, startTestStack, type TestStack } from './helpers/stack.js';
 import { LocalStack, SERVICE_DIR } from '../scripts/local-stack.js';
 import { buildApp } from '../src/app.js';
-import { loadConfig } from '../src/config.js';
-import { adminKeyInLogLine } from '../src/secrets.js';
-import { TrustedProxies } from '../src/trusted-proxy.js';
+import { loadConfig } from '../src/shared/config.js';
+import { adminKeyInLogLine } from '../src/shared/secrets.js';
+import { TrustedProxies } from '../src/http/trusted-proxy.js';
 
 let t: TestStack;
 before(async () => {

@@ -6,8 +6,8 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
-import { loadConfig } from '../src/config.js';
-import { appIdentifiers } from '../src/app-names.js';
+import { loadConfig } from '../src/shared/config.js';
+import { appIdentifiers } from '../src/shared/app-names.js';
 
 const adminKey = 'sk_unit0000000000000000000000000000000000';
 let app: FastifyInstance;

@@ -11,7 +11,7 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { freePort, REPO_ROOT, SERVICE_DIR } from '../scripts/local-stack.js';
-import { adminKeyInLogLine } from '../src/secrets.js';
+import { adminKeyInLogLine } from '../src/shared/secrets.js';
 import { eventually, request } from './helpers/stack.js';
 
 const PASSWORD = 'local-stack-test-password-4Rk2';

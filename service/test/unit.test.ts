@@ -5,11 +5,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/app-names.js';
-import { ConfigError, loadConfig } from '../src/config.js';
-import { isDatabaseUnavailable, unavailableMessage } from '../src/errors.js';
-import { REDACTED_PATHS } from '../src/logger.js';
-import { AdminKeyFileError, adminKeyDigest, isAdminKey, loadPinnedAdminKey, matchesAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/secrets.js';
+import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/shared/app-names.js';
+import { ConfigError, loadConfig } from '../src/shared/config.js';
+import { isDatabaseUnavailable, unavailableMessage } from '../src/shared/errors.js';
+import { REDACTED_PATHS } from '../src/shared/logger.js';
+import { AdminKeyFileError, adminKeyDigest, isAdminKey, loadPinnedAdminKey, matchesAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/shared/secrets.js';
 import { LocalStack } from '../scripts/local-stack.js';
 
 describe('config', () => {

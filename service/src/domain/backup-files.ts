@@ -6,11 +6,11 @@ import { execFile } from 'node:child_process';
 import { chmod, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { AgentLogin } from './agents.js';
-import type { AppIdentifiers } from './app-names.js';
-import type { Config } from './config.js';
-import { watchLockWaits } from './lock-watch.js';
-import { BackupBlockedError, BackupFailedError, BackupNotFoundError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from './errors.js';
+import type { AgentLogin } from '../db/postgres-server/agent-roles.js';
+import type { AppIdentifiers } from '../shared/app-names.js';
+import type { Config } from '../shared/config.js';
+import { watchLockWaits } from '../shared/lock-watch.js';
+import { BackupBlockedError, BackupFailedError, BackupNotFoundError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from '../shared/errors.js';
 
 const run = promisify(execFile);
 

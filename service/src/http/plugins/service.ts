@@ -2,9 +2,9 @@
 // then every RECONCILE_INTERVAL_MS (refreshing the apps' database sizes after it), never two runs at once;
 // closing the app waits for a run in progress.
 import fp from 'fastify-plugin';
-import { Backups } from '../backups.js';
-import type { Config } from '../config.js';
-import { AppLifecycle } from '../lifecycle.js';
+import { Backups } from '../../domain/backup-files.js';
+import type { Config } from '../../shared/config.js';
+import { AppLifecycle } from '../../domain/app-operations.js';
 
 declare module 'fastify' {
   interface FastifyInstance {

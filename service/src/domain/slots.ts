@@ -1,6 +1,6 @@
 // Owns a bound on how many long operations of one kind run at once (backups and restores; rotations), so that
 // no burst of them, and no tenant who stalls its own, can take every database connection the service has.
-import { OperationsBusyError } from './errors.js';
+import { OperationsBusyError } from '../shared/errors.js';
 
 export class Slots {
   private free: number;

@@ -3,9 +3,9 @@
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
-import type { Config } from '../config.js';
-import { AppBusyError, DatabaseUnavailableError } from '../errors.js';
-import { SCHEMA_SQL } from './schema.js';
+import type { Config } from '../shared/config.js';
+import { AppBusyError, DatabaseUnavailableError } from '../shared/errors.js';
+import { SCHEMA_SQL } from './system-store/schema.js';
 
 /** Lets Postgres's own views (pg_stat_activity) tell the service's sessions apart from the apps'. */
 export const APPLICATION_NAME = 'pg-provisioner';

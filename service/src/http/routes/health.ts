@@ -2,7 +2,7 @@
 // concurrent checks share one ping (see Database.checkHealth).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { Config } from '../config.js';
+import type { Config } from '../../shared/config.js';
 
 const HealthSchema = z.object({ status: z.literal('ok') });
 const UnhealthySchema = z.object({

@@ -5,9 +5,9 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { appIdentifiers, collidingAppNames, type AppIdentifiers } from './app-names.js';
-import type { BackupFile, Backups } from './backups.js';
-import type { Config } from './config.js';
+import { appIdentifiers, collidingAppNames, type AppIdentifiers } from '../shared/app-names.js';
+import type { BackupFile, Backups } from './backup-files.js';
+import type { Config } from '../shared/config.js';
 import {
   addAccessRole,
   agentRoles,
@@ -35,8 +35,8 @@ import {
   WORK_DATABASE_PREFIXES,
   workDatabases,
   type AppRoleLimits,
-} from './db/app-objects.js';
-import { appLock, sqlState, type Database } from './db/database.js';
+} from '../db/postgres-server/app-objects.js';
+import { appLock, sqlState, type Database } from '../db/superuser-connections.js';
 import {
   adoptApp,
   appendAudit,
@@ -50,9 +50,9 @@ import {
   setAppState,
   unregisterApp,
   type AppSummary,
-} from './db/registry.js';
+} from '../db/system-store/registry.js';
 import { CredentialStock, type AppCredential } from './credential-stock.js';
-import { agentName, appOfAgent, removeAgent, withAgent } from './agents.js';
+import { agentName, appOfAgent, removeAgent, withAgent } from '../db/postgres-server/agent-roles.js';
 import {
   AppExistsError,
   AppNameConflictError,
@@ -61,7 +61,7 @@ import {
   BackupNotFoundError,
   BackupOfLiveAppError,
   DatabaseUnavailableError,
-} from './errors.js';
+} from '../shared/errors.js';
 import { ReadyPool } from './ready-pool.js';
 import { Slots } from './slots.js';
 

@@ -2,10 +2,10 @@
 // Every route takes the admin key as "Authorization: Bearer <key>", checked before anything else of the request.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { appIdentifiers } from '../app-names.js';
-import { BACKUP_FILE_PATTERN } from '../backups.js';
-import type { Config } from '../config.js';
-import type { AppSummary } from '../db/registry.js';
+import { appIdentifiers } from '../../shared/app-names.js';
+import { BACKUP_FILE_PATTERN } from '../../domain/backup-files.js';
+import type { Config } from '../../shared/config.js';
+import type { AppSummary } from '../../db/system-store/registry.js';
 import { AppNameParamsSchema, BackupSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
 
 const AppSchema = z.object({

@@ -5,12 +5,12 @@
 // does).
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AppIdentifiers } from '../app-names.js';
+import type { AppIdentifiers } from '../../shared/app-names.js';
 
 /** The Postgres names of one set of app objects: an app's, or a prepared set in the ready pool. */
 export type ObjectNames = Pick<AppIdentifiers, 'database' | 'username' | 'accessRole'>;
-import type { Database } from './database.js';
-import { watchLockWaits } from '../lock-watch.js';
+import type { Database } from '../superuser-connections.js';
+import { watchLockWaits } from '../../shared/lock-watch.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 

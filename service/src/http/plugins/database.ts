@@ -1,7 +1,7 @@
 // Owns the database's lifetime inside the app: decorates `app.db` and closes the pool when the app closes.
 import fp from 'fastify-plugin';
-import type { Config } from '../config.js';
-import { Database } from '../db/database.js';
+import type { Config } from '../../shared/config.js';
+import { Database } from '../../db/superuser-connections.js';
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,8 +1,8 @@
 // Owns the ready pool's SQL: its bookkeeping rows, and the handover that turns a prepared set of objects into
 // an app in one transaction.
 import pg from 'pg';
-import type { AppIdentifiers } from '../app-names.js';
-import type { ObjectNames } from './app-objects.js';
+import type { AppIdentifiers } from '../shared/app-names.js';
+import type { ObjectNames } from './postgres-server/app-objects.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 type Queryable = Pick<pg.ClientBase, 'query'>;

@@ -1,8 +1,8 @@
 // Owns the shapes shared by routes. Response schemas are allowlists: a field not named here never leaves
 // the service.
 import { z } from 'zod';
-import { AppNameSchema, type AppIdentifiers } from '../app-names.js';
-import type { Config } from '../config.js';
+import { AppNameSchema, type AppIdentifiers } from '../../shared/app-names.js';
+import type { Config } from '../../shared/config.js';
 
 export const ErrorSchema = z.object({
   statusCode: z.number().int(),

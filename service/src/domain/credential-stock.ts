@@ -1,7 +1,7 @@
 // Owns a small stock of fresh app passwords with their SCRAM verifiers, computed ahead of time off the request
 // path (PBKDF2 with 4,096 iterations costs milliseconds of CPU). The stock lives only in this process's memory
 // and each entry is handed out once; a restart simply starts a new stock.
-import { newAppPassword, scramSha256Verifier } from './secrets.js';
+import { newAppPassword, scramSha256Verifier } from '../shared/secrets.js';
 
 export interface AppCredential {
   password: string;

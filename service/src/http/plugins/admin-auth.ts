@@ -14,7 +14,7 @@ import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
 import createError from '@fastify/error';
 import type { FastifyRequest } from 'fastify';
-import { appendAudit } from '../db/registry.js';
+import { appendAudit } from '../../db/system-store/registry.js';
 import {
   ConflictingAdminKeysError,
   InvalidAdminKeyError,
@@ -22,8 +22,8 @@ import {
   MissingAdminKeyError,
   MissingAuthorizationError,
   TooManyFailedAttemptsError,
-} from '../errors.js';
-import { matchesAdminKey, type AdminKeyDigest } from '../secrets.js';
+} from '../../shared/errors.js';
+import { matchesAdminKey, type AdminKeyDigest } from '../../shared/secrets.js';
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -3,10 +3,10 @@
 // programs (a CHECK constraint, a domain check, a generated column, an index expression or a materialized view
 // runs while a dump is restored); under an agent it can reach nothing the app could not reach itself, where
 // under the superuser a RESET ROLE would have made it the superuser (SECURITY.md, promise 8).
-import type { AppIdentifiers } from './app-names.js';
-import { newCredential } from './credential-stock.js';
-import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock, WORK_DATABASE_PREFIXES } from './db/app-objects.js';
-import type { Database } from './db/database.js';
+import type { AppIdentifiers } from '../../shared/app-names.js';
+import { newCredential } from '../../domain/credential-stock.js';
+import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock, WORK_DATABASE_PREFIXES } from './app-objects.js';
+import type { Database } from '../superuser-connections.js';
 import type { FastifyBaseLogger } from 'fastify';
 import type pg from 'pg';
 

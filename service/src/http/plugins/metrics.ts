@@ -3,8 +3,8 @@
 // the process's own (memory, event loop, GC).
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { countReadyApps } from '../db/registry.js';
-import type { OperationObserver } from '../lifecycle.js';
+import { countReadyApps } from '../../db/system-store/registry.js';
+import type { OperationObserver } from '../../domain/app-operations.js';
 
 declare module 'fastify' {
   interface FastifyInstance {

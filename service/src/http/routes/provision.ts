@@ -1,8 +1,8 @@
 // POST /provision: creates one app's database and roles and returns its connection string.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { AppNameSchema } from '../app-names.js';
-import type { Config } from '../config.js';
+import { AppNameSchema } from '../../shared/app-names.js';
+import type { Config } from '../../shared/config.js';
 import { CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
 
 export const ProvisionBodySchema = z.strictObject(

@@ -7,12 +7,12 @@ import type { FastifyBaseLogger } from 'fastify';
 import type pg from 'pg';
 import { customAlphabet } from 'nanoid';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Config } from './config.js';
-import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
-import { LOCK_KEY_SQL, readyLock, sqlState, type Database } from './db/database.js';
-import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
+import type { Config } from '../shared/config.js';
+import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from '../db/postgres-server/app-objects.js';
+import { LOCK_KEY_SQL, readyLock, sqlState, type Database } from '../db/superuser-connections.js';
+import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from '../db/ready-sets.js';
 import { newCredential, type AppCredential } from './credential-stock.js';
-import type { AppIdentifiers } from './app-names.js';
+import type { AppIdentifiers } from '../shared/app-names.js';
 
 const newReadyId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
 const RETRY_AFTER_ERROR_MS = 5_000;

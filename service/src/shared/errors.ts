@@ -1,5 +1,6 @@
 // Owns the service's error vocabulary and the one mapping from failures to HTTP status codes.
 import createError from '@fastify/error';
+import { SHUTDOWN_SQLSTATES, SQLSTATE, SQLSTATE_CLASS, sqlState } from './sqlstate.js';
 
 export const AppExistsError = createError<[string]>('APP_EXISTS', "app '%s' already exists", 409);
 export const AppNameConflictError = createError<[string, string, string]>(
@@ -66,14 +67,17 @@ export const AppNotDeletedError = createError<[string, string]>(
 );
 export const DatabaseUnavailableError = createError('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later', 503);
 
-/** SQLSTATE classes and codes that mean "Postgres cannot serve us right now", not "the request is wrong". */
-const UNAVAILABLE_SQLSTATES = [
-  /^08/, // connection exception
-  /^53/, // insufficient resources (too many connections, disk full, out of memory)
-  /^57P0[1-4]$/, // admin/crash shutdown, cannot connect now, database dropped
-  /^57014$/, // query canceled (statement_timeout)
-  /^55P03$/, // lock not available (lock_timeout)
-];
+/** SQLSTATEs that mean "Postgres cannot serve us right now", not "the request is wrong". */
+function isUnavailableSqlState(code: string): boolean {
+  const sqlClass = code.slice(0, 2);
+  return (
+    sqlClass === SQLSTATE_CLASS.connectionException ||
+    sqlClass === SQLSTATE_CLASS.insufficientResources || // too many connections, disk full, out of memory
+    SHUTDOWN_SQLSTATES.includes(code) ||
+    code === SQLSTATE.queryCanceled || // statement_timeout
+    code === SQLSTATE.lockNotAvailable // lock_timeout
+  );
+}
 
 /** Node-level failures reaching Postgres: refused, reset, timed out, socket gone. */
 const UNAVAILABLE_MESSAGES = [/timeout/i, /ECONNREFUSED|ECONNRESET|ENOENT|EPIPE|ETIMEDOUT|EHOSTUNREACH/, /Connection terminated/i, /not queryable/i];
@@ -83,18 +87,19 @@ const UNAVAILABLE_MESSAGES = [/timeout/i, /ECONNREFUSED|ECONNRESET|ENOENT|EPIPE|
  * message, which can quote file paths and SQL). Postgres out of disk space or connection slots says so.
  */
 export function unavailableMessage(err: unknown): string {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  if (code === '53100') return 'the database server is out of disk space: free space on its volume, then retry';
-  if (code === '53300') return 'the database server has no free connection slots, retry later';
-  if (code === '53200') return 'the database server is out of memory, retry later';
+  const code = sqlState(err);
+  if (code === SQLSTATE.diskFull) return 'the database server is out of disk space: free space on its volume, then retry';
+  if (code === SQLSTATE.tooManyConnections) return 'the database server has no free connection slots, retry later';
+  if (code === SQLSTATE.outOfMemory) return 'the database server is out of memory, retry later';
   return 'the database is unavailable, retry later';
 }
 
 /** True when an error from pg means the database is away or overloaded (→ 503), not a bug (→ 500). */
 export function isDatabaseUnavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
+  const state = sqlState(err);
+  if (state !== undefined) return isUnavailableSqlState(state);
   const code = (err as { code?: unknown }).code;
-  if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return UNAVAILABLE_SQLSTATES.some((re) => re.test(code));
   if (typeof code === 'string' && UNAVAILABLE_MESSAGES.some((re) => re.test(code))) return true;
   return UNAVAILABLE_MESSAGES.some((re) => re.test(err.message));
 }

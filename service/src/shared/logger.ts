@@ -1,8 +1,8 @@
 // Owns log settings: JSON lines (pretty only on a terminal), and the fixed redaction paths that keep
 // keys, passwords and connection strings out of every log line.
-import type { FastifyBaseLogger, FastifyServerOptions } from 'fastify';
 import type { LoggerOptions } from 'pino';
 import type { Config } from './config.js';
+import { sqlState } from './sqlstate.js';
 
 const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'database_url', 'authorization', 'POSTGRES_PASSWORD'];
 
@@ -14,30 +14,9 @@ export const REDACTED_PATHS = [
   ...SECRET_FIELDS.map((field) => `*.*.${field}`),
 ];
 
-const REQUEST_ID = Symbol('request id');
-type RequestLogger = FastifyBaseLogger & { [REQUEST_ID]?: unknown };
-
-/**
- * Fastify's childLoggerFactory: each request's logger keeps its request id on itself, and the mixin below
- * adds it to each line the request logs. Given as a binding instead, pino would run the id through every
- * redaction path (they start with wildcards) for each request, logged or not: the costliest step of a
- * GET /health answer (BENCHMARKS.md). Lines are redacted as before.
- */
-export const requestLogger: NonNullable<FastifyServerOptions['childLoggerFactory']> = (logger, bindings, options) => {
-  const child: RequestLogger = logger.child({}, options);
-  child[REQUEST_ID] = bindings.reqId;
-  return child;
-};
-
-function addRequestId(_line: object, _level: number, logger: object): object {
-  const reqId = (logger as RequestLogger)[REQUEST_ID];
-  return reqId === undefined ? {} : { reqId };
-}
-
 /** A Postgres error: it carries a SQLSTATE and a severity. */
 function isPostgresError(err: Error): boolean {
-  const { code, severity } = err as { code?: unknown; severity?: unknown };
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) && typeof severity === 'string';
+  return sqlState(err) !== undefined && typeof (err as { severity?: unknown }).severity === 'string';
 }
 
 interface LoggedError {
@@ -67,12 +46,13 @@ export function serializeError(err: unknown, depth = 0): LoggedError | unknown {
   return logged;
 }
 
-export function loggerOptions(config: Config, stdoutIsTty = process.stdout.isTTY): LoggerOptions {
+/** The process's logger settings; `extra` adds what the HTTP layer needs (its request-id mixin). */
+export function loggerOptions(config: Config, stdoutIsTty = process.stdout.isTTY, extra: LoggerOptions = {}): LoggerOptions {
   const pretty = config.LOG_PRETTY ?? stdoutIsTty;
   return {
     level: config.LOG_LEVEL,
     serializers: { err: serializeError },
-    mixin: addRequestId,
+    ...extra,
     redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
     ...(pretty ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:standard' } } } : {}),
   };

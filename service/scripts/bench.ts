@@ -10,7 +10,7 @@ import { cpus, freemem, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { appIdentifiers, type AppIdentifiers } from '../src/shared/app-names.js';
+import { appIdentifiers, type AppIdentifiers } from '../src/shared/object-names.js';
 import { loadConfig } from '../src/shared/config.js';
 import {
   appObjects,
@@ -23,9 +23,11 @@ import {
   handDatabaseToApp,
   type AppRoleLimits,
 } from '../src/db/postgres-server/app-objects.js';
-import { Database, LOCK_KEY_SQL, appLock } from '../src/db/superuser-connections.js';
-import { appendAudit, findApp, registerApp, setAppState, unregisterApp } from '../src/db/system-store/registry.js';
-import { newCredential, type AppCredential } from '../src/domain/credential-stock.js';
+import { SuperuserConnections } from '../src/db/superuser-connections.js';
+import { appendAudit } from '../src/db/system-store/audit-log.js';
+import { appLockKey, lock, unlock } from '../src/db/system-store/locks.js';
+import { findApp, registerApp, setAppState, unregisterApp } from '../src/db/system-store/registry.js';
+import { newAppCredential, type AppCredential } from '../src/shared/secrets.js';
 import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
 import { HealthCeiling } from './minimal-health-server.js';
 import { cpuTime, pssBytes, rssBytes, signalAll } from './process-stats.js';
@@ -101,20 +103,20 @@ async function timedQueue<W>(workers: W[], count: number, work: (worker: W, i: n
 // --- the floors: the service's statements, straight to Postgres ----------------------------------------
 
 /** The statements of the on-demand provisioning path, in order, on one connection (plus the connection into the new database that ALTER SCHEMA needs). */
-async function floorProvision(client: pg.ClientBase, db: Database, app: AppIdentifiers, credential: AppCredential): Promise<void> {
-  await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+async function floorProvision(client: pg.ClientBase, db: SuperuserConnections, app: AppIdentifiers, credential: AppCredential): Promise<void> {
+  await lock(client, appLockKey(app.appName));
   await registerApp(client, app.appName);
   await createAppRoles(client, app, credential.verifier, LIMITS);
   await createDatabase(client, app.database);
   await handDatabaseToApp(client, db, app.database, app);
   await setAppState(client, app.appName, 'ready');
-  await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await unlock(client, appLockKey(app.appName));
   await appendAudit(client, { action: 'provision', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
 }
 
 /** The statements of DELETE /apps/:name?backup=false, in order, on one connection. */
-async function floorDelete(client: pg.ClientBase, db: Database, app: AppIdentifiers): Promise<void> {
-  await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+async function floorDelete(client: pg.ClientBase, db: SuperuserConnections, app: AppIdentifiers): Promise<void> {
+  await lock(client, appLockKey(app.appName));
   await findApp(client, app.appName);
   await setAppState(client, app.appName, 'deleting');
   const objects = await appObjects(client, app);
@@ -125,7 +127,7 @@ async function floorDelete(client: pg.ClientBase, db: Database, app: AppIdentifi
   await dropDatabase(client, app.database);
   await dropAppRoles(client, db, app);
   await unregisterApp(client, app.appName);
-  await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(app.appName)]);
+  await unlock(client, appLockKey(app.appName));
   await appendAudit(client, { action: 'delete', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
 }
 
@@ -184,14 +186,14 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     await stack.start();
     const config = loadConfig({ ...stack.serviceEnvironment(), LOG_LEVEL: 'silent' });
     const silent = { warn() {}, error() {}, info() {}, debug() {}, fatal() {}, trace() {}, child() { return silent; }, level: 'silent', silent() {} } as never;
-    const db = new Database(config, silent);
+    const db = new SuperuserConnections(config, silent);
     extras.push(() => db.close());
-    await db.ready();
+    await db.ensureSchema();
     const floorClient = await db.connect();
     extras.push(() => floorClient.end());
     let counter = 0;
     const nextName = (prefix: string) => `${prefix}_${(counter++).toString(36)}`;
-    const credentials = async (n: number) => Promise.all(Array.from({ length: n }, () => newCredential()));
+    const credentials = async (n: number) => Promise.all(Array.from({ length: n }, () => newAppCredential()));
 
     const provisionHttp = async (name: string): Promise<number> => {
       const [elapsed, response] = await timed(() =>

@@ -31,7 +31,7 @@ export interface StackSettings {
   pgBinDir: string;
   /** Unprivileged OS user that runs Postgres when the stack runs as root (Postgres refuses root). */
   pgOsUser: string;
-  /** Extra environment for the service (any setting of src/config.ts). */
+  /** Extra environment for the service (any setting of src/shared/config.ts). */
   serviceEnv: Record<string, string>;
   /** Where the service's output goes: each line, as written (it is also kept in $STACK_DIR/logs/service.log). */
   onServiceLine: (line: string) => void;

@@ -9,6 +9,7 @@ import pg from 'pg';
 import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
 import { rssBytes, signalAll } from './process-stats.js';
 import { rawRequest } from '../test/helpers/raw-http.js';
+import { APP_SQL } from '../src/shared/object-names.js';
 
 export interface SoakOptions {
   seconds: number;
@@ -279,15 +280,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakResult> {
         `SELECT a.app_name || ' (' || a.state || ')' AS problem FROM apps a WHERE a.state <> 'ready'
          UNION ALL
          SELECT a.app_name || ' (ready, missing objects)' FROM apps a
-          WHERE a.state = 'ready' AND (NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'app_' || a.app_name)
-             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_' || a.app_name || '_user')
-             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_' || a.app_name))
+          WHERE a.state = 'ready' AND (NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = ${APP_SQL.databaseOf('a.app_name')})
+             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${APP_SQL.loginRoleOf('a.app_name')})
+             OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${APP_SQL.databaseOf('a.app_name')}))
          UNION ALL
          SELECT d.datname || ' (database without registry row)' FROM pg_database d
-          WHERE d.datname ~ '^app_' AND NOT EXISTS (SELECT 1 FROM apps a WHERE 'app_' || a.app_name = d.datname)
+          WHERE d.datname LIKE '${APP_SQL.like}' AND NOT EXISTS (SELECT 1 FROM apps a WHERE ${APP_SQL.databaseOf('a.app_name')} = d.datname)
          UNION ALL
          SELECT r.rolname || ' (login role without registry row)' FROM pg_roles r
-          WHERE r.rolname ~ '^app_.*_user$' AND r.rolcanlogin AND NOT EXISTS (SELECT 1 FROM apps a WHERE 'app_' || a.app_name || '_user' = r.rolname)`,
+          WHERE r.rolname ~ '${APP_SQL.loginRolePattern}' AND r.rolcanlogin AND NOT EXISTS (SELECT 1 FROM apps a WHERE ${APP_SQL.loginRoleOf('a.app_name')} = r.rolname)`,
       );
       result.halfMade = rows.map((r) => r.problem);
       result.appsAtEnd = Number((await admin.query('SELECT count(*) AS n FROM apps')).rows[0].n);

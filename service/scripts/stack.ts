@@ -1,7 +1,7 @@
 // `npm --prefix service run stack`: runs the local stack in the foreground until SIGINT/SIGTERM/SIGHUP, or until
 // the npm that started it is gone (npm passes a SIGTERM only to its shell, which dies without passing it on).
 // Settings come from the environment, then from the repo's .env (the environment wins): the stack's own
-// (STACK_*, PG_BIN_DIR, DISK_RESERVE_MB, POSTGRES_PASSWORD) and every setting of the service's (src/config.ts).
+// (STACK_*, PG_BIN_DIR, DISK_RESERVE_MB, POSTGRES_PASSWORD) and every setting of the service's (src/shared/config.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseEnv } from 'node:util';

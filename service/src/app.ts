@@ -7,9 +7,8 @@ import { handleError } from './http/error-handler.js';
 import { answerUnroutedRequests } from './http/not-found.js';
 import openApi from './http/openapi.js';
 import adminAuth from './http/plugins/admin-auth.js';
-import database from './http/plugins/database.js';
-import lifecycle from './http/plugins/service.js';
 import metrics from './http/plugins/metrics.js';
+import provisioner from './http/plugins/provisioner.js';
 import { logEachRequest, requestIdMixin, requestIdOf, requestLogger } from './http/request-log.js';
 import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
@@ -79,15 +78,14 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   app.setErrorHandler(handleError);
 
   await app.register(openApi);
-  await app.register(database, { config });
+  await app.register(provisioner, { config });
   await app.register(metrics);
-  await app.register(lifecycle, { config });
   await app.register(adminAuth, {
     adminKey: typeof adminKey === 'string' ? { digest: adminKeyDigest(adminKey) } : adminKey,
     maxFailedAttempts: config.AUTH_MAX_FAILED_ATTEMPTS,
     failedAttemptsWindowMs: config.AUTH_FAILED_ATTEMPTS_WINDOW_MS,
   });
-  await app.register(healthRoutes, { config });
+  await app.register(healthRoutes);
   await app.register(provisionRoutes, { config });
   await app.register(appsRoutes, { config });
   await app.register(backupsRoutes);

@@ -5,6 +5,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../scripts/local-stack.js';
+import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE } from '../src/shared/object-names.js';
 import { asApp, connectAs, rejectionOf, request, startTestStack, type TestStack } from './helpers/stack.js';
 
 let t: TestStack;
@@ -19,8 +20,9 @@ after(async () => {
 
 const catalog = (appName: string) =>
   t.superuser(async (db) => {
-    const roles = await db.query('SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1', [[`app_${appName}`, `app_${appName}_user`]]);
-    const databases = await db.query('SELECT datname FROM pg_database WHERE datname = $1', [`app_${appName}`]);
+    const app = appIdentifiers(appName);
+    const roles = await db.query('SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1', [[app.accessRole, app.username]]);
+    const databases = await db.query('SELECT datname FROM pg_database WHERE datname = $1', [app.database]);
     const registry = await t.superuser((p) => p.query('SELECT state FROM apps WHERE app_name = $1', [appName]), 'provisioner');
     return { roles: roles.rows.map((r) => r.rolname), databases: databases.rowCount, registry: registry.rows.map((r) => r.state) };
   });
@@ -130,8 +132,8 @@ describe('POST /apps/:name/rotate', () => {
 /** Work databases of restores and agent roles of dumps and restores: none may outlive its operation. */
 const restoreLeftovers = () =>
   t.superuser(async (db) => ({
-    databases: (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%' AND datname NOT LIKE 'pgprov\\_ready\\_%'")).rows,
-    agents: (await db.query("SELECT rolname FROM pg_roles WHERE rolname ~ '^pgprov_(dump|restore)_'")).rows,
+    databases: (await db.query(`SELECT datname FROM pg_database WHERE datname LIKE '${SERVICE_OBJECTS_LIKE}' AND datname NOT LIKE '${READY_SET_SQL.like}'`)).rows,
+    agents: (await db.query(`SELECT rolname FROM pg_roles WHERE rolname ~ '${AGENT_SQL_PATTERN}'`)).rows,
   }));
 
 describe('backups and restore', () => {

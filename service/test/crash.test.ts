@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { asApp, startTestStack, type ProvisionedApp, type TestStack } from './helpers/stack.js';
+import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, readySetNames, SERVICE_OBJECTS_LIKE } from '../src/shared/object-names.js';
 
 let t: TestStack;
 let survivor: ProvisionedApp;
@@ -56,12 +57,12 @@ async function stateOf(appName: string): Promise<AppState> {
         `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS login,
                 EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 AND rolcanlogin) AS can_login, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS access,
                 (SELECT datallowconn FROM pg_database WHERE datname = $2) AS allow`,
-        [`app_${appName}_user`, `app_${appName}`],
+        [appIdentifiers(appName).username, appIdentifiers(appName).database],
       )
     ).rows[0];
-    const work = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_%' AND datname NOT LIKE 'pgprov\\_ready\\_%'")).rows.map((r) => r.datname);
-    // The agent roles of dumps and restores (src/agents.ts) count as work left over too.
-    work.push(...(await db.query("SELECT rolname FROM pg_roles WHERE rolname ~ '^pgprov_(dump|restore)_'")).rows.map((r) => `role ${r.rolname}`));
+    const work = (await db.query(`SELECT datname FROM pg_database WHERE datname LIKE '${SERVICE_OBJECTS_LIKE}' AND datname NOT LIKE '${READY_SET_SQL.like}'`)).rows.map((r) => r.datname);
+    // The agent roles of dumps and restores (src/db/postgres-server/agent-roles.ts) count as work left over too.
+    work.push(...(await db.query(`SELECT rolname FROM pg_roles WHERE rolname ~ '${AGENT_SQL_PATTERN}'`)).rows.map((r) => `role ${r.rolname}`));
     return { registry, loginRole: row.login, loginAllowed: row.can_login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
   });
 }
@@ -139,8 +140,8 @@ describe('a crash with the ready pool on', () => {
   const readySets = () =>
     t.superuser(async (db) => {
       const entries = await t.superuser(async (p) => (await p.query('SELECT id, state FROM ready_pool ORDER BY id')).rows, 'provisioner');
-      const databases = (await db.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgprov\\_ready\\_%' ORDER BY 1")).rows.map((r) => r.datname);
-      const roles = (await db.query("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgprov\\_ready\\_%' ORDER BY 1")).rows.map((r) => r.rolname);
+      const databases = (await db.query(`SELECT datname FROM pg_database WHERE datname LIKE '${READY_SET_SQL.like}' ORDER BY 1`)).rows.map((r) => r.datname);
+      const roles = (await db.query(`SELECT rolname FROM pg_roles WHERE rolname LIKE '${READY_SET_SQL.like}' ORDER BY 1`)).rows.map((r) => r.rolname);
       return { entries, databases, roles };
     });
 
@@ -177,7 +178,7 @@ describe('a crash with the ready pool on', () => {
     const rotated = await t.admin('POST', `/apps/${crashed}/rotate`);
     await asApp(String(rotated.body.connection_string), (c) => c.query('SELECT 1'));
     const sets = await readySets();
-    for (const entry of sets.entries) assert.ok(sets.databases.includes(`pgprov_ready_${entry.id}`) || entry.state === 'preparing');
+    for (const entry of sets.entries) assert.ok(sets.databases.includes(readySetNames(entry.id).database) || entry.state === 'preparing');
   });
 });
 

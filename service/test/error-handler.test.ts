@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/shared/config.js';
-import { appIdentifiers } from '../src/shared/app-names.js';
+import { appIdentifiers } from '../src/shared/object-names.js';
 
 const adminKey = 'sk_unit0000000000000000000000000000000000';
 let app: FastifyInstance;
@@ -23,7 +23,7 @@ const provision = () => app.inject({ method: 'POST', url: '/provision', payload:
 
 describe('error handler', () => {
   it('answers an unexpected database error with a bare 500: no SQL, no Postgres message, no stack', async () => {
-    app.lifecycle.provision = async () => {
+    app.operations.provision = async () => {
       throw Object.assign(new Error('syntax error at or near "DROP ROLE app_x_user"'), { code: '42601', where: 'SQL statement' });
     };
     const response = await provision();
@@ -35,7 +35,7 @@ describe('error handler', () => {
   });
 
   it('answers a lost database connection with a 503 that says to retry', async () => {
-    app.lifecycle.provision = async () => {
+    app.operations.provision = async () => {
       throw Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' });
     };
     const response = await provision();
@@ -44,7 +44,7 @@ describe('error handler', () => {
   });
 
   it('answers a thrown non-database bug with a bare 500 too', async () => {
-    app.lifecycle.provision = async () => {
+    app.operations.provision = async () => {
       throw new TypeError("Cannot read properties of undefined (reading 'rows')");
     };
     const response = await provision();
@@ -70,7 +70,7 @@ describe('request ids, methods and paths', () => {
     const { lines, sink } = logSink();
     const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false', RECONCILE_INTERVAL_MS: '3600000' });
     const logged = await buildApp(config, { adminKey, logStream: sink });
-    logged.lifecycle.provision = async () => {
+    logged.operations.provision = async () => {
       throw new TypeError('the detail only the log may hold');
     };
     const requestId = '0123456789abcdef0123456789abcdef';
@@ -129,7 +129,7 @@ describe('request ids, methods and paths', () => {
       assert.equal(refused.json().message, 'send the body as JSON, with "Content-Type: application/json"');
     }
     let rotated = 0;
-    app.lifecycle.rotate = async (name) => {
+    app.operations.rotate = async (name) => {
       rotated++;
       return { app: appIdentifiers(name), password: 'Pw0123456789abcdefghijABCDEFGHIJ', sessionsEnded: 0 };
     };
@@ -144,7 +144,7 @@ describe('request logs', () => {
     const { lines, sink } = logSink();
     const config = loadConfig({ POSTGRES_PASSWORD: 'unused', DATABASE_HOST: '127.0.0.1', DATABASE_PORT: '1', LOG_PRETTY: 'false' });
     const logged = await buildApp(config, { adminKey, logStream: sink });
-    logged.lifecycle.provision = async (name) => ({ app: appIdentifiers(name), password: 'Pw0123456789abcdefghijABCDEFGHIJ' });
+    logged.operations.provision = async (name) => ({ app: appIdentifiers(name), password: 'Pw0123456789abcdefghijABCDEFGHIJ' });
     const response = await logged.inject({ method: 'POST', url: '/provision', payload: { app_name: 'quiet', admin_key: adminKey }, headers: { authorization: `Bearer ${adminKey}` } });
     assert.equal(response.statusCode, 201);
     const password = new URL(response.json().connection_string).password;

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { rawRequest, type RawRequest, type RawResponse } from './helpers/raw-http.js';
 import { startTestStack, type TestStack } from './helpers/stack.js';
+import { APP_NAME_PATTERN, READY_SET_SQL } from '../src/shared/object-names.js';
 
 let t: TestStack;
 before(async () => {
@@ -17,8 +18,8 @@ after(async () => {
 const catalogSnapshot = () =>
   t.superuser(async (db) => {
     // The ready pool's prepared sets (pgprov_ready_*) come and go in the background; everything else must not.
-    const roles = await db.query("SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname NOT LIKE 'pgprov\\_ready\\_%' ORDER BY 1");
-    const databases = await db.query("SELECT datname FROM pg_database WHERE datname NOT LIKE 'pgprov\\_ready\\_%' ORDER BY 1");
+    const roles = await db.query(`SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname NOT LIKE '${READY_SET_SQL.like}' ORDER BY 1`);
+    const databases = await db.query(`SELECT datname FROM pg_database WHERE datname NOT LIKE '${READY_SET_SQL.like}' ORDER BY 1`);
     return { roles: roles.rows.map((r) => r.rolname), databases: databases.rows.map((r) => r.datname) };
   });
 
@@ -75,7 +76,7 @@ function buildCases(adminKey: string): Case[] {
     let name = '';
     const length = Math.floor(random() * 40);
     for (let j = 0; j < length; j++) name += chars[Math.floor(random() * chars.length)];
-    if (/^[a-z0-9_]{3,32}$/.test(name)) name += '-';
+    if (APP_NAME_PATTERN.test(name)) name += '-';
     cases.push(post(`random name #${i}`, JSON.stringify({ app_name: name, admin_key: adminKey })));
   }
 

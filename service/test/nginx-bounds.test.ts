@@ -12,7 +12,7 @@ import { DATABASE_DDL_TIMEOUT_MS } from '../src/db/postgres-server/app-objects.j
 import { REPO_ROOT } from '../scripts/local-stack.js';
 import { eventually, request, startTestStack, type TestStack } from './helpers/stack.js';
 
-// --- nginx.conf, parsed -----------------------------------------------------------------------------------
+// --- nginx.conf, parsed -------------------------------------------------------------------------------------
 
 interface Directive {
   name: string;
@@ -96,19 +96,19 @@ function location(...args: string[]): Directive {
   return found;
 }
 
-// --- what each route can take, from the service's own bounds (src/config.ts defaults) -----------------------
+// --- what each route can take, from the service's own bounds (src/shared/config.ts defaults) ----------------
 
 const config = ConfigSchema.parse({ POSTGRES_PASSWORD: 'x' });
 /** One database call at its bound: a connection (from the pool or new) and one answer. */
 const CALL = config.DATABASE_CONNECT_TIMEOUT_MS + config.DATABASE_STATEMENT_TIMEOUT_MS;
-/** CREATE or DROP DATABASE (src/db/app-objects.ts). */
+/** CREATE or DROP DATABASE (src/db/postgres-server/app-objects.ts). */
 const DDL = DATABASE_DDL_TIMEOUT_MS;
 /** Dropping a role wherever it is named (dropAppRoles of both roles, or removeAgent): database calls. */
 const DROP_ROLES = 7;
 
 /**
  * The longest the service may take to answer each route when every database call takes just under its bound
- * and each retry loop runs once (src/lifecycle.ts, step by step).
+ * and each retry loop runs once (src/domain/operations/, step by step).
  */
 const longest = {
   health: config.HEALTH_TIMEOUT_MS,

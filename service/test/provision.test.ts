@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { asApp, eventually, rejectionOf, request, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
+import { APP_SQL } from '../src/shared/object-names.js';
 
 let t: TestStack;
 before(async () => {
@@ -14,9 +15,9 @@ after(async () => {
 });
 
 const appRoles = (t: TestStack) =>
-  t.superuser(async (db) => (await db.query<{ rolname: string }>("SELECT rolname FROM pg_roles WHERE rolname LIKE 'app\\_%' ORDER BY 1")).rows.map((r) => r.rolname));
+  t.superuser(async (db) => (await db.query<{ rolname: string }>(`SELECT rolname FROM pg_roles WHERE rolname LIKE '${APP_SQL.like}' ORDER BY 1`)).rows.map((r) => r.rolname));
 const appDatabases = (t: TestStack) =>
-  t.superuser(async (db) => (await db.query<{ datname: string }>("SELECT datname FROM pg_database WHERE datname LIKE 'app\\_%' ORDER BY 1")).rows.map((r) => r.datname));
+  t.superuser(async (db) => (await db.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname LIKE '${APP_SQL.like}' ORDER BY 1`)).rows.map((r) => r.datname));
 
 describe('nginx and health', () => {
   it('answers GET / itself, with JSON', async () => {

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/shared/app-names.js';
+import { APP_NAME_PATTERN, AppNameSchema, appIdentifiers, collidingAppNames } from '../src/shared/object-names.js';
 import { ConfigError, loadConfig } from '../src/shared/config.js';
 import { isDatabaseUnavailable, unavailableMessage } from '../src/shared/errors.js';
 import { REDACTED_PATHS } from '../src/shared/logger.js';

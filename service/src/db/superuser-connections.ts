@@ -1,39 +1,32 @@
-// Owns the one superuser pool and how work gets a connection: plain queries, per-app locks, and short-lived
-// connections into an app's database. Every SQL statement of the service lives in src/db/.
+// Owns the service's superuser connections to its one Postgres cluster, where the system's own database and the
+// apps' databases live side by side: the connection pool, connections of their own, short-lived connections
+// into an app's database, the app and ready-set locks held on them, the health ping, and bringing the system's
+// own tables into being. Every SQL statement of the service lives in src/db/.
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { FastifyBaseLogger } from 'fastify';
+import type { Logger } from 'pino';
 import type { Config } from '../shared/config.js';
 import { AppBusyError, DatabaseUnavailableError } from '../shared/errors.js';
+import { sqlState } from '../shared/sqlstate.js';
+import type { DatabaseOpener, Queryable } from './queryable.js';
+import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './system-store/locks.js';
 import { SCHEMA_SQL } from './system-store/schema.js';
 
 /** Lets Postgres's own views (pg_stat_activity) tell the service's sessions apart from the apps'. */
 export const APPLICATION_NAME = 'pg-provisioner';
 
-export function sqlState(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
-}
-
-/**
- * Advisory-lock keys: `app:<name>` (operations on one app run one at a time) and `ready:<id>` (a ready-pool
- * set being prepared). Locks belong to the database they are taken in: always the system's own.
- */
-export const LOCK_KEY_SQL = `hashtextextended('pg-provisioner:' || $1, 0)`;
-export const appLock = (appName: string) => `app:${appName}`;
-export const readyLock = (id: string) => `ready:${id}`;
-
 /** How often a wait for an app's lock asks again. */
 const APP_LOCK_POLL_MS = 50;
 
-export class Database {
+export class SuperuserConnections implements DatabaseOpener {
+  /** The connection pool every short piece of work takes a connection from (DATABASE_POOL_SIZE). */
   readonly pool: pg.Pool;
   readonly connection: pg.ClientConfig;
-  private readonly log: FastifyBaseLogger;
+  private readonly log: Logger;
   private readonly healthStaleMs: number;
   private readonly lockTimeoutMs: number;
 
-  constructor(config: Config, log: FastifyBaseLogger) {
+  constructor(config: Config, log: Logger) {
     this.log = log;
     this.healthStaleMs = config.HEALTH_STALE_MS;
     this.lockTimeoutMs = config.DATABASE_LOCK_TIMEOUT_MS;
@@ -62,10 +55,10 @@ export class Database {
   private schemaApplied?: Promise<void>;
 
   /**
-   * Resolves once the bookkeeping tables exist (created or updated on first use). If Postgres was away, the
+   * Resolves once the system's own tables exist (created or updated on first use). If Postgres was away, the
    * next call tries again.
    */
-  ready(): Promise<void> {
+  ensureSchema(): Promise<void> {
     this.schemaApplied ??= this.pool.query(SCHEMA_SQL).then(
       () => undefined,
       (err) => {
@@ -199,10 +192,10 @@ export class Database {
    * logins) pass `ownConnection`, so they never hold one of the pool's few connections that every request needs;
    * their callers bound how many run at once.
    */
-  async withAppLock<T>(appName: string, work: (client: pg.ClientBase) => Promise<T>, { ownConnection = false } = {}): Promise<T> {
+  async withAppLock<T>(appName: string, work: (client: Queryable) => Promise<T>, { ownConnection = false } = {}): Promise<T> {
     const locked = async (client: pg.ClientBase) => {
       const deadline = Date.now() + this.lockTimeoutMs;
-      while (!(await tryAdvisoryLock(client, appLock(appName)))) {
+      while (!(await tryLock(client, appLockKey(appName)))) {
         const left = deadline - Date.now();
         if (left <= 0) throw new AppBusyError(appName);
         await sleep(Math.min(APP_LOCK_POLL_MS, left));
@@ -210,7 +203,7 @@ export class Database {
       try {
         return await work(client);
       } finally {
-        await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [appLock(appName)]).catch(() => {});
+        await unlock(client, appLockKey(appName)).catch(() => {});
       }
     };
     if (!ownConnection) return this.withClient(locked);
@@ -222,14 +215,33 @@ export class Database {
     }
   }
 
-  /** Runs `work` holding the lock `key` if it is free; returns undefined, without running it, if it is not. */
-  async tryWithLock<T>(key: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
+  /** Runs `work` holding the app's lock if it is free; returns undefined, without running it, if it is not. */
+  tryWithAppLock<T>(appName: string, work: (client: Queryable) => Promise<T>): Promise<T | undefined> {
+    return this.tryWithLock(appLockKey(appName), work);
+  }
+
+  /** Runs `work` holding a ready-pool set's lock if it is free; returns undefined, without running it, if it is not. */
+  tryWithReadySetLock<T>(id: string, work: (client: Queryable) => Promise<T>): Promise<T | undefined> {
+    return this.tryWithLock(readySetLockKey(id), work);
+  }
+
+  /** Runs `work` on `client` (a connection of the caller's), holding a ready-pool set's lock, waited for. */
+  async withReadySetLockOn<T>(client: Queryable, id: string, work: () => Promise<T>): Promise<T> {
+    await lock(client, readySetLockKey(id));
+    try {
+      return await work();
+    } finally {
+      await unlock(client, readySetLockKey(id)).catch(() => {});
+    }
+  }
+
+  private async tryWithLock<T>(key: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
     return this.withClient(async (client) => {
-      if (!(await tryAdvisoryLock(client, key))) return undefined;
+      if (!(await tryLock(client, key))) return undefined;
       try {
         return await work(client);
       } finally {
-        await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [key]).catch(() => {});
+        await unlock(client, key).catch(() => {});
       }
     });
   }
@@ -243,7 +255,7 @@ export class Database {
   }
 
   /** Runs `work` on a short-lived superuser connection to another database (DDL that must run inside it). */
-  async inDatabase<T>(database: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
+  async inDatabase<T>(database: string, work: (client: Queryable) => Promise<T>): Promise<T> {
     const client = await this.connect(database);
     try {
       return await work(client);
@@ -256,9 +268,4 @@ export class Database {
     await this.healthClient?.end().catch(() => {});
     await this.pool.end();
   }
-}
-
-async function tryAdvisoryLock(client: pg.ClientBase, key: string): Promise<boolean> {
-  const { rows } = await client.query<{ locked: boolean }>(`SELECT pg_try_advisory_lock(${LOCK_KEY_SQL}) AS locked`, [key]);
-  return rows[0]?.locked === true;
 }

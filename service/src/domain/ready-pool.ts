@@ -1,30 +1,32 @@
 // Owns the ready pool: sets of app objects (login role, access role, database) made ahead of time in the
-// background, so that provisioning is one short transaction that renames a prepared set (src/db/ready-pool.ts)
-// instead of a CREATE DATABASE. Prepared login roles are NOLOGIN until handed over, with a password only this
-// process knows, so no one can log in to, or connect to, a prepared set. Refilling uses a connection of its own, never the request
-// pool, and never blocks a request: an empty pool just means the on-demand path.
-import type { FastifyBaseLogger } from 'fastify';
-import type pg from 'pg';
+// background, so that provisioning is one short transaction that renames a prepared set
+// (src/db/ready-set-hand-over.ts) instead of a CREATE DATABASE. Prepared login roles are NOLOGIN until handed
+// over, with a password only this process knows, so no one can log in to, or connect to, a prepared set.
+// Refilling uses a connection of its own, never the connection pool, and never blocks a request: an empty ready
+// pool just means the on-demand path.
 import { customAlphabet } from 'nanoid';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Config } from '../shared/config.js';
+import type { Logger } from 'pino';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from '../db/postgres-server/app-objects.js';
-import { LOCK_KEY_SQL, readyLock, sqlState, type Database } from '../db/superuser-connections.js';
-import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from '../db/ready-sets.js';
-import { newCredential, type AppCredential } from './credential-stock.js';
-import type { AppIdentifiers } from '../shared/app-names.js';
+import { idsWithObjects, setPreparedPassword, taintedIds } from '../db/postgres-server/ready-set-objects.js';
+import type { OwnConnection, Queryable } from '../db/queryable.js';
+import { handOverReadySet } from '../db/ready-set-hand-over.js';
+import type { SuperuserConnections } from '../db/superuser-connections.js';
+import { addPreparing, countEntries, entriesIn, markPrepared, readyIdsWithoutDatabase, removeEntry } from '../db/system-store/ready-set-rows.js';
+import type { Config } from '../shared/config.js';
+import { READY_SET_ID_ALPHABET, READY_SET_ID_LENGTH, readySetNames, type AppIdentifiers } from '../shared/object-names.js';
+import { newAppCredential, type AppCredential } from '../shared/secrets.js';
+import { SQLSTATE, sqlState } from '../shared/sqlstate.js';
+import type { CrashPoint } from './crash-points.js';
 
-const newReadyId = customAlphabet('0123456789abcdefghijklmnopqrstuvwxyz', 12);
+const newReadySetId = customAlphabet(READY_SET_ID_ALPHABET, READY_SET_ID_LENGTH);
 const RETRY_AFTER_ERROR_MS = 5_000;
 const IDLE_CHECK_MS = 1_000;
-const UNDEFINED_TABLE = '42P01';
-
-export type CrashPoint = (point: string) => Promise<void>;
 
 export class ReadyPool {
   readonly size: number;
-  private readonly db: Database;
-  private readonly log: FastifyBaseLogger;
+  private readonly connections: SuperuserConnections;
+  private readonly log: Logger;
   private readonly limits: AppRoleLimits;
   private readonly pauseMs: number;
   private readonly crashPoint: CrashPoint;
@@ -39,8 +41,8 @@ export class ReadyPool {
   private stopped = false;
   private wakeUp = new AbortController();
 
-  constructor(db: Database, config: Config, log: FastifyBaseLogger, limits: AppRoleLimits, crashPoint: CrashPoint) {
-    this.db = db;
+  constructor(connections: SuperuserConnections, config: Config, log: Logger, limits: AppRoleLimits, crashPoint: CrashPoint) {
+    this.connections = connections;
     this.log = log;
     this.limits = limits;
     this.size = config.READY_POOL_SIZE;
@@ -68,24 +70,17 @@ export class ReadyPool {
   }
 
   /**
-   * Hands a prepared set to `app` (see handOver in src/db/ready-pool.ts) and returns its password, or
-   * undefined when no set is ready.
+   * Hands a prepared set to `app` (handOverReadySet) and returns its password, or undefined when no set is
+   * ready. Refilling then waits until hand-overs have been quiet for READY_POOL_REFILL_QUIET_MS (unless the pool
+   * ran empty), so a burst of provisioning never competes with CREATE DATABASE for the CPU.
    */
-  async handOver(client: pg.ClientBase, app: AppIdentifiers): Promise<AppCredential | undefined> {
-    const id = await handOver(client, app, [...this.passwords.keys()]);
+  async handOverTo(client: Queryable, app: AppIdentifiers): Promise<AppCredential | undefined> {
+    const id = await handOverReadySet(client, app, [...this.passwords.keys()]);
     if (!id) return undefined;
     const credential = this.passwords.get(id)!;
     this.passwords.delete(id);
     this.lastHandOverAt = Date.now();
     return credential;
-  }
-
-  /**
-   * Called after each handover. Refilling waits until handovers have been quiet for READY_POOL_REFILL_QUIET_MS
-   * (unless the pool ran empty), so a burst of provisioning never competes with CREATE DATABASE for the CPU.
-   */
-  handedOver(): void {
-    this.lastHandOverAt = Date.now();
   }
 
   private wake(): void {
@@ -99,11 +94,11 @@ export class ReadyPool {
   }
 
   private async refillLoop(): Promise<void> {
-    let client: pg.Client | undefined;
+    let client: OwnConnection | undefined;
     let waitedForSchema = false;
     while (!this.stopped) {
       try {
-        client ??= await this.db.connect();
+        client ??= await this.connections.connect();
         await this.removeTaintedSets(client);
         await this.rekeyUnknownSets(client);
         const { ready, preparing } = await countEntries(client);
@@ -117,11 +112,11 @@ export class ReadyPool {
           await this.pause(IDLE_CHECK_MS);
         }
       } catch (err) {
-        if (sqlState(err) === UNDEFINED_TABLE && !waitedForSchema) {
+        if (sqlState(err) === SQLSTATE.undefinedTable && !waitedForSchema) {
           // A fresh database, whose bookkeeping tables are still being made: wait for them, quietly. (Not waited
           // for up front, so that after a restart the pool re-keys its sets while the schema is being checked.)
           waitedForSchema = true;
-          if (await this.db.ready().then(() => true, () => false)) continue;
+          if (await this.connections.ensureSchema().then(() => true, () => false)) continue;
         }
         this.log.warn({ err }, 'ready pool: could not prepare a set; retrying later');
         await client?.end().catch(() => {});
@@ -133,9 +128,9 @@ export class ReadyPool {
   }
 
   /** Removes the sets a tenant has granted something to (they are never handed over), whatever was granted. */
-  private async removeTaintedSets(client: pg.Client): Promise<void> {
+  private async removeTaintedSets(client: Queryable): Promise<void> {
     for (const id of await taintedIds(client)) {
-      await this.db.tryWithLock(readyLock(id), async () => {
+      await this.connections.tryWithReadySetLock(id, async () => {
         await this.removeSet(client, id);
         this.log.warn({ ready_set: id }, 'ready pool: removed a prepared set another tenant had granted privileges to');
       });
@@ -143,29 +138,28 @@ export class ReadyPool {
   }
 
   /** Gives a new password to every ready set whose password this process does not hold (after a restart). */
-  private async rekeyUnknownSets(client: pg.Client): Promise<void> {
+  private async rekeyUnknownSets(client: Queryable): Promise<void> {
     for (const id of await entriesIn(client, 'ready')) {
       if (this.passwords.has(id) || this.stopped) continue;
-      const credential = await newCredential();
+      const credential = await newAppCredential();
       await setPreparedPassword(client, id, credential.verifier);
       this.passwords.set(id, credential);
     }
   }
 
   /** Prepares one set under its own lock, recorded as preparing first so a crash leaves nothing unknown. */
-  private async prepareOne(client: pg.Client): Promise<void> {
-    const id = newReadyId();
-    const names = readyObjectNames(id);
-    await client.query(`SELECT pg_advisory_lock(${LOCK_KEY_SQL})`, [readyLock(id)]);
-    try {
+  private async prepareOne(client: Queryable): Promise<void> {
+    const id = newReadySetId();
+    const names = readySetNames(id);
+    await this.connections.withReadySetLockOn(client, id, async () => {
       await addPreparing(client, id);
       try {
         await createAppRoles(client, names, null, this.limits);
         await this.crashPoint('ready-pool:after-create-roles');
         await createDatabase(client, names.database);
         await this.crashPoint('ready-pool:after-create-database');
-        await handDatabaseToApp(client, this.db, names.database, names);
-        const credential = await newCredential();
+        await handDatabaseToApp(client, this.connections, names.database, names);
+        const credential = await newAppCredential();
         await setPreparedPassword(client, id, credential.verifier);
         await markPrepared(client, id);
         this.passwords.set(id, credential);
@@ -173,42 +167,41 @@ export class ReadyPool {
         await this.removeSet(client, id).catch(() => {});
         throw err;
       }
-    } finally {
-      await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [readyLock(id)]).catch(() => {});
-    }
+    });
   }
 
   /**
    * Removes a set: its entry first (from then on it is never handed over, and whatever is left of its objects
-   * is an orphan reconcile() removes), then its roles, then its database. Roles before the database: if a
+   * is an orphan the reconciler removes), then its roles, then its database. Roles before the database: if a
    * tenant's lock makes dropping a role wait, no set is ever left with roles and no database.
    */
-  private async removeSet(client: pg.ClientBase, id: string): Promise<void> {
+  private async removeSet(client: Queryable, id: string): Promise<void> {
     this.passwords.delete(id);
-    const names = readyObjectNames(id);
+    const names = readySetNames(id);
     await removeEntry(client, id);
-    await dropAppRoles(client, this.db, names);
+    await dropAppRoles(client, this.connections, names);
     await dropDatabase(client, names.database);
   }
 
   async counts(): Promise<{ ready: number; preparing: number }> {
-    return countEntries(this.db.pool);
+    return countEntries(this.connections.pool);
   }
 
   /**
    * Removes sets left half-prepared by a crash, prepared objects with no entry, and entries whose database is
-   * gone; sets being prepared right
-   * now (their lock is held) are left alone. Returns the ids removed.
+   * gone; sets being prepared right now (their lock is held) are left alone. Returns the ids removed. (A repair of
+   * the reconciler's, src/domain/reconciler.ts.)
    */
-  async reconcile(): Promise<string[]> {
+  async removeLeftoverSets(): Promise<string[]> {
     const removed: string[] = [];
-    const preparing = await entriesIn(this.db.pool, 'preparing');
-    const known = new Set([...preparing, ...(await entriesIn(this.db.pool, 'ready'))]);
-    const orphans = (await idsWithObjects(this.db.pool)).filter((id) => !known.has(id));
-    const candidates = new Set([...preparing, ...orphans, ...(await readyIdsWithoutDatabase(this.db.pool))]);
+    const pool = this.connections.pool;
+    const preparing = await entriesIn(pool, 'preparing');
+    const known = new Set([...preparing, ...(await entriesIn(pool, 'ready'))]);
+    const orphans = (await idsWithObjects(pool)).filter((id) => !known.has(id));
+    const candidates = new Set([...preparing, ...orphans, ...(await readyIdsWithoutDatabase(pool))]);
     for (const id of candidates) {
       try {
-        const done = await this.db.tryWithLock(readyLock(id), async (client) => {
+        const done = await this.connections.tryWithReadySetLock(id, async (client) => {
           await this.removeSet(client, id);
           return true;
         });

@@ -84,7 +84,7 @@ export const ConfigSchema = z.object({
   AUTH_MAX_FAILED_ATTEMPTS: z.coerce.number().int().min(1).default(10),
   AUTH_FAILED_ATTEMPTS_WINDOW_MS: durationMs.default(60_000),
 
-  // --- ADMIN_KEY_FILE (src/secrets.ts, src/server.ts) ----------------------------------------------------------
+  // --- ADMIN_KEY_FILE (src/shared/secrets.ts, src/server.ts) ----------------------------------------------------
   /**
    * Opt-in pinned admin key: a file (a Docker secret) holding sha256:<the key's SHA-256 in hex>, or the key
    * itself (sk_…); read once at start, which refuses a file it cannot use. Unset or empty: a new random key at
@@ -96,7 +96,7 @@ export const ConfigSchema = z.object({
     .transform((path) => (path === '' ? undefined : path)),
   // --- end ADMIN_KEY_FILE ---------------------------------------------------------------------------------------
 
-  // --- TRUSTED_PROXY (src/trusted-proxy.ts) -------------------------------------------------------------------
+  // --- TRUSTED_PROXY (src/http/trusted-proxy.ts) ----------------------------------------------------------------
   /**
    * Whose X-Forwarded-For is believed, so that lockouts, logs and the audit log see the real client: a
    * comma-separated list of IP addresses or host names (resolved with DNS at start, every 10 s, and when an

@@ -123,3 +123,14 @@ export async function scramSha256Verifier(password: string, salt: Buffer = rando
   const storedKey = sha256(clientKey);
   return `SCRAM-SHA-256$${SCRAM_ITERATIONS}:${salt.toString('base64')}$${storedKey.toString('base64')}:${serverKey.toString('base64')}`;
 }
+
+/** A fresh app password with its SCRAM verifier: what a login role is given (the verifier) and its holder told (the password). */
+export interface AppCredential {
+  password: string;
+  verifier: string;
+}
+
+export async function newAppCredential(): Promise<AppCredential> {
+  const password = newAppPassword();
+  return { password, verifier: await scramSha256Verifier(password) };
+}

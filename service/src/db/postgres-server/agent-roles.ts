@@ -3,31 +3,12 @@
 // programs (a CHECK constraint, a domain check, a generated column, an index expression or a materialized view
 // runs while a dump is restored); under an agent it can reach nothing the app could not reach itself, where
 // under the superuser a RESET ROLE would have made it the superuser (SECURITY.md, promise 8).
-import type { AppIdentifiers } from '../../shared/app-names.js';
-import { newCredential } from '../../domain/credential-stock.js';
-import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock, WORK_DATABASE_PREFIXES } from './app-objects.js';
-import type { Database } from '../superuser-connections.js';
-import type { FastifyBaseLogger } from 'fastify';
-import type pg from 'pg';
-
-export type AgentKind = 'dump' | 'restore';
-
-/**
- * Agent names: `pgprov_dump_<app>`, and `pgprov_restore_<app>`, which is also the name of the database a restore
- * works in: pg_hba.conf's samerole admits an agent to databases named like a role it belongs to, so the restore's
- * agent reaches its work database and the app's, nothing else. Outside the app_ namespace: no app name makes them.
- */
-const AGENT_PREFIXES: Record<AgentKind, string> = { dump: 'pgprov_dump_', restore: WORK_DATABASE_PREFIXES.restoring };
-const AGENT_NAME = /^pgprov_(?:dump|restore)_([a-z0-9_]{3,32})$/;
-
-export function agentName(kind: AgentKind, app: AppIdentifiers): string {
-  return AGENT_PREFIXES[kind] + app.appName;
-}
-
-/** The app an agent role works for, or undefined for a name that is not an agent's. */
-export function appOfAgent(role: string): string | undefined {
-  return AGENT_NAME.exec(role)?.[1];
-}
+import type { Logger } from 'pino';
+import { agentName, type AgentKind, type AppIdentifiers } from '../../shared/object-names.js';
+import { newAppCredential } from '../../shared/secrets.js';
+import type { Queryable } from '../queryable.js';
+import type { SuperuserConnections } from '../superuser-connections.js';
+import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock } from './app-objects.js';
 
 /** How a client program logs in as the agent, and how its session is watched. */
 export interface AgentLogin {
@@ -43,32 +24,32 @@ export interface AgentLogin {
  * app's login role.
  */
 export async function withAgent<T>(
-  db: Database,
-  client: pg.ClientBase,
+  connections: SuperuserConnections,
+  client: Queryable,
   app: AppIdentifiers,
   kind: AgentKind,
   validForMs: number,
-  log: FastifyBaseLogger,
+  log: Logger,
   work: (agent: AgentLogin) => Promise<T>,
 ): Promise<T> {
   const user = agentName(kind, app);
-  await removeAgent(db, client, user, app.username); // a leftover of a crash, if any
-  const { password, verifier } = await newCredential();
+  await removeAgent(connections, client, user, app.username); // a leftover of a crash, if any
+  const { password, verifier } = await newAppCredential();
   await createAgentRole(client, user, app, verifier, validForMs);
   try {
-    return await work({ user, password, waitingOnLock: () => waitingOnLock(db.pool, user) });
+    return await work({ user, password, waitingOnLock: () => waitingOnLock(connections.pool, user) });
   } finally {
     // Refused at once; if a tenant's lock keeps it from being dropped now, the reconciler drops it later: the
     // operation itself, done, is not failed for it.
-    await removeAgent(db, client, user, app.username).catch((err: unknown) => log.warn({ err, agent: user }, 'could not remove an agent role now; the reconciler will'));
+    await removeAgent(connections, client, user, app.username).catch((err: unknown) => log.warn({ err, agent: user }, 'could not remove an agent role now; the reconciler will'));
   }
 }
 
 /** Refuses the agent's logins, ends its sessions, and drops it (what it owns goes to `heir` when that exists). */
-export async function removeAgent(db: Database, client: pg.ClientBase, agent: string, heir: string): Promise<void> {
+export async function removeAgent(connections: SuperuserConnections, client: Queryable, agent: string, heir: string): Promise<void> {
   const existing = await existingRoles(client, [agent, heir]);
   if (!existing.has(agent)) return;
   await disableLogin(client, agent);
   await endSessionsOf(client, agent);
-  await dropRoleEverywhere(client, db, agent, existing.has(heir) ? heir : undefined);
+  await dropRoleEverywhere(client, connections, agent, existing.has(heir) ? heir : undefined);
 }

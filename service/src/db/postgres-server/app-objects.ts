@@ -1,29 +1,16 @@
-// Owns the DDL that makes, changes and removes an app's Postgres objects: its login role, its access role and
-// its database. Identifiers come only from appIdentifiers() (the allowlist) and are quoted with
-// escapeIdentifier; values that DDL cannot take as $n parameters are quoted with escapeLiteral.
-// Every function takes the superuser connection to run on; none decides what to do on failure (src/lifecycle.ts
-// does).
+// Owns the DDL that makes, changes and removes an app's Postgres objects on the server: its login role, its access
+// role and its database, and the catalog reads that find them. Identifiers come only from src/shared/object-names.ts
+// (the allowlist) and are quoted with escapeIdentifier; values that DDL cannot take as $n parameters are quoted
+// with escapeLiteral. Every function takes the superuser connection to run on; none decides what to do on failure
+// (the operations of src/domain/ do).
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AppIdentifiers } from '../../shared/app-names.js';
-
-/** The Postgres names of one set of app objects: an app's, or a prepared set in the ready pool. */
-export type ObjectNames = Pick<AppIdentifiers, 'database' | 'username' | 'accessRole'>;
-import type { Database } from '../superuser-connections.js';
 import { watchLockWaits } from '../../shared/lock-watch.js';
+import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
+import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import type { DatabaseOpener, Queryable } from '../queryable.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
-
-type Queryable = Pick<pg.ClientBase, 'query'>;
-
-/** The group role every app login role belongs to; pg_hba.conf names it as +provisioned_apps. */
-export const APPS_GROUP_ROLE = 'provisioned_apps';
-
-/** The group role of the short-lived agent roles (createAgentRole); pg_hba.conf names it as +pgprov_agents. */
-export const AGENTS_GROUP_ROLE = 'pgprov_agents';
-
-export const DUPLICATE_ROLE_STATES = new Set(['42710', '23505']);
-export const DUPLICATE_DATABASE_STATE = '42P04';
 
 export interface AppRoleLimits {
   connectionLimit: number;
@@ -92,12 +79,12 @@ export async function createDatabase(db: Queryable, database: string): Promise<v
  * the app cannot GRANT CONNECT on it to anyone else; the app may create schemas, extensions and temp tables,
  * and owns its public schema (which needs a connection into that database).
  */
-export async function handDatabaseToApp(db: Queryable, database: Database, name: string, app: ObjectNames): Promise<void> {
+export async function handDatabaseToApp(db: Queryable, opener: DatabaseOpener, name: string, app: ObjectNames): Promise<void> {
   await db.query(
     `REVOKE ALL ON DATABASE ${ident(name)} FROM PUBLIC;
      GRANT CONNECT, CREATE, TEMPORARY ON DATABASE ${ident(name)} TO ${ident(app.username)};`,
   );
-  await database.inDatabase(name, (appDb) => appDb.query(`ALTER SCHEMA public OWNER TO ${ident(app.username)}`));
+  await opener.inDatabase(name, (appDb) => appDb.query(`ALTER SCHEMA public OWNER TO ${ident(app.username)}`));
 }
 
 export async function dropDatabase(db: Queryable, database: string): Promise<void> {
@@ -109,10 +96,10 @@ export async function dropDatabase(db: Queryable, database: string): Promise<voi
  * another app's login (app x's app_x_user for app x_user), never ours to drop. Whatever other tenants granted
  * to these roles is removed first (dropRoleEverywhere), so no tenant can keep another app's roles alive.
  */
-export async function dropAppRoles(db: Queryable, database: Database, app: ObjectNames): Promise<void> {
-  await dropRoleEverywhere(db, database, app.username);
+export async function dropAppRoles(db: Queryable, opener: DatabaseOpener, app: ObjectNames): Promise<void> {
+  await dropRoleEverywhere(db, opener, app.username);
   const { rows } = await db.query<{ rolcanlogin: boolean }>(`SELECT rolcanlogin FROM pg_roles WHERE rolname = $1`, [app.accessRole]);
-  if (rows[0] && !rows[0].rolcanlogin) await dropRoleEverywhere(db, database, app.accessRole);
+  if (rows[0] && !rows[0].rolcanlogin) await dropRoleEverywhere(db, opener, app.accessRole);
 }
 
 /**
@@ -138,10 +125,10 @@ async function databasesNamingRole(db: Queryable, role: string): Promise<string[
  * cannot create event triggers. A database that refuses connections (mid-restore) makes DROP ROLE fail; the
  * caller's operation then fails and the reconciler finishes it.
  */
-export async function dropRoleEverywhere(db: Queryable, database: Database, role: string, reassignTo?: string): Promise<void> {
+export async function dropRoleEverywhere(db: Queryable, opener: DatabaseOpener, role: string, reassignTo?: string): Promise<void> {
   if (!(await existingRoles(db, [role])).has(role)) return;
   for (const name of await databasesNamingRole(db, role)) {
-    await database.inDatabase(name, (inside) => dropOwnedInside(inside, db, role, reassignTo));
+    await opener.inDatabase(name, (inside) => dropOwnedInside(inside, db, role, reassignTo));
   }
   // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left.
   await db.query(`DROP ROLE IF EXISTS ${ident(role)}`);
@@ -207,8 +194,8 @@ export async function disableLogin(db: Queryable, role: string): Promise<void> {
 
 /** Postgres's "tuple concurrently updated" (XX000): two statements changed the same catalog row at once. */
 function isConcurrentUpdate(err: unknown): boolean {
-  const { code, message } = err as { code?: unknown; message?: unknown };
-  return code === 'XX000' && typeof message === 'string' && /tuple concurrently updated/.test(message);
+  const { message } = err as { message?: unknown };
+  return sqlState(err) === SQLSTATE.internalError && typeof message === 'string' && /tuple concurrently updated/.test(message);
 }
 
 /** Lets the app's login role open sessions again (after a rotation that was interrupted before its end). */
@@ -386,9 +373,7 @@ export async function appObjects(db: Queryable, app: ObjectNames): Promise<AppOb
   return rows[0]!;
 }
 
-/** Databases the service makes for its own work (restores), never apps' own: left over only after a crash. */
-export const WORK_DATABASE_PREFIXES = { restoring: 'pgprov_restore_', retired: 'pgprov_retired_' };
-
+/** The databases the service made for its own work (restores): left over only after a crash. */
 export async function workDatabases(db: Queryable): Promise<string[]> {
   const { rows } = await db.query<{ datname: string }>(
     `SELECT datname FROM pg_database WHERE starts_with(datname, $1) OR starts_with(datname, $2) ORDER BY 1`,
@@ -400,12 +385,26 @@ export async function workDatabases(db: Queryable): Promise<string[]> {
 /** App names that have Postgres objects (an app login role in provisioned_apps, or an app_* database). */
 export async function appNamesWithObjects(db: Queryable): Promise<string[]> {
   const { rows } = await db.query<{ app_name: string }>(
-    `SELECT substring(r.rolname FROM '^app_([a-z0-9_]{3,32})_user$') AS app_name
+    `SELECT substring(r.rolname FROM '${APP_SQL.loginRolePattern}') AS app_name
        FROM pg_roles r
-      WHERE r.rolcanlogin AND pg_has_role(r.oid, $1, 'MEMBER') AND r.rolname ~ '^app_[a-z0-9_]{3,32}_user$'
+      WHERE r.rolcanlogin AND pg_has_role(r.oid, $1, 'MEMBER') AND r.rolname ~ '${APP_SQL.loginRolePattern}'
      UNION
-     SELECT substring(datname FROM '^app_([a-z0-9_]{3,32})$') FROM pg_database WHERE datname ~ '^app_[a-z0-9_]{3,32}$'`,
+     SELECT substring(datname FROM '${APP_SQL.databasePattern}') FROM pg_database WHERE datname ~ '${APP_SQL.databasePattern}'`,
     [APPS_GROUP_ROLE],
   );
   return rows.map((row) => row.app_name);
+}
+
+/**
+ * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
+ * database: about a millisecond per app, so the full list is refreshed in the background, not per request.
+ */
+export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Promise<Map<string, number>> {
+  const { rows } = await db.query<{ app_name: string; size_bytes: number }>(
+    `SELECT substring(datname FROM '${APP_SQL.databasePattern}') AS app_name, pg_database_size(oid)::float8 AS size_bytes
+       FROM pg_database
+      WHERE datname ~ '${APP_SQL.databasePattern}' AND ($1::text[] IS NULL OR datname = ANY (SELECT ${APP_SQL.databaseOf('n')} FROM unnest($1::text[]) n))`,
+    [appNames ?? null],
+  );
+  return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
 }

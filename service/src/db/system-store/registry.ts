@@ -1,8 +1,6 @@
-// Owns the bookkeeping SQL: the registry of apps (what exists, in what state) and the append-only audit log,
-// both in the system's own database.
-import type pg from 'pg';
-
-type Queryable = Pick<pg.ClientBase, 'query'>;
+// Owns the registry of apps in the system's own database: what exists, in what state, which incarnation.
+import { APP_SQL } from '../../shared/object-names.js';
+import type { Queryable } from '../queryable.js';
 
 export type AppState = 'creating' | 'ready' | 'deleting';
 
@@ -14,10 +12,10 @@ export interface RegisteredApp {
   created_at: Date;
 }
 
-export interface AppSummary {
+/** A ready app with its open sessions. */
+export interface ReadyAppRow {
   app_name: string;
   created_at: Date;
-  size_bytes: number;
   connections: number;
 }
 
@@ -61,13 +59,16 @@ export async function adoptApp(db: Queryable, appName: string): Promise<void> {
   await db.query(`INSERT INTO apps (app_name, state) VALUES ($1, 'ready') ON CONFLICT (app_name) DO NOTHING`, [appName]);
 }
 
-/** Ready apps with their open sessions (sizes come from appDatabaseSizes, which is slower). */
-export async function readyAppSummaries(db: Queryable, appName?: string): Promise<Array<Omit<AppSummary, 'size_bytes'>>> {
-  const { rows } = await db.query<Omit<AppSummary, 'size_bytes'>>(
+/**
+ * Ready apps with their open sessions (sizes come from appDatabaseSizes, which is slower). Reads the server's
+ * pg_stat_activity beside the registry: both are in the one cluster.
+ */
+export async function readyAppRows(db: Queryable, appName?: string): Promise<ReadyAppRow[]> {
+  const { rows } = await db.query<ReadyAppRow>(
     `SELECT a.app_name, a.created_at, COALESCE(s.sessions, 0)::int AS connections
        FROM apps a
        LEFT JOIN (SELECT usename, count(*) AS sessions FROM pg_stat_activity GROUP BY usename) s
-              ON s.usename = 'app_' || a.app_name || '_user'
+              ON s.usename = ${APP_SQL.loginRoleOf('a.app_name')}
       WHERE a.state = 'ready' AND ($1::text IS NULL OR a.app_name = $1)
       ORDER BY a.app_name`,
     [appName ?? null],
@@ -75,37 +76,7 @@ export async function readyAppSummaries(db: Queryable, appName?: string): Promis
   return rows;
 }
 
-/**
- * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
- * database: about a millisecond per app, so the full list is refreshed in the background, not per request.
- */
-export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Promise<Map<string, number>> {
-  const { rows } = await db.query<{ app_name: string; size_bytes: number }>(
-    `SELECT substring(datname FROM 5) AS app_name, pg_database_size(oid)::float8 AS size_bytes
-       FROM pg_database
-      WHERE datname ~ '^app_[a-z0-9_]{3,32}$' AND ($1::text[] IS NULL OR datname = ANY (SELECT 'app_' || n FROM unnest($1::text[]) n))`,
-    [appNames ?? null],
-  );
-  return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
-}
-
 export async function countReadyApps(db: Queryable): Promise<number> {
   const { rows } = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM apps WHERE state = 'ready'`);
   return rows[0]?.n ?? 0;
-}
-
-export interface AuditEntry {
-  action: string;
-  appName?: string;
-  outcome: string;
-  requestId?: string;
-  client?: string;
-  detail?: Record<string, unknown>;
-}
-
-export async function appendAudit(db: Queryable, entry: AuditEntry): Promise<void> {
-  await db.query(
-    `INSERT INTO audit_log (action, app_name, outcome, request_id, client, detail) VALUES ($1, $2, $3, $4, $5, $6)`,
-    [entry.action, entry.appName ?? null, entry.outcome, entry.requestId ?? null, entry.client ?? null, entry.detail ? JSON.stringify(entry.detail) : null],
-  );
 }

@@ -1,10 +1,11 @@
-// Owns the bookkeeping schema in the system's own database (`provisioner`, created by
-// init/02-create-databases.sql). Applied at every start; each statement is idempotent, so a data directory
-// initialised by an older version is brought up to date.
+// Owns the schema of the system's own database (`provisioner`, created by init/02-create-databases.sql): the
+// registry, the audit log and the ready pool's rows. Applied at every start; each statement is idempotent, so a
+// data directory initialised by an older version is brought up to date.
+import { AGENTS_GROUP_ROLE, APP_NAME_PATTERN, APPS_GROUP_ROLE, READY_SET_ID_PATTERN } from '../../shared/object-names.js';
 
 export const SCHEMA_SQL = `
 CREATE TABLE IF NOT EXISTS apps (
-  app_name   text PRIMARY KEY CHECK (app_name ~ '^[a-z0-9_]{3,32}$'),
+  app_name   text PRIMARY KEY CHECK (app_name ~ '${APP_NAME_PATTERN.source}'),
   -- creating: objects may be half-made; ready: complete; deleting: objects may be half-removed.
   state      text NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),
   created_at timestamptz NOT NULL DEFAULT now(),
@@ -44,7 +45,7 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 -- The ready pool: sets of objects (roles and a database) made ahead of time, named pgprov_ready_<id>,
 -- handed to an app in one transaction. preparing: may be half-made; ready: complete, never logged into.
 CREATE TABLE IF NOT EXISTS ready_pool (
-  id         text PRIMARY KEY CHECK (id ~ '^[a-z0-9]{12}$'),
+  id         text PRIMARY KEY CHECK (id ~ '${READY_SET_ID_PATTERN.source}'),
   state      text NOT NULL CHECK (state IN ('preparing', 'ready')),
   created_at timestamptz NOT NULL DEFAULT now()
 );
@@ -54,8 +55,8 @@ REVOKE ALL ON apps, audit_log, ready_pool FROM PUBLIC;
 -- The group of the service's agent roles (init/01-create-users.sql makes it on new data directories).
 DO $$
 BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgprov_agents') THEN
-    CREATE ROLE pgprov_agents WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${AGENTS_GROUP_ROLE}') THEN
+    CREATE ROLE ${AGENTS_GROUP_ROLE} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
   END IF;
 END
 $$;
@@ -68,7 +69,7 @@ DECLARE
 BEGIN
   FOR app_role IN
     SELECT m.rolname FROM pg_auth_members am
-      JOIN pg_roles g ON g.oid = am.roleid AND g.rolname = 'provisioned_apps'
+      JOIN pg_roles g ON g.oid = am.roleid AND g.rolname = '${APPS_GROUP_ROLE}'
       JOIN pg_roles m ON m.oid = am.member
      WHERE NOT EXISTS (SELECT 1 FROM pg_db_role_setting s
                         WHERE s.setrole = m.oid AND s.setdatabase = 0 AND s.setconfig @> ARRAY['log_min_messages=fatal'])

@@ -14,7 +14,6 @@ import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
 import createError from '@fastify/error';
 import type { FastifyRequest } from 'fastify';
-import { appendAudit } from '../../db/system-store/registry.js';
 import {
   ConflictingAdminKeysError,
   InvalidAdminKeyError,
@@ -38,7 +37,7 @@ declare module 'fastify' {
 }
 
 export interface AdminAuthOptions {
-  /** The admin key, by its digest (src/secrets.ts): generated at start, or pinned by ADMIN_KEY_FILE. */
+  /** The admin key, by its digest (src/shared/secrets.ts): generated at start, or pinned by ADMIN_KEY_FILE. */
   adminKey: AdminKeyDigest;
   /** Wrong keys one client address may present per window before it is locked out. */
   maxFailedAttempts: number;
@@ -110,9 +109,8 @@ export default fp<AdminAuthOptions>(
     // Fire and forget: the answer never waits for (or depends on) Postgres; a lost row is a warning in the log.
     const audit = (request: FastifyRequest, client: string, outcome: AuthFailure) => {
       const entry = { action: 'admin_auth', outcome, requestId: request.id, client, detail: { method: request.method, route: request.routeOptions.url ?? null } };
-      app.db
-        .ready()
-        .then(() => appendAudit(app.db.pool, entry))
+      app.audit
+        .record(entry)
         .catch((err) => request.log.warn({ err, action: entry.action, outcome }, 'could not write the audit log'));
     };
 
@@ -154,5 +152,5 @@ export default fp<AdminAuthOptions>(
       check(request, headerKey(request) ?? { outcome: 'missing_key', error: () => new MissingAuthorizationError() }),
     );
   },
-  { name: 'admin-auth', dependencies: ['database'] },
+  { name: 'admin-auth', dependencies: ['provisioner'] },
 );

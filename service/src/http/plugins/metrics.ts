@@ -1,16 +1,9 @@
 // Owns Prometheus metrics, served at GET /metrics on the service's own port (nginx does not route it):
-// requests and latency per route, outcomes and latency per app operation, pool usage, number of apps, and
-// the process's own (memory, event loop, GC).
+// requests and latency per route, outcomes and latency per app operation, connection pool usage, number of apps,
+// ready-pool sets, and the process's own (memory, event loop, GC). Metrics depend on the operations (they
+// observe them and read the provisioner's statistics); the operations know nothing of metrics.
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { countReadyApps } from '../../db/system-store/registry.js';
-import type { OperationObserver } from '../../domain/app-operations.js';
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    observeOperation: OperationObserver;
-  }
-}
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -29,9 +22,10 @@ export default fp(
       labelNames: ['state'],
       registers: [register],
       collect() {
-        this.set({ state: 'total' }, app.db.pool.totalCount);
-        this.set({ state: 'idle' }, app.db.pool.idleCount);
-        this.set({ state: 'waiting' }, app.db.pool.waitingCount);
+        const pool = app.statistics.connectionPool();
+        this.set({ state: 'total' }, pool.total);
+        this.set({ state: 'idle' }, pool.idle);
+        this.set({ state: 'waiting' }, pool.waiting);
       },
     });
     new Gauge({
@@ -40,7 +34,7 @@ export default fp(
       registers: [register],
       async collect() {
         try {
-          this.set(await countReadyApps(app.db.pool));
+          this.set(await app.statistics.readyApps());
         } catch {
           // Postgres away: the gauge keeps its last value; /health says why.
         }
@@ -54,7 +48,7 @@ export default fp(
       registers: [register],
       async collect() {
         try {
-          const counts = await app.lifecycle.readyPool.counts();
+          const counts = await app.statistics.readySets();
           this.set({ state: 'ready' }, counts.ready);
           this.set({ state: 'preparing' }, counts.preparing);
         } catch {
@@ -63,7 +57,7 @@ export default fp(
       },
     });
 
-    app.decorate('observeOperation', (operation: string, outcome: string, seconds: number) => {
+    app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });
       operationSeconds.observe({ operation }, seconds);
     });
@@ -80,5 +74,5 @@ export default fp(
       return register.metrics();
     });
   },
-  { name: 'metrics', dependencies: ['database'] },
+  { name: 'metrics', dependencies: ['provisioner'] },
 );

@@ -2,10 +2,10 @@
 // Every route takes the admin key as "Authorization: Bearer <key>", checked before anything else of the request.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { appIdentifiers } from '../../shared/app-names.js';
+import type { AppSummary } from '../../domain/app-operations.js';
 import { BACKUP_FILE_PATTERN } from '../../domain/backup-files.js';
 import type { Config } from '../../shared/config.js';
-import type { AppSummary } from '../../db/system-store/registry.js';
+import { appIdentifiers } from '../../shared/object-names.js';
 import { AppNameParamsSchema, BackupSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
 
 const AppSchema = z.object({
@@ -56,13 +56,13 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
       // list is written as is instead of being copied object by object by zod first (half the garbage).
       serializerCompiler: () => (data) => JSON.stringify(data),
     },
-    async () => ({ apps: (await app.lifecycle.list()).map(appBody) }),
+    async () => ({ apps: (await app.operations.list()).map(appBody) }),
   );
 
   app.get(
     '/apps/:name',
     { schema: { summary: 'One app', params: AppNameParamsSchema, response: { 200: AppSchema, ...errorResponses } } },
-    async (request) => appBody(await app.lifecycle.get(request.params.name)),
+    async (request) => appBody(await app.operations.get(request.params.name)),
   );
 
   app.post(
@@ -75,7 +75,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
       },
     },
     async (request) => {
-      const rotated = await app.lifecycle.rotate(request.params.name, requestContext(request));
+      const rotated = await app.operations.rotate(request.params.name, requestContext(request));
       return { ...credentialsBody(config, rotated.app, rotated.password), sessions_ended: rotated.sessionsEnded };
     },
   );
@@ -83,13 +83,13 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
   app.post(
     '/apps/:name/backups',
     { schema: { summary: "Back up the app's database (pg_dump, custom format)", params: AppNameParamsSchema, response: { 201: BackupSchema, ...errorResponses } } },
-    async (request, reply) => reply.code(201).send(await app.lifecycle.backup(request.params.name, requestContext(request))),
+    async (request, reply) => reply.code(201).send(await app.operations.backup(request.params.name, requestContext(request))),
   );
 
   app.get(
     '/apps/:name/backups',
     { schema: { summary: "The app's backups, newest first", params: AppNameParamsSchema, response: { 200: z.object({ backups: z.array(BackupSchema) }), ...errorResponses } } },
-    async (request) => ({ backups: await app.lifecycle.listBackups(request.params.name) }),
+    async (request) => ({ backups: await app.operations.listBackups(request.params.name) }),
   );
 
   app.post(
@@ -104,7 +104,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
     },
     async (request) => {
       const { file, from_deleted_app: fromDeletedApp } = request.body;
-      await app.lifecycle.restore(request.params.name, file, { fromDeletedApp }, requestContext(request));
+      await app.operations.restore(request.params.name, file, { fromDeletedApp }, requestContext(request));
       return { app_name: request.params.name, restored: request.body.file };
     },
   );
@@ -120,7 +120,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
       },
     },
     async (request) => {
-      const { backup } = await app.lifecycle.delete(request.params.name, { backup: request.query.backup === 'true' }, requestContext(request));
+      const { backup } = await app.operations.delete(request.params.name, { backup: request.query.backup === 'true' }, requestContext(request));
       return { deleted: request.params.name, backup };
     },
   );

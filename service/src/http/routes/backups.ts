@@ -15,7 +15,7 @@ const backupsRoutes: FastifyPluginAsyncZod = async (app) => {
         response: { 200: z.object({ backups: z.array(BackupSchema.extend({ app_exists: z.boolean() })) }), ...errorResponses },
       },
     },
-    async () => ({ backups: await app.lifecycle.listAllBackups() }),
+    async () => ({ backups: await app.operations.listAllBackups() }),
   );
 };
 

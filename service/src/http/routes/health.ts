@@ -1,8 +1,7 @@
 // GET /health: 200 when Postgres answers within HEALTH_TIMEOUT_MS, 503 otherwise. Never slower than that;
-// concurrent checks share one ping (see Database.checkHealth).
+// concurrent checks share one ping (see SuperuserConnections.checkHealth).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { Config } from '../../shared/config.js';
 
 const HealthSchema = z.object({ status: z.literal('ok') });
 const UnhealthySchema = z.object({
@@ -14,7 +13,7 @@ const UnhealthySchema = z.object({
   request_id: z.string(),
 });
 
-const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { config }) => {
+const healthRoutes: FastifyPluginAsyncZod = async (app) => {
   app.get(
     '/health',
     {
@@ -28,7 +27,7 @@ const healthRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { co
     },
     async (request, reply) => {
       try {
-        await app.db.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
+        await app.health.check();
         return { status: 'ok' as const };
       } catch (err) {
         request.log.warn({ err }, 'health check: database not answering');

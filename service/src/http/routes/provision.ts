@@ -1,13 +1,13 @@
 // POST /provision: creates one app's database and roles and returns its connection string.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { AppNameSchema } from '../../shared/app-names.js';
+import { AppNameSchema } from '../../shared/object-names.js';
 import type { Config } from '../../shared/config.js';
 import { CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';
 
 export const ProvisionBodySchema = z.strictObject(
   {
-    // The app-name rule (src/app-names.ts), where a missing app_name is "required", not a wrong type.
+    // The app-name rule (src/shared/object-names.ts), where a missing app_name is "required", not a wrong type.
     app_name: z
       .string({ error: (issue) => (issue.input === undefined ? 'app_name is required' : 'app_name must be a string') })
       .check(...(AppNameSchema.def.checks ?? [])),
@@ -30,7 +30,7 @@ const provisionRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, {
       preValidation: async (request) => app.requireAdminKey(request),
     },
     async (request, reply) => {
-      const { app: created, password } = await app.lifecycle.provision(request.body.app_name, requestContext(request));
+      const { app: created, password } = await app.operations.provision(request.body.app_name, requestContext(request));
       request.log.info({ app: created.appName }, 'app provisioned');
       return reply.code(201).send(credentialsBody(config, created, password));
     },

@@ -1,7 +1,7 @@
 // Owns the shapes shared by routes. Response schemas are allowlists: a field not named here never leaves
 // the service.
 import { z } from 'zod';
-import { AppNameSchema, type AppIdentifiers } from '../../shared/app-names.js';
+import { AppNameSchema, type AppIdentifiers } from '../../shared/object-names.js';
 import type { Config } from '../../shared/config.js';
 
 export const ErrorSchema = z.object({

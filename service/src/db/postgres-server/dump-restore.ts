@@ -1,0 +1,102 @@
+// Owns the client programs of PostgreSQL 15 that copy an app's database out and back in: pg_dump (custom format,
+// into a file the caller names) and pg_restore, logged in as an agent with the app's own rights
+// (agent-roles.ts), never as the superuser. While a program runs, its agent's session is watched for lock waits.
+// Failures become the service's own errors; a program's stderr can quote tenant data and is never logged.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Config } from '../../shared/config.js';
+import { BackupBlockedError, BackupFailedError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from '../../shared/errors.js';
+import { watchLockWaits } from '../../shared/lock-watch.js';
+import type { AppIdentifiers } from '../../shared/object-names.js';
+import type { AgentLogin } from './agent-roles.js';
+
+const run = promisify(execFile);
+
+/**
+ * What went wrong in a client program, in our words. Its stderr can quote text a tenant chose (object names,
+ * messages raised by its functions, row values), so it is read here for a category and never logged or
+ * returned.
+ */
+function failureCategory(stderr: string): 'unavailable' | 'lock' | 'refused' | 'other' {
+  if (/connection to server|could not connect|server closed the connection|timeout expired|the database system is/i.test(stderr)) return 'unavailable';
+  // pg_dump's --lock-wait-timeout sets statement_timeout around its LOCK TABLE statements, and only there.
+  if (/could not obtain lock|lock timeout|canceling statement due to (?:lock|statement) timeout/i.test(stderr)) return 'lock';
+  if (/permission denied|row-level security/i.test(stderr)) return 'refused';
+  return 'other';
+}
+
+export class DumpAndRestore {
+  private readonly config: Config;
+
+  constructor(config: Config) {
+    this.config = config;
+  }
+
+  private connectionArgs(database: string, agent: AgentLogin): string[] {
+    const { DATABASE_HOST, DATABASE_PORT } = this.config;
+    return [`--host=${DATABASE_HOST}`, `--port=${DATABASE_PORT}`, `--username=${agent.user}`, `--dbname=${database}`, '--no-password'];
+  }
+
+  private env(agent: AgentLogin): NodeJS.ProcessEnv {
+    return { PATH: process.env.PATH, PGPASSWORD: agent.password, PGAPPNAME: 'pg-provisioner-backup', PGCONNECT_TIMEOUT: '10' };
+  }
+
+  /** Dumps the app's database as its agent into `file` (which exists, empty, readable by the service's user only). */
+  async dump(app: AppIdentifiers, agent: AgentLogin, file: string): Promise<void> {
+    await this.runProgram('pg_dump', app, agent, this.config.PG_DUMP_PATH, [
+      ...this.connectionArgs(app.database, agent),
+      '--format=custom',
+      `--lock-wait-timeout=${this.config.BACKUP_LOCK_WAIT_TIMEOUT_MS}`,
+      `--file=${file}`,
+    ]);
+  }
+
+  /**
+   * Restores the dump at `path` (the backup named `file`) into `database` as the app's agent: every object is
+   * created as (and so owned by) the app's login role, and anything the dump's own code does runs with the app's
+   * rights at most.
+   */
+  async restore(path: string, file: string, database: string, app: AppIdentifiers, agent: AgentLogin): Promise<void> {
+    try {
+      await this.runProgram('pg_restore', app, agent, this.config.PG_RESTORE_PATH, [
+        ...this.connectionArgs(database, agent),
+        `--role=${app.username}`,
+        '--no-owner',
+        '--exit-on-error',
+        '--single-transaction',
+        path,
+      ]);
+    } catch (err) {
+      if (err instanceof BackupFailedError) throw new BackupNotRestorableError(file, app.appName);
+      throw err;
+    }
+  }
+
+  /**
+   * Runs a client program; while it runs, watches the agent's session, and stops the program once it has
+   * waited BACKUP_LOCK_WAIT_TIMEOUT_MS for a lock (a tenant's transaction can hold one for as long as it likes;
+   * pg_dump's --lock-wait-timeout covers only its first table locks). Failures become our own errors.
+   */
+  private async runProgram(program: 'pg_dump' | 'pg_restore', app: AppIdentifiers, agent: AgentLogin, path: string, args: string[]): Promise<void> {
+    const lockWaitMs = this.config.BACKUP_LOCK_WAIT_TIMEOUT_MS;
+    const stop = new AbortController();
+    let blocked = false;
+    const watching = watchLockWaits(stop.signal, agent.waitingOnLock, lockWaitMs, () => {
+      blocked = true;
+      stop.abort();
+    });
+    try {
+      await run(path, args, { env: this.env(agent), timeout: this.config.BACKUP_TIMEOUT_MS, signal: stop.signal });
+    } catch (err) {
+      const category = blocked ? 'lock' : failureCategory(String((err as { stderr?: unknown }).stderr ?? ''));
+      if (category === 'unavailable') throw new DatabaseUnavailableError();
+      if (category === 'lock') throw new BackupBlockedError(app.appName, Math.round(lockWaitMs / 1000));
+      if (category === 'refused' && program === 'pg_dump') throw new BackupRefusedError(app.appName, 'an object in its database cannot be read by its own role: permission denied or row-level security');
+      const { code, signal } = err as { code?: unknown; signal?: unknown };
+      throw Object.assign(new BackupFailedError(program, app.appName), { exitCode: typeof code === 'number' ? code : undefined, signal: typeof signal === 'string' ? signal : undefined });
+    } finally {
+      stop.abort();
+      await watching;
+    }
+  }
+}

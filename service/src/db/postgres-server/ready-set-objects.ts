@@ -1,0 +1,52 @@
+// Owns the SQL of the ready pool's prepared sets on the Postgres server: which exist, which a tenant has granted
+// something to, and their passwords. Their names come from src/shared/object-names.ts.
+import pg from 'pg';
+import { READY_SET_ID_PATTERN, READY_SET_SQL, readySetNames } from '../../shared/object-names.js';
+import type { Queryable } from '../queryable.js';
+
+const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
+
+/** Ids of prepared objects in Postgres (roles or databases named pgprov_ready_<id>). */
+export async function idsWithObjects(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT substring(rolname FROM '${READY_SET_SQL.rolePattern}') AS id FROM pg_roles WHERE rolname ~ '${READY_SET_SQL.rolePattern}'
+     UNION
+     SELECT substring(datname FROM '${READY_SET_SQL.databasePattern}') FROM pg_database WHERE datname ~ '${READY_SET_SQL.databasePattern}'`,
+  );
+  return rows.map((row) => row.id);
+}
+
+/**
+ * Prepared sets whose roles someone else has named: a tenant can GRANT on its own objects (or set default
+ * privileges or policies) to any role it sees in pg_roles, prepared ones included. Such a set would hand those
+ * grants to the app that receives it, so it is never handed over, and the pool removes it. A prepared set's own
+ * entries (CONNECT on its database, its public schema) are the only ones expected.
+ */
+export function taintedIdsSql(ids?: string[]): string {
+  // With ids (checked by READY_SET_ID_PATTERN), the roles are looked up by name: the hand-over stays a few index
+  // lookups however many apps and roles the server holds.
+  const roles = ids
+    ? `r.rolname IN (${ids.flatMap((id) => Object.values(readySetNames(id))).filter((name, i, all) => all.indexOf(name) === i).map((name) => literal(name)).join(', ')})`
+    : `r.rolname ~ '${READY_SET_SQL.rolePattern}'`;
+  return `
+  SELECT DISTINCT substring(r.rolname FROM '${READY_SET_SQL.idPrefixPattern}') AS id
+    FROM pg_roles r
+    JOIN pg_shdepend s ON s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
+    LEFT JOIN pg_database own ON own.datname = substring(r.rolname FROM '${READY_SET_SQL.databasePrefixPattern}')
+   WHERE ${roles}
+     AND s.dbid IS DISTINCT FROM own.oid
+     AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = own.oid)`;
+}
+
+export async function taintedIds(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(taintedIdsSql());
+  return rows.map((row) => row.id);
+}
+
+/** Sets the password of a prepared login role, which stays NOLOGIN: nobody can use it before the handover. */
+export async function setPreparedPassword(db: Queryable, id: string, passwordVerifier: string): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(readySetNames(id).username)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)}`);
+}
+
+/** Whether `id` can name a prepared set (checked before an id goes into SQL as a literal). */
+export const isReadySetId = (id: string): boolean => READY_SET_ID_PATTERN.test(id);

@@ -1,0 +1,117 @@
+// Owns what every app operation runs inside, so that no operation writes it again: the system's own tables exist;
+// the operation is timed, told to whoever observes operations (metrics), and written to the audit log whatever
+// its outcome; and, for an operation on an app that exists, the app's lock is held, on a pooled connection or,
+// for a long operation, on a connection of its own in a bounded slot, and the app is registered (and ready,
+// unless the operation says otherwise).
+import type { Logger } from 'pino';
+import type { Queryable } from '../db/queryable.js';
+import type { SuperuserConnections } from '../db/superuser-connections.js';
+import { findApp, type AppState } from '../db/system-store/registry.js';
+import { AppNotFoundError } from '../shared/errors.js';
+import { appIdentifiers, type AppIdentifiers } from '../shared/object-names.js';
+import type { AuditTrail } from './audit-trail.js';
+import type { Slots } from './slots.js';
+
+/** Who asked: written to the audit log with every operation. */
+export interface RequestContext {
+  requestId?: string;
+  client?: string;
+}
+
+/** Told of every operation's end: name, outcome, seconds. */
+export type OperationObserver = (operation: string, outcome: string, seconds: number) => void;
+
+/** An app found registered (within onApp, under its lock): its names, state and incarnation. */
+export interface FoundApp extends AppIdentifiers {
+  state: AppState;
+  incarnation: string;
+}
+
+export interface OnAppOptions<T> {
+  /**
+   * A long operation (it holds the lock while pg_dump runs, or while logins are waited out) runs on a connection
+   * of its own, in one of these slots, waiting for one at most `waitMs` (0: not at all; then OperationsBusyError).
+   */
+  slot?: { slots: Slots; waitMs: number };
+  /** 'ready' (the default): the app must be registered and ready. 'registered': in any state (delete finishes a half-done one). */
+  appMustBe?: 'ready' | 'registered';
+  /** What the audit entry records of a success. */
+  detail?: (result: T) => Record<string, unknown>;
+}
+
+/** An audit outcome for an error: its code when it is one of ours, else "failed". */
+function outcomeOf(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code.toLowerCase() : 'failed';
+}
+
+export class OperationEnvelope {
+  private readonly connections: SuperuserConnections;
+  private readonly audit: AuditTrail;
+  private readonly log: Logger;
+  private readonly observers: OperationObserver[] = [];
+
+  constructor(connections: SuperuserConnections, audit: AuditTrail, log: Logger) {
+    this.connections = connections;
+    this.audit = audit;
+    this.log = log;
+  }
+
+  /** Tells `observer` of every operation's end from now on. */
+  observe(observer: OperationObserver): void {
+    this.observers.push(observer);
+  }
+
+  /**
+   * Runs an operation audited: once the system's own tables exist, runs `work`, then records it in the audit log
+   * and tells the observers, whatever its outcome. Every operation runs in this; those on an existing app through
+   * onApp.
+   */
+  async audited<T>(action: string, appName: string, request: RequestContext, work: () => Promise<T>, detail?: (result: T) => Record<string, unknown>): Promise<T> {
+    await this.connections.ensureSchema();
+    const started = process.hrtime.bigint();
+    let outcome = 'ok';
+    let extra: Record<string, unknown> | undefined;
+    try {
+      const result = await work();
+      extra = detail?.(result);
+      return result;
+    } catch (err) {
+      outcome = outcomeOf(err);
+      throw err;
+    } finally {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      for (const observer of this.observers) observer(action, outcome, seconds);
+      const written = this.audit.record({ action, appName, outcome, ...request, detail: extra }).catch((err) =>
+        this.log.warn({ err, action, app: appName }, 'could not write the audit log'),
+      );
+      // A success is answered once its audit entry is written; a failure (Postgres may be away) is answered at
+      // once, its entry written when it can be.
+      if (outcome === 'ok') await written;
+    }
+  }
+
+  /** The whole envelope: audited, under the app's lock, the app found as `appMustBe` says (AppNotFoundError otherwise). */
+  onApp<T>(action: string, appName: string, request: RequestContext, options: OnAppOptions<T>, work: (client: Queryable, app: FoundApp) => Promise<T>): Promise<T> {
+    return this.audited(
+      action,
+      appName,
+      request,
+      () => this.locked(appName, options.slot, async (client) => work(client, await this.requireApp(client, appName, options.appMustBe ?? 'ready'))),
+      options.detail,
+    );
+  }
+
+  /** Runs `work` under the app's lock: on a pooled connection, or in a slot on a connection of its own. */
+  locked<T>(appName: string, slot: OnAppOptions<T>['slot'], work: (client: Queryable) => Promise<T>): Promise<T> {
+    if (!slot) return this.connections.withAppLock(appName, work);
+    return slot.slots.run(() => this.connections.withAppLock(appName, work, { ownConnection: true }), slot.waitMs);
+  }
+
+  /** The app's names, state and incarnation if it is registered (and ready, for 'ready'); AppNotFoundError otherwise. */
+  async requireApp(client: Queryable, appName: string, appMustBe: 'ready' | 'registered'): Promise<FoundApp> {
+    const registered = await findApp(client, appName);
+    if (!registered || (appMustBe === 'ready' && registered.state !== 'ready')) throw new AppNotFoundError(appName);
+    return { ...appIdentifiers(appName), state: registered.state, incarnation: registered.incarnation };
+  }
+}

@@ -1,0 +1,25 @@
+// Owns taking a backup: the app's database dumped by pg_dump, logged in as the app's dump agent (with the app's
+// rights, never the superuser's), into a new file of BACKUP_DIR. Holds the app's lock for as long as pg_dump
+// runs: on a connection of its own, in one of the backup slots (a 503 at once when all are taken).
+import { withAgent } from '../../db/postgres-server/agent-roles.js';
+import type { Queryable } from '../../db/queryable.js';
+import type { AppIdentifiers } from '../../shared/object-names.js';
+import type { BackupFile } from '../backup-files.js';
+import type { OnAppOptions, RequestContext } from '../operation-envelope.js';
+import type { OperationDeps } from './deps.js';
+
+/** Where a backup, or a restore, or a delete that backs up first, holds the app's lock. */
+export const inBackupSlot = <T>(deps: OperationDeps): OnAppOptions<T>['slot'] => ({ slots: deps.backupSlots, waitMs: 0 });
+
+export function backup(deps: OperationDeps, appName: string, request: RequestContext): Promise<BackupFile> {
+  return deps.envelope.onApp('backup', appName, request, { slot: inBackupSlot(deps), detail: (file) => ({ file: file.file }) }, (client, app) =>
+    dumpApp(deps, client, app, app.incarnation),
+  );
+}
+
+/** Dumps this incarnation of the app as its dump agent, on the connection that holds the app's lock. */
+export function dumpApp(deps: OperationDeps, client: Queryable, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
+  return withAgent(deps.connections, client, app, 'dump', deps.config.BACKUP_TIMEOUT_MS, deps.log, (agent) =>
+    deps.backupFiles.create(app, incarnation, (path) => deps.dumpAndRestore.dump(app, agent, path)),
+  );
+}

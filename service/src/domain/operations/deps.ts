@@ -1,0 +1,41 @@
+// Owns what the app operations are given to work with: the connections, the envelope they run in, the ready pool
+// and the credential stock, backup files and the programs that fill them, the slots that bound long operations,
+// settings, log and crash points. Built once by src/domain/service.ts.
+import type { Logger } from 'pino';
+import type { AppRoleLimits } from '../../db/postgres-server/app-objects.js';
+import type { DumpAndRestore } from '../../db/postgres-server/dump-restore.js';
+import type { SuperuserConnections } from '../../db/superuser-connections.js';
+import type { Config } from '../../shared/config.js';
+import type { AppIdentifiers } from '../../shared/object-names.js';
+import type { BackupFiles } from '../backup-files.js';
+import type { CrashPoint } from '../crash-points.js';
+import type { CredentialStock } from '../credential-stock.js';
+import type { OperationEnvelope } from '../operation-envelope.js';
+import type { ReadyPool } from '../ready-pool.js';
+import type { Slots } from '../slots.js';
+import type { AppListing } from './read.js';
+
+export interface OperationDeps {
+  connections: SuperuserConnections;
+  envelope: OperationEnvelope;
+  readyPool: ReadyPool;
+  credentials: CredentialStock;
+  /** The apps' sizes, which a delete forgets. */
+  listing: AppListing;
+  backupFiles: BackupFiles;
+  dumpAndRestore: DumpAndRestore;
+  /** Backups and restores at once, each on a connection of its own (BACKUP_MAX_CONCURRENT); no waiting for a slot. */
+  backupSlots: Slots;
+  /** Rotations at once, each on a connection of its own while it waits out pending logins (ROTATION_MAX_CONCURRENT). */
+  rotationSlots: Slots;
+  limits: AppRoleLimits;
+  config: Config;
+  log: Logger;
+  crashPoint: CrashPoint;
+}
+
+/** What provisioning and rotation answer: the app's names and its new password. */
+export interface Credentials {
+  app: AppIdentifiers;
+  password: string;
+}

@@ -1,0 +1,77 @@
+// Owns restoring a backup into an app: restored into a new database beside the app's by pg_restore, logged in as
+// the app's restore agent, then swapped in.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { withAgent } from '../../db/postgres-server/agent-roles.js';
+import { allowConnections, createDatabase, dropDatabase, handDatabaseToApp, loginRoleState, putBackLoginRoleState, swapInDatabase } from '../../db/postgres-server/app-objects.js';
+import type { Queryable } from '../../db/queryable.js';
+import { findApp } from '../../db/system-store/registry.js';
+import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
+import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
+import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import type { RequestContext } from '../operation-envelope.js';
+import { inBackupSlot } from './backup.js';
+import type { OperationDeps } from './deps.js';
+
+/**
+ * Restores a backup into a new database beside the app's, then swaps the two in one transaction: the app sees
+ * either its old data or the restored data, never a mix, even across a crash. The backup must be of this
+ * incarnation of the app, unless `fromDeletedApp` says the operator means to restore a deleted app's backup (of
+ * this name or another) into this one; a live app's backup never goes into another app.
+ */
+export async function restore(deps: OperationDeps, appName: string, file: string, options: { fromDeletedApp: boolean }, request: RequestContext): Promise<void> {
+  const { connections, crashPoint, log } = deps;
+  const source: Record<string, unknown> = { file };
+  await deps.envelope.onApp('restore', appName, request, { slot: inBackupSlot(deps), detail: () => source }, async (client, app) => {
+    const backup = await deps.backupFiles.find(appName, file);
+    const ours = backup.app_name === appName && backup.incarnation === app.incarnation;
+    if (!ours) {
+      if (!options.fromDeletedApp) throw new BackupNotFoundError(appName, file);
+      const owner = await findApp(client, backup.app_name);
+      if (owner && owner.incarnation === backup.incarnation) throw new BackupOfLiveAppError(file, backup.app_name);
+      Object.assign(source, { from_deleted_app: true, source_app: backup.app_name, source_incarnation: backup.incarnation });
+    }
+    // Named like the restore's agent, so that pg_hba.conf admits the agent there (src/shared/object-names.ts).
+    const restoring = agentName('restore', app);
+    const retired = WORK_DATABASE_PREFIXES.retired + appName;
+    await dropDatabase(client, restoring);
+    await createDatabase(client, restoring);
+    await crashPoint('restore:after-create-copy');
+    try {
+      await handDatabaseToApp(client, connections, restoring, app);
+      const roleBefore = await loginRoleState(client, app);
+      try {
+        await withAgent(connections, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
+          await crashPoint('restore:after-create-agent');
+          await deps.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
+        });
+      } finally {
+        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, deps.limits) : [];
+        if (putBack.length > 0) {
+          source.login_role_put_back = putBack;
+          log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
+        }
+      }
+      await crashPoint('restore:after-restore');
+      await swapWithRetries(client, app, restoring, retired);
+      await crashPoint('restore:after-swap');
+    } catch (err) {
+      await dropDatabase(client, restoring).catch(() => {});
+      await allowConnections(client, app.database).catch(() => {});
+      throw err;
+    }
+    await dropDatabase(client, retired);
+  });
+}
+
+/** Renaming needs a database nobody is in; ended sessions take a moment to go. */
+async function swapWithRetries(client: Queryable, app: AppIdentifiers, replacement: string, retired: string): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await swapInDatabase(client, app, replacement, retired);
+      return;
+    } catch (err) {
+      if (sqlState(err) !== SQLSTATE.objectInUse || attempt >= 50) throw err;
+      await sleep(100);
+    }
+  }
+}

@@ -1,0 +1,124 @@
+// Owns the provisioner: the service without its HTTP face: builds, from the config, the superuser connections (src/db/), the app
+// operations and the background work that starts and stops with the service: the reconciler (once at start, then
+// every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
+// refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
+// Postgres only through it.
+import type { Logger } from 'pino';
+import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
+import { DumpAndRestore } from '../db/postgres-server/dump-restore.js';
+import { SuperuserConnections } from '../db/superuser-connections.js';
+import { countReadyApps } from '../db/system-store/registry.js';
+import type { Config } from '../shared/config.js';
+import { AppOperations } from './app-operations.js';
+import { AuditTrail } from './audit-trail.js';
+import { BackupFiles } from './backup-files.js';
+import { crashPoints } from './crash-points.js';
+import { CredentialStock } from './credential-stock.js';
+import { OperationEnvelope } from './operation-envelope.js';
+import { AppListing } from './operations/read.js';
+import { ReadyPool } from './ready-pool.js';
+import { Reconciler } from './reconciler.js';
+import { Slots } from './slots.js';
+
+/** Whether Postgres answers, for GET /health (see SuperuserConnections.checkHealth). */
+export interface HealthCheck {
+  check(): Promise<void>;
+}
+
+/** What the service tells about itself (GET /metrics). Each read may fail while Postgres is away. */
+export interface ProvisionerStatistics {
+  /** The connection pool's connections: all, idle, and the requests waiting for one. */
+  connectionPool(): { total: number; idle: number; waiting: number };
+  readyApps(): Promise<number>;
+  readySets(): Promise<{ ready: number; preparing: number }>;
+}
+
+export function appRoleLimits(config: Config): AppRoleLimits {
+  return {
+    connectionLimit: config.APP_CONNECTION_LIMIT,
+    tempFileLimit: config.APP_TEMP_FILE_LIMIT,
+    statementTimeout: config.APP_STATEMENT_TIMEOUT,
+    idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
+  };
+}
+
+export class Provisioner {
+  readonly operations: AppOperations;
+  readonly audit: AuditTrail;
+  readonly health: HealthCheck;
+  readonly statistics: ProvisionerStatistics;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly connections: SuperuserConnections;
+  private readonly credentials = new CredentialStock(16);
+  private readonly readyPool: ReadyPool;
+  private readonly listing: AppListing;
+  private readonly reconciler: Reconciler;
+  private timer?: NodeJS.Timeout;
+  private reconciling?: Promise<void>;
+
+  constructor(config: Config, log: Logger) {
+    this.config = config;
+    this.log = log;
+    const connections = new SuperuserConnections(config, log);
+    this.connections = connections;
+    const limits = appRoleLimits(config);
+    const crashPoint = crashPoints(config, log);
+    this.audit = new AuditTrail(connections);
+    const envelope = new OperationEnvelope(connections, this.audit, log);
+    const backupFiles = new BackupFiles(config);
+    this.readyPool = new ReadyPool(connections, config, log, limits, crashPoint);
+    this.listing = new AppListing(connections, envelope, backupFiles);
+    this.operations = new AppOperations({
+      connections,
+      envelope,
+      readyPool: this.readyPool,
+      credentials: this.credentials,
+      listing: this.listing,
+      backupFiles,
+      dumpAndRestore: new DumpAndRestore(config),
+      backupSlots: new Slots(config.BACKUP_MAX_CONCURRENT, 'backups and restores'),
+      rotationSlots: new Slots(config.ROTATION_MAX_CONCURRENT, 'rotations'),
+      limits,
+      config,
+      log,
+      crashPoint,
+    });
+    this.reconciler = new Reconciler({ connections, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
+    this.health = { check: () => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS) };
+    this.statistics = {
+      connectionPool: () => ({ total: connections.pool.totalCount, idle: connections.pool.idleCount, waiting: connections.pool.waitingCount }),
+      readyApps: () => countReadyApps(connections.pool),
+      readySets: () => this.readyPool.counts(),
+    };
+  }
+
+  /** Starts the background work: a reconcile now and then on a timer, the credential stock, the ready pool's refilling. */
+  start(): void {
+    void this.reconcileOnce();
+    void this.credentials.refill();
+    this.readyPool.start();
+    this.timer = setInterval(() => void this.reconcileOnce(), this.config.RECONCILE_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  /** Stops the background work (waiting for a reconcile in progress), then closes the connections. */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.readyPool.stop();
+    await this.reconciling;
+    await this.connections.close();
+  }
+
+  private reconcileOnce(): Promise<void> {
+    this.reconciling ??= this.reconciler
+      .run()
+      .then((report) => this.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy, failed: report.failed }, 'reconcile finished'))
+      .then(() => this.listing.refreshSizes())
+      .catch((err) => this.log.warn({ err }, 'reconcile failed; it will run again'))
+      .finally(() => {
+        this.reconciling = undefined;
+      });
+    return this.reconciling;
+  }
+}

@@ -1,0 +1,181 @@
+// Owns the reconciler: finds and repairs what crashes left, one function per kind of repair. Apps half-made
+// (creating) are removed, apps half-removed (deleting) are finished, leftover agent roles and restore databases
+// are dropped, a database left refusing connections or a login left refused is opened again, half-prepared
+// ready-pool sets are removed, and complete apps missing from the registry (made before it existed) are adopted.
+// Each repair runs under the app's lock, taken only if it is free: an app being worked on right now is skipped
+// until the next run. A repair that fails (Postgres away, a tenant's lock) is tried again at the next run and
+// never keeps the others from running.
+import type { Logger } from 'pino';
+import { removeAgent } from '../db/postgres-server/agent-roles.js';
+import { addAccessRole, agentRoles, allowConnections, appNamesWithObjects, appObjects, dropAppRoles, dropDatabase, enableLogin, workDatabases } from '../db/postgres-server/app-objects.js';
+import type { Queryable } from '../db/queryable.js';
+import type { SuperuserConnections } from '../db/superuser-connections.js';
+import { adoptApp, appsInState, findApp, registeredAppNames, unregisterApp } from '../db/system-store/registry.js';
+import { appIdentifiers, appOfAgent, appOfWorkDatabase } from '../shared/object-names.js';
+import type { AuditTrail } from './audit-trail.js';
+import type { CrashPoint } from './crash-points.js';
+import { removeAppObjects } from './operations/delete.js';
+import type { ReadyPool } from './ready-pool.js';
+
+export interface ReconcileReport {
+  repaired: Array<{ app: string; action: string }>;
+  skippedBusy: number;
+  /** Repairs that failed this time (logged); the next run tries them again. */
+  failed: number;
+}
+
+export interface ReconcilerDeps {
+  connections: SuperuserConnections;
+  audit: AuditTrail;
+  readyPool: ReadyPool;
+  log: Logger;
+  crashPoint: CrashPoint;
+}
+
+/** One run of the reconciler: its report, and how each repair is made and told. */
+class ReconcileRun {
+  readonly report: ReconcileReport = { repaired: [], skippedBusy: 0, failed: 0 };
+  readonly deps: ReconcilerDeps;
+
+  constructor(deps: ReconcilerDeps) {
+    this.deps = deps;
+  }
+
+  /** Records a repair: in the report, the log and the audit log. */
+  async repaired(app: string, action: string): Promise<void> {
+    this.report.repaired.push({ app, action });
+    this.deps.log.warn({ app, action }, 'reconciler repaired an app');
+    await this.deps.audit.record({ action: 'reconcile', appName: app, outcome: action }).catch(() => {});
+  }
+
+  /** Runs `work` under the app's lock if it is free (else counts the app as busy); a failure is counted and logged. */
+  async locked(appName: string, work: (client: Queryable) => Promise<void>): Promise<void> {
+    try {
+      const done = await this.deps.connections.tryWithAppLock(appName, async (client) => {
+        await work(client);
+        return true;
+      });
+      if (!done) this.report.skippedBusy++;
+    } catch (err) {
+      this.report.failed++;
+      this.deps.log.warn({ err, app: appName }, 'reconciler could not repair an app now; it will try again');
+    }
+  }
+}
+
+/** Apps registered as creating or deleting: whatever exists of their objects is removed, then their row. */
+async function finishHalfDoneApps(run: ReconcileRun): Promise<void> {
+  const { connections, crashPoint } = run.deps;
+  for (const { app_name: appName } of await appsInState(connections.pool, ['creating', 'deleting'])) {
+    await run.locked(appName, async (client) => {
+      const current = await findApp(client, appName);
+      if (!current || current.state === 'ready') return;
+      await removeAppObjects(connections, crashPoint, client, appIdentifiers(appName));
+      await unregisterApp(client, appName);
+      await run.repaired(appName, current.state === 'creating' ? 'removed half-made app' : 'finished deleting app');
+    });
+  }
+}
+
+/** Agent roles left by a dump or restore the service died in. */
+async function removeLeftoverAgents(run: ReconcileRun): Promise<void> {
+  const { connections } = run.deps;
+  for (const agent of await agentRoles(connections.pool)) {
+    const appName = appOfAgent(agent);
+    if (!appName) continue; // a member of pgprov_agents the operator made: not ours
+    await run.locked(appName, async (client) => {
+      await removeAgent(connections, client, agent, appIdentifiers(appName).username);
+      await run.repaired(appName, `removed agent role ${agent}`);
+    });
+  }
+}
+
+/** A restore's work databases left by a crash; the app's own database opened again if the swap had closed it. */
+async function dropRestoreLeftovers(run: ReconcileRun): Promise<void> {
+  for (const database of await workDatabases(run.deps.connections.pool)) {
+    const appName = appOfWorkDatabase(database);
+    await run.locked(appName, async (client) => {
+      const app = appIdentifiers(appName);
+      await dropDatabase(client, database);
+      const objects = await appObjects(client, app);
+      if (objects.database && !objects.databaseAllowsConnections) await allowConnections(client, app.database);
+      await run.repaired(appName, `dropped restore leftover ${database}`);
+    });
+  }
+}
+
+/** Ready apps whose database refuses connections, or whose login is refused (an interrupted rotation). */
+async function reopenReadyApps(run: ReconcileRun): Promise<void> {
+  const { connections, log } = run.deps;
+  for (const { app_name: appName } of await appsInState(connections.pool, ['ready'])) {
+    const app = appIdentifiers(appName);
+    const objects = await appObjects(connections.pool, app);
+    if (objects.database && objects.databaseAllowsConnections && objects.loginRole && objects.loginAllowed && objects.accessRole) continue;
+    // Something looks wrong: look again under the app's lock (a delete may have been under way).
+    await run.locked(appName, async (client) => {
+      if ((await findApp(client, appName))?.state !== 'ready') return;
+      const now = await appObjects(client, app);
+      if (now.database && !now.databaseAllowsConnections) {
+        await allowConnections(client, app.database);
+        await run.repaired(appName, 'allowed connections again');
+      } else if (now.loginRole && !now.loginAllowed) {
+        // A rotation stopped before its end: it was never answered, so the app keeps the password it has.
+        await enableLogin(client, app);
+        await run.repaired(appName, 'allowed login again after an interrupted rotation');
+      } else if (!now.database || !now.loginRole || !now.accessRole) {
+        log.error({ app: appName, objects: now }, 'app is registered as ready but some of its objects are missing; left for the operator');
+      }
+    });
+  }
+}
+
+/** Ready-pool sets a crash left half-prepared, or whose entry or database is gone. */
+async function removeLeftoverReadySets(run: ReconcileRun): Promise<void> {
+  for (const id of await run.deps.readyPool.removeLeftoverSets()) await run.repaired(`ready pool set ${id}`, 'removed half-prepared set');
+}
+
+/** App objects without a registry row: a complete app is adopted, roles without a database are dropped. */
+async function adoptUnregisteredApps(run: ReconcileRun): Promise<void> {
+  const { connections, log } = run.deps;
+  const registered = new Set(await registeredAppNames(connections.pool));
+  for (const appName of await appNamesWithObjects(connections.pool)) {
+    if (registered.has(appName)) continue;
+    await run.locked(appName, async (client) => {
+      if (await findApp(client, appName)) return;
+      const app = appIdentifiers(appName);
+      const objects = await appObjects(client, app);
+      if (objects.loginRole && objects.accessRole && objects.database) {
+        await adoptApp(client, appName);
+        await run.repaired(appName, 'adopted unregistered app');
+      } else if (objects.loginRole && objects.database) {
+        await addAccessRole(client, app);
+        await adoptApp(client, appName);
+        await run.repaired(appName, 'adopted unregistered app made before access roles, and gave it one');
+      } else if (!objects.database) {
+        await dropAppRoles(client, connections, app);
+        await run.repaired(appName, 'removed roles left without a database');
+      } else {
+        log.warn({ app: appName, objects }, 'database app_<name> exists without its roles; not ours to drop, left for the operator');
+      }
+    });
+  }
+}
+
+/** The repairs, in the order they run. */
+const REPAIRS = [finishHalfDoneApps, removeLeftoverAgents, dropRestoreLeftovers, reopenReadyApps, removeLeftoverReadySets, adoptUnregisteredApps];
+
+export class Reconciler {
+  private readonly deps: ReconcilerDeps;
+
+  constructor(deps: ReconcilerDeps) {
+    this.deps = deps;
+  }
+
+  /** One run of every repair. */
+  async run(): Promise<ReconcileReport> {
+    await this.deps.connections.ensureSchema();
+    const run = new ReconcileRun(this.deps);
+    for (const repair of REPAIRS) await repair(run);
+    return run.report;
+  }
+}

@@ -27,12 +27,19 @@ export interface FoundApp extends AppIdentifiers {
   incarnation: string;
 }
 
+/**
+ * Where a long operation (it holds the lock while pg_dump runs, or while logins are waited out) runs: on a
+ * connection of its own, in one of `slots`, waiting for one at most `waitMs` (0: not at all; then
+ * OperationsBusyError).
+ */
+export interface Slot {
+  slots: Slots;
+  waitMs: number;
+}
+
 export interface OnAppOptions<T> {
-  /**
-   * A long operation (it holds the lock while pg_dump runs, or while logins are waited out) runs on a connection
-   * of its own, in one of these slots, waiting for one at most `waitMs` (0: not at all; then OperationsBusyError).
-   */
-  slot?: { slots: Slots; waitMs: number };
+  /** A long operation's slot; without one, the lock is held on a pooled connection. */
+  slot?: Slot;
   /** 'ready' (the default): the app must be registered and ready. 'registered': in any state (delete finishes a half-done one). */
   appMustBe?: 'ready' | 'registered';
   /** What the audit entry records of a success. */
@@ -103,7 +110,7 @@ export class OperationEnvelope {
   }
 
   /** Runs `work` under the app's lock: on a pooled connection, or in a slot on a connection of its own. */
-  locked<T>(appName: string, slot: OnAppOptions<T>['slot'], work: (client: Queryable) => Promise<T>): Promise<T> {
+  locked<T>(appName: string, slot: Slot | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
     if (!slot) return this.connections.withAppLock(appName, work);
     return slot.slots.run(() => this.connections.withAppLock(appName, work, { ownConnection: true }), slot.waitMs);
   }

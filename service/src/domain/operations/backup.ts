@@ -5,14 +5,14 @@ import { withAgent } from '../../db/postgres-server/agent-roles.js';
 import type { Queryable } from '../../db/queryable.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile } from '../backup-files.js';
-import type { OnAppOptions, RequestContext } from '../operation-envelope.js';
+import type { RequestContext, Slot } from '../operation-envelope.js';
 import type { OperationDeps } from './deps.js';
 
-/** Where a backup, or a restore, or a delete that backs up first, holds the app's lock. */
-export const inBackupSlot = <T>(deps: OperationDeps): OnAppOptions<T>['slot'] => ({ slots: deps.backupSlots, waitMs: 0 });
+/** Where a backup, a restore, or a delete that backs up first, holds the app's lock: a 503 at once when every slot is taken. */
+export const backupSlot = (deps: OperationDeps): Slot => ({ slots: deps.backupSlots, waitMs: 0 });
 
 export function backup(deps: OperationDeps, appName: string, request: RequestContext): Promise<BackupFile> {
-  return deps.envelope.onApp('backup', appName, request, { slot: inBackupSlot(deps), detail: (file) => ({ file: file.file }) }, (client, app) =>
+  return deps.envelope.onApp('backup', appName, request, { slot: backupSlot(deps), detail: (file) => ({ file: file.file }) }, (client, app) =>
     dumpApp(deps, client, app, app.incarnation),
   );
 }

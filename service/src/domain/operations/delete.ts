@@ -8,7 +8,7 @@ import { AppNotDeletedError, BackupBlockedError, BackupFailedError, BackupRefuse
 import type { AppIdentifiers } from '../../shared/object-names.js';
 import type { CrashPoint } from '../crash-points.js';
 import type { RequestContext } from '../operation-envelope.js';
-import { dumpApp, inBackupSlot } from './backup.js';
+import { backupSlot, dumpApp } from './backup.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -23,7 +23,7 @@ export function deleteApp(deps: OperationDeps, appName: string, options: { backu
     'delete',
     appName,
     request,
-    { slot: options.backup ? inBackupSlot(deps) : undefined, appMustBe: 'registered', detail: (result) => ({ backup: result.backup }) },
+    { slot: options.backup ? backupSlot(deps) : undefined, appMustBe: 'registered', detail: (result) => ({ backup: result.backup }) },
     async (client, app) => {
       let backup: string | null = null;
       if (options.backup && app.state === 'ready') backup = (await backupBeforeDelete(deps, client, app, app.incarnation)).file;

@@ -9,7 +9,7 @@ import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.j
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
 import type { RequestContext } from '../operation-envelope.js';
-import { inBackupSlot } from './backup.js';
+import { backupSlot } from './backup.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -21,7 +21,7 @@ import type { OperationDeps } from './deps.js';
 export async function restore(deps: OperationDeps, appName: string, file: string, options: { fromDeletedApp: boolean }, request: RequestContext): Promise<void> {
   const { connections, crashPoint, log } = deps;
   const source: Record<string, unknown> = { file };
-  await deps.envelope.onApp('restore', appName, request, { slot: inBackupSlot(deps), detail: () => source }, async (client, app) => {
+  await deps.envelope.onApp('restore', appName, request, { slot: backupSlot(deps), detail: () => source }, async (client, app) => {
     const backup = await deps.backupFiles.find(appName, file);
     const ours = backup.app_name === appName && backup.incarnation === app.incarnation;
     if (!ours) {

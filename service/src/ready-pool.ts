@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from './db/app-objects.js';
 import { LOCK_KEY_SQL, readyLock, sqlState, type Database } from './db/database.js';
-import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedPassword, taintedIds } from './db/ready-pool.js';
+import { addPreparing, countEntries, entriesIn, handOver, idsWithObjects, markPrepared, readyObjectNames, readyIdsWithoutDatabase, removeEntry, setPreparedLogin, taintedIds } from './db/ready-pool.js';
 import { newCredential, type AppCredential } from './credential-stock.js';
 import type { AppIdentifiers } from './app-names.js';
 
@@ -142,12 +142,12 @@ export class ReadyPool {
     }
   }
 
-  /** Gives a new password to every ready set whose password this process does not hold (after a restart). */
+  /** Gives a new password, and today's limits, to every ready set whose password this process does not hold (after a restart). */
   private async rekeyUnknownSets(client: pg.Client): Promise<void> {
     for (const id of await entriesIn(client, 'ready')) {
       if (this.passwords.has(id) || this.stopped) continue;
       const credential = await newCredential();
-      await setPreparedPassword(client, id, credential.verifier);
+      await setPreparedLogin(client, id, credential.verifier, this.limits);
       this.passwords.set(id, credential);
     }
   }
@@ -166,7 +166,7 @@ export class ReadyPool {
         await this.crashPoint('ready-pool:after-create-database');
         await handDatabaseToApp(client, this.db, names.database, names);
         const credential = await newCredential();
-        await setPreparedPassword(client, id, credential.verifier);
+        await setPreparedLogin(client, id, credential.verifier, this.limits);
         await markPrepared(client, id);
         this.passwords.set(id, credential);
       } catch (err) {

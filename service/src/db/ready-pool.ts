@@ -2,7 +2,7 @@
 // an app in one transaction.
 import pg from 'pg';
 import type { AppIdentifiers } from '../app-names.js';
-import type { ObjectNames } from './app-objects.js';
+import { roleSettingsSql, type AppRoleLimits, type ObjectNames } from './app-objects.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 type Queryable = Pick<pg.ClientBase, 'query'>;
@@ -86,8 +86,16 @@ export async function taintedIds(db: Queryable): Promise<string[]> {
 }
 
 /** Sets the password of a prepared login role, which stays NOLOGIN: nobody can use it before the handover. */
-export async function setPreparedPassword(db: Queryable, id: string, passwordVerifier: string): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(readyObjectNames(id).username)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)}`);
+/**
+ * Gives a prepared set's login role its password and today's limits: a set prepared before a restart with other
+ * settings (APP_CONNECTION_LIMIT, …) gets them when it is re-keyed, before it can be handed over.
+ */
+export async function setPreparedLogin(db: Queryable, id: string, passwordVerifier: string, limits: AppRoleLimits): Promise<void> {
+  const role = readyObjectNames(id).username;
+  await db.query(
+    `ALTER ROLE ${ident(role)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)} CONNECTION LIMIT ${limits.connectionLimit};
+     ${roleSettingsSql(role, limits)}`,
+  );
 }
 
 /**

@@ -37,6 +37,11 @@ export interface StackSettings {
   onServiceLine: (line: string) => void;
   /** What the stack is doing (initdb, init/ scripts, each part starting and stopping), for a person watching. */
   onProgress?: (message: string) => void;
+  /**
+   * Called when a part exits without having been asked to stop (it crashed, or someone killed it): the
+   * command-line stack then stops the others and exits non-zero, so a supervisor (systemd) sees the failure.
+   */
+  onPartExit?: (part: StackPart, how: string) => void;
   /** Benchmarks only: Postgres settings on top of postgres.conf (e.g. max_connections for a 32-client floor). */
   extraPostgresSettings?: Record<string, string>;
   /** Postgres's data directory, if not $STACK_DIR/pgdata (the disk-full test puts it on a small filesystem of its own). */
@@ -130,8 +135,12 @@ async function waitFor(what: string, check: () => Promise<boolean>, child: Child
   throw new StackError(`${what} was not ready after ${timeoutMs / 1000} s; see ${log}`);
 }
 
+/** Parts asked to stop: their exit is expected (see StackSettings.onPartExit). */
+const stopRequested = new WeakSet<ChildProcess>();
+
 /** Stops `child` with `signal` (SIGKILL after `timeoutMs`); false if it was not running. */
 async function stopChild(child: ChildProcess | undefined, signal: NodeJS.Signals, timeoutMs = 15_000): Promise<boolean> {
+  if (child) stopRequested.add(child);
   if (!child || child.exitCode !== null || child.signalCode !== null) return false;
   const exited = once(child, 'exit');
   child.kill(signal);
@@ -275,6 +284,9 @@ export class LocalStack {
     const setpriv = findProgram('setpriv', 'util-linux');
     const child = spawn(setpriv, ['--pdeathsig', onOrphaned, '--', command, ...args], { ...options, detached: true });
     this.lock?.recordPart(part, child.pid);
+    child.once('exit', (code, signal) => {
+      if (!stopRequested.has(child)) this.settings.onPartExit?.(part, signal ? `killed by ${signal}` : `exit code ${code}`);
+    });
     return child;
   }
 

@@ -107,8 +107,11 @@ let stopping = false;
 let starting: Promise<void> = Promise.resolve();
 let stack: LocalStack | undefined;
 
-/** Stops the three parts in order (nginx, the service, Postgres) once they have started, then exits. */
-function stopAll(why: string): void {
+/**
+ * Stops the three parts in order (nginx, the service, Postgres) once they have started, then exits: 0 when
+ * asked to stop, 1 when a part failed (so that systemd's Restart=on-failure starts the stack again).
+ */
+function stopAll(why: string, exitCode = 0): void {
   if (stopping) return;
   stopping = true;
   say(`${why}: stopping nginx, the service and Postgres`);
@@ -116,7 +119,7 @@ function stopAll(why: string): void {
     .catch(() => {})
     .then(() => stack?.stop())
     .then(
-      () => process.exit(0),
+      () => process.exit(exitCode),
       (err) => {
         say(`stop failed: ${String(err)}`);
         process.exit(1);
@@ -145,6 +148,11 @@ try {
       if (!stopping) process.stdout.write(`${line}\n`); // while stopping, the service's lines go to its log only
     },
     onProgress: say,
+    onPartExit: (part, how) => {
+      if (!up) return; // a part that fails while starting fails the start itself, with its own message
+      const log = stack ? join(stack.paths.logs, part === 'service' ? 'service.log' : part === 'postgres' ? 'postgres.log' : 'nginx-error.log') : '';
+      stopAll(`${part} exited on its own (${how}; see ${log})`, 1);
+    },
   });
   starting = stack.start();
   await starting;

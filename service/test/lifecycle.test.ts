@@ -56,6 +56,30 @@ describe('stack restart', () => {
     assert.equal((await t.post('/provision', { app_name: 'survivor', admin_key: t.stack.adminKey })).status, 409);
   });
 
+  it('gives sets the ready pool prepared before a restart the limits of the new settings', async () => {
+    const preparedSets = () =>
+      t.superuser(async (db) =>
+        (await db.query("SELECT r.rolname, r.rolconnlimit, r.rolconfig, d.oid FROM pg_roles r JOIN pg_database d ON r.rolname = d.datname || '_user' WHERE d.datname LIKE 'pgprov\\_ready\\_%'")).rows as Array<{ rolconnlimit: number; rolconfig: string[]; oid: number }>,
+      );
+    const before = await eventually(preparedSets, (sets) => sets.length > 0, 60_000);
+    assert.ok(before.length > 0 && before.every((set) => set.rolconnlimit === 10), 'prepared with the default limit');
+    await t.stack.stopService();
+    await t.stack.startService({ APP_CONNECTION_LIMIT: '4', APP_STATEMENT_TIMEOUT: '30s' });
+    const oldOids = new Set(before.map((set) => set.oid));
+    const rekeyed = (sets: Awaited<ReturnType<typeof preparedSets>>) =>
+      sets.filter((set) => oldOids.has(set.oid)).every((set) => set.rolconnlimit === 4 && set.rolconfig.includes('statement_timeout=30s'));
+    assert.ok(rekeyed(await eventually(preparedSets, rekeyed, 60_000)), 'every set prepared before the restart has the new limits');
+    const app = await t.provision('limits_after_restart');
+    const made = await t.superuser(async (db) =>
+      (await db.query("SELECT r.rolconnlimit, d.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'app_limits_after_restart_user' AND d.datname = 'app_limits_after_restart'")).rows[0],
+    );
+    assert.ok(oldOids.has(made.oid), 'handed over from a set prepared before the restart');
+    assert.equal(made.rolconnlimit, 4);
+    assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SHOW statement_timeout')).rows[0].statement_timeout), '30s');
+    await t.stack.stopService();
+    await t.stack.startService();
+  });
+
   it('shuts the service down cleanly on SIGTERM, finishing the request in flight', async () => {
     // The on-demand path (ready pool off), held in flight by the test: the test takes the app's lock first, so
     // the request is inside the service, waiting for it, when SIGTERM arrives; then the lock is let go.
@@ -65,13 +89,15 @@ describe('stack restart', () => {
     await holder.connect();
     try {
       await holder.query(`SELECT pg_advisory_lock(hashtextextended('pg-provisioner:' || $1, 0))`, ['app:in_flight']);
-      const inFlight = t.post('/provision', { app_name: 'in_flight', admin_key: t.stack.adminKey });
-      const waiting = await eventually(
-        () => t.superuser(async (db) => (await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'pg-provisioner' AND wait_event_type = 'Lock'")).rows[0].n as number),
-        (n) => n > 0,
-        10_000,
-      );
+      // The service waits for an app's lock by trying it again and again: its session's last statement says so.
+      const tryingTheLock = () =>
+        t.superuser(async (db) => (await db.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'pg-provisioner' AND query LIKE 'SELECT pg_try_advisory_lock%'")).rows[0].n as number);
+      assert.equal(await tryingTheLock(), 0, 'nothing waits for a lock before the request');
+      let answered = false;
+      const inFlight = t.post('/provision', { app_name: 'in_flight', admin_key: t.stack.adminKey }).finally(() => (answered = true));
+      const waiting = await eventually(tryingTheLock, (n) => n > 0, 30_000);
       assert.equal(waiting, 1, 'the request is in flight, waiting for the app lock');
+      assert.equal(answered, false, 'and not answered yet');
       const from = t.serviceLines.length;
       const stopped = t.stack.stopService('SIGTERM');
       await t.waitForServiceLine(/shutting down/, from);

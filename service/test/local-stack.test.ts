@@ -331,6 +331,18 @@ describe('the stack script killed outright, a failed start', () => {
     await assertNothingLeft(again);
   });
 
+  it('stops the other parts and exits non-zero when one dies on its own, so a supervisor can restart it', { timeout: 120_000 }, async () => {
+    const stack = await startStack('script', 'part-dies');
+    const commandLine = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+    const service = processesOf(stack.dir).find((pid) => commandLine(pid).includes('dist/server.js'));
+    assert.ok(service, 'the service is running');
+    process.kill(service, 'SIGKILL');
+    assert.equal(await stack.closed, 1, stack.lines.join('\n'));
+    const said = stack.lines.find((line) => line.includes('service exited on its own'));
+    assert.ok(said?.includes('killed by SIGKILL') && said.includes(join(stack.dir, 'logs', 'service.log')), stack.lines.join('\n'));
+    await assertNothingLeft(stack);
+  });
+
   it('names the log to read, by its path, when a part fails to start', async () => {
     const { dir, ports } = await freshDir('failing');
     const stack = runStack('script', dir, ports, { APP_CONNECTION_LIMIT: 'many' });

@@ -16,6 +16,10 @@ after(async () => {
 
 const appRoles = (t: TestStack) =>
   t.superuser(async (db) => (await db.query<{ rolname: string }>(`SELECT rolname FROM pg_roles WHERE rolname LIKE '${APP_SQL.like}' ORDER BY 1`)).rows.map((r) => r.rolname));
+const readySetIds = (t: TestStack) =>
+  t.superuser(async (db) => (await db.query<{ id: string }>("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY id")).rows.map((r) => r.id), 'provisioner');
+const registered = (t: TestStack, appName: string) =>
+  t.superuser(async (db) => (await db.query('SELECT state FROM apps WHERE app_name = $1', [appName])).rows, 'provisioner');
 const appDatabases = (t: TestStack) =>
   t.superuser(async (db) => (await db.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname LIKE '${APP_SQL.like}' ORDER BY 1`)).rows.map((r) => r.datname));
 
@@ -143,6 +147,9 @@ describe('POST /provision', () => {
       { rolsuper: false, rolcreatedb: false, rolcreaterole: false, rolreplication: false, rolbypassrls: false, rolinherit: false, rolcanlogin: true, rolconnlimit: 10, rolconfig: undefined, in_group: true },
     );
     assert.ok(role.rolconfig.includes('temp_file_limit=1GB'));
+    // The default timeouts (SECURITY.md, promise 4), on the role itself: no statement timeout, 10 minutes idle in a transaction.
+    assert.ok(role.rolconfig.includes('statement_timeout=0'), role.rolconfig.join(' '));
+    assert.ok(role.rolconfig.includes('idle_in_transaction_session_timeout=10min'), role.rolconfig.join(' '));
     const acl = await t.superuser(async (db) => (await db.query("SELECT datacl::text FROM pg_database WHERE datname = 'app_shop'")).rows[0].datacl);
     assert.doesNotMatch(acl, /(^|[{,])=/, 'PUBLIC has no privilege on the app database');
     assert.match(acl, /app_shop_user=CTc\//);
@@ -226,13 +233,55 @@ describe('POST /provision', () => {
     assert.deepEqual(await appDatabases(t), databasesBefore);
   });
 
-  it('undoes the role when the database cannot be made (no half app)', async () => {
-    await t.superuser((db) => db.query('CREATE DATABASE app_blocked'));
-    const response = await t.post('/provision', { app_name: 'blocked', admin_key: t.stack.adminKey });
+  it("refuses a name whose database exists on the ready pool's path: the hand-over is rolled back, the prepared set kept", async () => {
+    // This stack's ready pool (READY_POOL_SIZE 5, the default) hands over a prepared set whenever it has one, so
+    // the on-demand undo is tested on a stack without a pool (below); here, the hand-over's own rollback.
+    const ready = await eventually(() => readySetIds(t), (ids) => ids.length > 0, 60_000);
+    assert.ok(ready.length > 0, 'the ready pool has a set ready within a minute');
+    await t.superuser((db) => db.query('CREATE DATABASE app_pooled_blocked'));
+    const from = t.serviceLines.length;
+    const response = await t.post('/provision', { app_name: 'pooled_blocked', admin_key: t.stack.adminKey });
     assert.equal(response.status, 409);
+    assert.equal(response.body.message, "app 'pooled_blocked' already exists");
     const roles = await appRoles(t);
+    assert.ok(!roles.includes('app_pooled_blocked_user') && !roles.includes('app_pooled_blocked'), 'no role renamed to the app');
+    assert.deepEqual(await registered(t, 'pooled_blocked'), [], 'nothing registered');
+    // The path: the hand-over's transaction was rolled back, so every set that was ready still is, its roles
+    // still prepared ones; and the on-demand undo did not run.
+    assert.deepEqual((await readySetIds(t)).filter((id) => ready.includes(id)), ready, 'no prepared set was used up');
+    const prepared = await t.superuser(async (db) => (await db.query("SELECT rolname FROM pg_roles WHERE rolname = ANY($1) ORDER BY 1", [ready.map((id) => `pgprov_ready_${id}_user`)])).rows.length);
+    assert.equal(prepared, ready.length);
+    assert.ok(!t.serviceLines.slice(from).some((line) => line.includes('provisioning failed; the steps already done were undone')), 'the on-demand path did not run');
+    await t.superuser((db) => db.query('DROP DATABASE app_pooled_blocked'));
+  });
+});
+
+describe('POST /provision on demand (no ready pool)', () => {
+  let od: TestStack;
+  before(async () => {
+    od = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info', READY_POOL_SIZE: '0' } });
+  });
+  after(async () => {
+    await od?.stop();
+  });
+
+  it('undoes the role when the database cannot be made (no half app)', async () => {
+    assert.deepEqual(await readySetIds(od), [], 'no ready pool: every provision is made on demand');
+    await od.superuser((db) => db.query('CREATE DATABASE app_blocked'));
+    const from = od.serviceLines.length;
+    const response = await od.post('/provision', { app_name: 'blocked', admin_key: od.stack.adminKey });
+    assert.equal(response.status, 409);
+    assert.equal(response.body.message, "app 'blocked' already exists");
+    // The on-demand path made the roles, failed at CREATE DATABASE, and undid what it had made: it says so.
+    await od.waitForServiceLine(/"app":"blocked"[^\n]*"msg":"provisioning failed; the steps already done were undone"/, from);
+    const roles = await appRoles(od);
     assert.ok(!roles.includes('app_blocked_user'), 'the login role made before the failure was dropped');
     assert.ok(!roles.includes('app_blocked'), 'the access role made before the failure was dropped');
+    assert.deepEqual(await registered(od, 'blocked'), [], 'the registry row made first was removed');
+    assert.deepEqual(await appDatabases(od), ['app_blocked'], 'the database that was there, not ours, is left alone');
+    // And the name works once its database is gone.
+    await od.superuser((db) => db.query('DROP DATABASE app_blocked'));
+    assert.equal((await od.post('/provision', { app_name: 'blocked', admin_key: od.stack.adminKey })).status, 201);
   });
 });
 

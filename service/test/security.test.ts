@@ -8,23 +8,41 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
 import { REPO_ROOT } from '../scripts/local-stack.js';
-import { asApp, connectAs, rejectionOf, startTestStack, withDatabase, type ProvisionedApp, type TestStack } from './helpers/stack.js';
+import { asApp, connectAs, eventually, rejectionOf, startTestStack, withDatabase, type ProvisionedApp, type TestStack } from './helpers/stack.js';
 
 let t: TestStack;
 let a: ProvisionedApp;
 let b: ProvisionedApp;
 const CONNECTION_LIMIT = 5;
 
+// A statement timeout no server default has: what the app's session shows can only come from its role.
+const APP_STATEMENT_TIMEOUT = '1h';
+
 const readySetIds = () =>
   t.superuser(async (db) => (await db.query("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY id")).rows.map((r) => r.id as string), 'provisioner');
 
+/** The ready pool's sets once at least `count` are ready; fails, saying so, if they are not within a minute. */
+async function readySets(count: number): Promise<string[]> {
+  const ids = await eventually(readySetIds, (found) => found.length >= count, 60_000);
+  assert.ok(ids.length >= count, `the ready pool has ${ids.length} sets ready after a minute, not ${count}`);
+  return ids;
+}
+
 before(async () => {
   t = await startTestStack({
-    serviceEnv: { LOG_PRETTY: 'false', APP_CONNECTION_LIMIT: String(CONNECTION_LIMIT), APP_TEMP_FILE_LIMIT: '1MB', READY_POOL_SIZE: '3', READY_POOL_REFILL_PER_SECOND: '20' },
+    serviceEnv: {
+      LOG_PRETTY: 'false',
+      APP_CONNECTION_LIMIT: String(CONNECTION_LIMIT),
+      APP_TEMP_FILE_LIMIT: '1MB',
+      APP_STATEMENT_TIMEOUT,
+      READY_POOL_SIZE: '3',
+      READY_POOL_REFILL_PER_SECOND: '20',
+      // A request held on a lock by a test waits this long before giving up: ample, on a busy machine too.
+      DATABASE_LOCK_TIMEOUT_MS: '60000',
+    },
   });
   // A and B are handed over from the ready pool, so every promise below is tested on that path too.
-  for (let i = 0; i < 100 && (await readySetIds()).length < 3; i++) await new Promise((resolve) => setTimeout(resolve, 100));
-  const before = await readySetIds();
+  const before = await readySets(3);
   assert.equal(before.length, 3);
   a = await t.provision('hostile_a');
   b = await t.provision('victim_b');
@@ -74,6 +92,18 @@ describe("app A cannot reach app B's database or the system's", () => {
   });
 
   it('is refused by privileges even when the pg_hba.conf lock is passed (second lock alone)', async () => {
+    // The system's databases: pg_hba.conf never admits an app role to them, so the privilege lock is asked of
+    // Postgres directly. init/03-grants.sql took CONNECT and TEMPORARY away from PUBLIC there.
+    const privileges = await t.superuser(async (db) =>
+      (
+        await db.query(
+          `SELECT datname, has_database_privilege('app_hostile_a_user', datname, 'CONNECT') AS can_connect,
+                  has_database_privilege('app_hostile_a_user', datname, 'TEMPORARY') AS can_make_temp
+             FROM pg_database WHERE datname IN ('postgres', 'template1', 'provisioner') ORDER BY datname`,
+        )
+      ).rows,
+    );
+    assert.deepEqual(privileges, ['postgres', 'provisioner', 'template1'].map((datname) => ({ datname, can_connect: false, can_make_temp: false })));
     // Making A a member of B's access role lets A pass `samerole` for app_victim_b; CONNECT still stops it.
     await t.superuser((db) => db.query('GRANT app_victim_b TO app_hostile_a_user'));
     try {
@@ -98,16 +128,28 @@ describe("app A cannot reach app B's database or the system's", () => {
   });
 
   it("cannot read B's queries from pg_stat_activity", async () => {
+    // B's query waits on a lock another session of B holds, so it is running while A looks, however slow the machine.
+    const holder = await connectAs(b.connection_string);
     const victim = await connectAs(b.connection_string);
     try {
-      const running = victim.query("SELECT pg_sleep(1.5), 'b-query-secret' AS marker");
-      await new Promise((resolve) => setTimeout(resolve, 300));
-      const rows = await asApp(a.connection_string, async (c) => (await c.query("SELECT query FROM pg_stat_activity WHERE usename = 'app_victim_b_user'")).rows);
-      assert.ok(rows.length >= 1);
+      await holder.query('SELECT pg_advisory_lock(4242)');
+      const pid = (await victim.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+      const running = victim.query("SELECT 'b-query-secret' AS marker, pg_advisory_lock(4242)");
+      running.catch(() => {}); // if an assertion below fails, its message is the test's failure, not this query's end
+      const seen = await eventually(
+        () => t.superuser(async (db) => (await db.query("SELECT query FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND wait_event_type = 'Lock'", [pid])).rows),
+        (rows) => rows.length === 1,
+        30_000,
+      );
+      assert.match(String(seen[0]?.query), /b-query-secret/, "B's query is running, and the superuser sees its text");
+      const rows = await asApp(a.connection_string, async (c) => (await c.query("SELECT pid, query FROM pg_stat_activity WHERE usename = 'app_victim_b_user'")).rows);
+      assert.ok(rows.some((row) => row.pid === pid), "A sees B's running session");
       for (const row of rows) assert.equal(row.query, '<insufficient privilege>');
+      await holder.query('SELECT pg_advisory_unlock(4242)');
       await running;
     } finally {
       await victim.end();
+      await holder.end();
     }
   });
 });
@@ -207,6 +249,49 @@ describe('app A cannot raise its own powers', () => {
     } finally {
       await victim.end();
     }
+
+    // The service's sessions: a request of the service's is held in the middle of its query (its read of the
+    // registry, GET /apps/:name's, waits for a lock the operator holds), so its session certainly exists while A
+    // attacks it. (Background work that reads the registry may wait too; only the request's session is targeted.)
+    const operator = new pg.Client(t.stack.superuserConnection('provisioner'));
+    await operator.connect();
+    try {
+      await operator.query('BEGIN; LOCK TABLE apps IN ACCESS EXCLUSIVE MODE');
+      const held = t.admin('GET', '/apps/hostile_a');
+      held.catch(() => {}); // awaited below; if an assertion fails first, its message is the test's failure
+      const waiting = await eventually(
+        () =>
+          t.superuser(async (db) =>
+            (
+              await db.query(
+                `SELECT pid FROM pg_stat_activity
+                  WHERE application_name = 'pg-provisioner' AND usename = 'postgres' AND state = 'active' AND wait_event_type = 'Lock'
+                    AND query LIKE '%FROM apps a%'`,
+              )
+            ).rows.map((r) => r.pid as number),
+          ),
+        (pids) => pids.length > 0,
+        30_000,
+      );
+      assert.ok(waiting.length > 0, "a session of the service's is waiting in the middle of a request");
+      await asApp(a.connection_string, async (c) => {
+        const visible = (await c.query('SELECT pid, usename, application_name FROM pg_stat_activity WHERE pid = ANY($1)', [waiting])).rows;
+        assert.equal(visible.length, waiting.length, "A can see the service's sessions, pids included");
+        for (const pid of waiting) {
+          assert.equal(await sqlError(c.query('SELECT pg_terminate_backend($1)', [pid])), '42501', `pg_terminate_backend(${pid})`);
+          assert.equal(await sqlError(c.query('SELECT pg_cancel_backend($1)', [pid])), '42501', `pg_cancel_backend(${pid})`);
+        }
+      });
+      const alive = await t.superuser(async (db) => (await db.query('SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)', [waiting])).rows.map((r) => r.pid as number));
+      assert.deepEqual(alive.sort(), [...waiting].sort(), "every session of the service's A tried to end is still there");
+      await operator.query('COMMIT');
+      const answer = await held;
+      assert.equal(answer.status, 200, `the held request is answered, its session intact: ${answer.text}`);
+      assert.equal(answer.body.app_name, 'hostile_a');
+    } finally {
+      await operator.query('ROLLBACK').catch(() => {});
+      await operator.end();
+    }
   });
 });
 
@@ -235,9 +320,22 @@ describe('one app cannot starve the others', () => {
     });
   });
 
-  it('gives every app default timeouts', async () => {
+  it('gives every app its timeouts on its role, which it may change for its own sessions', async () => {
+    // On the role, not merely the server's defaults: postgres.conf also says 10min for idle transactions, so a
+    // session's SHOW alone could not tell whether the service set it. APP_STATEMENT_TIMEOUT is 1h here, which no
+    // server default says.
+    const settings = await t.superuser(async (db) =>
+      (await db.query("SELECT unnest(setconfig) AS s FROM pg_db_role_setting WHERE setrole = 'app_hostile_a_user'::regrole AND setdatabase = 0")).rows.map((r) => r.s as string),
+    );
+    assert.ok(settings.includes('idle_in_transaction_session_timeout=10min'), settings.join(' '));
+    assert.ok(settings.includes(`statement_timeout=${APP_STATEMENT_TIMEOUT}`), settings.join(' '));
     await asApp(a.connection_string, async (c) => {
       assert.equal((await c.query('SHOW idle_in_transaction_session_timeout')).rows[0].idle_in_transaction_session_timeout, '10min');
+      assert.equal((await c.query('SHOW statement_timeout')).rows[0].statement_timeout, APP_STATEMENT_TIMEOUT);
+      // The app may change both for its own sessions (SECURITY.md says so): a lower statement timeout applies.
+      await c.query("SET idle_in_transaction_session_timeout = '1min'");
+      await c.query("SET statement_timeout = '50ms'");
+      assert.equal((await rejectionOf(c.query('SELECT pg_sleep(30)'))).code, '57014');
     });
   });
 });
@@ -269,9 +367,7 @@ describe('names that look alike stay apart', () => {
 
 describe('the ready pool', () => {
   it('lets no one log in to, or connect to, a prepared set before it is handed over', async () => {
-    for (let i = 0; i < 100 && (await readySetIds()).length === 0; i++) await new Promise((resolve) => setTimeout(resolve, 100));
-    const [id] = await readySetIds();
-    assert.ok(id, 'a prepared set exists');
+    const [id] = await readySets(1);
     const role = await t.superuser(async (db) => (await db.query('SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = $1', [`pgprov_ready_${id}_user`])).rows[0]);
     assert.equal(role.rolcanlogin, false);
     assert.match(role.rolpassword, /^SCRAM-SHA-256\$4096:/, 'a verifier of a password only the service holds');
@@ -301,9 +397,12 @@ describe('secrets stay out of every log', () => {
     const wrongPassword = new URL(throwaway.connection_string);
     wrongPassword.password = 'Plaintext-Secret-Guess-4';
     await rejectionOf(connectAs(wrongPassword.toString()));
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    const postgresLog = readFileSync(join(t.stack.paths.logs, 'postgres.log'), 'utf8');
-    assert.match(postgresLog, /password authentication failed for user "app_log_probe_user"/, 'server events are logged');
+    // The failed login is the last thing this test makes Postgres do: once its line is in the log, whatever the
+    // statements before it made Postgres write is there too.
+    const readLog = async () => readFileSync(join(t.stack.paths.logs, 'postgres.log'), 'utf8');
+    const loggedLogin = /password authentication failed for user "app_log_probe_user"/;
+    const postgresLog = await eventually(readLog, (text) => loggedLogin.test(text), 30_000);
+    assert.match(postgresLog, loggedLogin, 'server events are logged');
     assert.doesNotMatch(postgresLog, /Plaintext-Secret/);
     const logs = t.allLogs();
     for (const app of [a, b, throwaway]) assert.ok(!logs.includes(new URL(app.connection_string).password));
@@ -315,6 +414,14 @@ describe('secrets stay out of every log', () => {
 describe('the superuser and where Postgres listens', () => {
   it('accepts the superuser over the socket and from loopback where the service runs, and nowhere else', async () => {
     const password = t.stack.postgresPassword;
+    // The service's way in (the Unix socket), and the operator's psql on Postgres's own machine (127.0.0.1).
+    const socket = new pg.Client({ ...t.stack.superuserConnection(), host: t.stack.paths.socketDir });
+    await socket.connect();
+    try {
+      assert.equal((await socket.query("SELECT inet_client_addr() IS NULL AS over_socket, current_setting('is_superuser') AS su")).rows[0].over_socket, true);
+    } finally {
+      await socket.end();
+    }
     await t.superuser((db) => db.query('SELECT 1'));
     const foreign = clientFrom('127.0.0.2', { port: t.stack.settings.pgPort, user: 'postgres', password, database: 'postgres' });
     const err = await rejectionOf(foreign.connect());
@@ -324,6 +431,20 @@ describe('the superuser and where Postgres listens', () => {
     const app = clientFrom('127.0.0.2', { port: Number(url.port), user: url.username, password: url.password, database: url.pathname.slice(1) });
     await app.connect();
     await app.end();
+    // Every line of pg_hba.conf that could admit the superuser, as Postgres parsed it: the socket and the
+    // loopback addresses only (in compose, loopback inside the postgres container is Postgres itself).
+    const admitting = await t.superuser(async (db) =>
+      (
+        await db.query(
+          "SELECT type, address, netmask FROM pg_hba_file_rules WHERE auth_method <> 'reject' AND ('postgres' = ANY(user_name) OR 'all' = ANY(user_name)) ORDER BY line_number",
+        )
+      ).rows,
+    );
+    assert.deepEqual(admitting, [
+      { type: 'local', address: null, netmask: null },
+      { type: 'host', address: '127.0.0.1', netmask: '255.255.255.255' },
+      { type: 'host', address: '::1', netmask: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff' },
+    ]);
   });
 
   it('refuses every login without scram-sha-256, and parses pg_hba.conf without errors', async () => {
@@ -333,19 +454,119 @@ describe('the superuser and where Postgres listens', () => {
       assert.equal(rule.error, null);
       assert.ok(['scram-sha-256', 'reject'].includes(rule.auth_method), JSON.stringify(rule));
     }
-    const listen = await t.superuser(async (db) => (await db.query('SHOW listen_addresses')).rows[0].listen_addresses);
-    assert.equal(listen, '127.0.0.1', 'the local stack listens on loopback only');
+  });
+
+  it("runs the repo's postgres.conf, overriding only where it listens, and listens on 127.0.0.1 only", async () => {
+    // The repo's file, read as Postgres reads it (the last assignment of a name wins).
+    const repoConf = parsePostgresConf(readFileSync(join(REPO_ROOT, 'postgres.conf'), 'utf8'));
+    // In compose, Postgres listens on every interface of its container: the container's networks are internal
+    // and compose publishes no Postgres port (the next test). Nothing else may make it listen more widely.
+    assert.equal(repoConf.get('listen_addresses'), '*');
+    assert.ok(!repoConf.has('include') && !repoConf.has('include_dir') && !repoConf.has('include_if_exists'), 'postgres.conf includes no other file');
+
+    // What Postgres made of it: every line applied as written, except the three the local stack sets on its
+    // command line (listen_addresses, port, unix_socket_directories).
+    const overridden = ['listen_addresses', 'port', 'unix_socket_directories'];
+    const fileRows = await t.superuser(async (db) =>
+      (await db.query("SELECT name, setting, applied, error FROM pg_file_settings WHERE sourcefile = current_setting('config_file') ORDER BY seqno")).rows,
+    );
+    const applied = new Map(fileRows.map((row) => [row.name as string, row]));
+    assert.deepEqual([...applied.keys()].sort(), [...repoConf.keys()].sort(), "Postgres read the repo's postgres.conf");
+    for (const [name, value] of repoConf) {
+      const row = applied.get(name)!;
+      assert.equal(row.setting, value, name);
+      if (overridden.includes(name)) {
+        // The running value came from the command line; the file's differs, and needs a restart Postgres will not do.
+        assert.equal(row.applied, false, `${name}: overridden by the local stack`);
+      } else {
+        assert.deepEqual({ applied: row.applied, error: row.error }, { applied: true, error: null }, name);
+      }
+    }
+    const listen = await t.superuser(async (db) => (await db.query("SELECT setting, source FROM pg_settings WHERE name = 'listen_addresses'")).rows[0]);
+    assert.deepEqual(listen, { setting: '127.0.0.1', source: 'command line' });
+
+    // What Postgres actually listens on: the kernel's table of listening TCP sockets.
+    assert.deepEqual(listeningAddresses(t.stack.settings.pgPort), ['127.0.0.1'], 'the local stack listens on loopback only');
   });
 
   it('publishes no Postgres port in compose; only nginx faces the network; host psql is opt-in and loopback-only', () => {
     const compose = parseYaml(readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8'));
     assert.equal(compose.services.postgres.ports, undefined);
+    assert.equal(compose.services.postgres.network_mode, undefined);
+    assert.ok(!compose.services.postgres.command.join(' ').includes('listen_addresses'), "compose runs postgres.conf's listen_addresses as it is");
     assert.equal(compose.services.service.ports, undefined);
     assert.deepEqual(compose.services.nginx.ports, ['${HTTP_PORT:-80}:80']);
     assert.equal(compose.networks.backend.internal, true);
     assert.equal(compose.networks.apps.internal, true);
+    const postgresNetworks = Array.isArray(compose.services.postgres.networks) ? compose.services.postgres.networks : Object.keys(compose.services.postgres.networks ?? {});
+    assert.ok(postgresNetworks.length > 0, 'Postgres is on named networks, not the default one');
+    for (const network of postgresNetworks) assert.equal(compose.networks[network]?.internal, true, `network ${network} is internal`);
     assert.doesNotMatch(readFileSync(join(REPO_ROOT, 'service', 'Dockerfile'), 'utf8'), /POSTGRES_PASSWORD/);
     const override = parseYaml(readFileSync(join(REPO_ROOT, 'docker-compose.host-postgres.yml'), 'utf8'));
     for (const port of override.services.postgres.ports) assert.match(port, /^127\.0\.0\.1:/);
   });
 });
+
+describe('app roles made before a setting', () => {
+  it('are given log_min_messages = fatal when the service starts', async () => {
+    await t.provision('older_role');
+    const setting = () =>
+      t.superuser(async (db) =>
+        (await db.query("SELECT unnest(setconfig) AS s FROM pg_db_role_setting WHERE setrole = 'app_older_role_user'::regrole AND setdatabase = 0")).rows.map((r) => r.s as string),
+      );
+    assert.ok((await setting()).includes('log_min_messages=fatal'), 'a new role has it');
+    // As a role made by a version of the service before the setting: without it.
+    await t.superuser((db) => db.query('ALTER ROLE app_older_role_user RESET log_min_messages'));
+    assert.ok(!(await setting()).includes('log_min_messages=fatal'));
+    await t.stack.stopService();
+    await t.stack.startService();
+    const after = await eventually(setting, (found) => found.includes('log_min_messages=fatal'), 30_000);
+    assert.ok(after.includes('log_min_messages=fatal'), `the service's start gave it back: ${after.join(' ')}`);
+  });
+});
+
+/** postgres.conf as Postgres reads it: `name = value` or `name value`, comments, quoted values; the last one wins. */
+function parsePostgresConf(text: string): Map<string, string> {
+  const settings = new Map<string, string>();
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) continue;
+    const match = /^([A-Za-z0-9_.]+)\s*(?:=\s*|\s+)('(?:[^'\\]|\\.|'')*'|[^\s#]+)/.exec(line);
+    assert.ok(match, `postgres.conf: cannot parse ${JSON.stringify(line)}`);
+    const [, name, value] = match;
+    settings.set(name!.toLowerCase(), value!.startsWith("'") ? value!.slice(1, -1).replaceAll("''", "'").replace(/\\(.)/g, '$1') : value!);
+  }
+  return settings;
+}
+
+/** The local addresses of the TCP sockets listening on `port` (Linux's /proc/net/tcp and tcp6). */
+function listeningAddresses(port: number): string[] {
+  const addresses: string[] = [];
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch {
+      continue; // no IPv6 on this machine
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const [, local, , state] = line.trim().split(/\s+/);
+      if (!local || state !== '0A') continue; // 0A: LISTEN
+      const [hex, portHex] = local.split(':');
+      if (parseInt(portHex!, 16) !== port) continue;
+      addresses.push(hex!.length === 8 ? ipv4FromProc(hex!) : ipv6FromProc(hex!));
+    }
+  }
+  return addresses.sort();
+}
+
+/** /proc/net/tcp writes an IPv4 address as one little-endian 32-bit word in hex. */
+const ipv4FromProc = (hex: string) => [6, 4, 2, 0].map((i) => parseInt(hex.slice(i, i + 2), 16)).join('.');
+
+/** /proc/net/tcp6 writes an IPv6 address as four little-endian 32-bit words in hex. */
+function ipv6FromProc(hex: string): string {
+  const bytes: number[] = [];
+  for (let word = 0; word < 4; word++) for (const i of [6, 4, 2, 0]) bytes.push(parseInt(hex.slice(word * 8 + i, word * 8 + i + 2), 16));
+  const groups = Array.from({ length: 8 }, (_, i) => ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16));
+  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+}

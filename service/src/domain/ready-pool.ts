@@ -8,7 +8,7 @@ import { customAlphabet } from 'nanoid';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from '../db/postgres-server/app-objects.js';
-import { idsWithObjects, setPreparedPassword, taintedIds } from '../db/postgres-server/ready-set-objects.js';
+import { idsWithObjects, setPreparedLogin, taintedIds } from '../db/postgres-server/ready-set-objects.js';
 import type { OwnConnection, Queryable } from '../db/queryable.js';
 import { handOverReadySet } from '../db/ready-set-hand-over.js';
 import type { SuperuserConnections } from '../db/superuser-connections.js';
@@ -137,12 +137,12 @@ export class ReadyPool {
     }
   }
 
-  /** Gives a new password to every ready set whose password this process does not hold (after a restart). */
+  /** Gives a new password, and today's limits, to every ready set whose password this process does not hold (after a restart). */
   private async rekeyUnknownSets(client: Queryable): Promise<void> {
     for (const id of await entriesIn(client, 'ready')) {
       if (this.passwords.has(id) || this.stopped) continue;
       const credential = await newAppCredential();
-      await setPreparedPassword(client, id, credential.verifier);
+      await setPreparedLogin(client, id, credential.verifier, this.limits);
       this.passwords.set(id, credential);
     }
   }
@@ -160,7 +160,7 @@ export class ReadyPool {
         await this.crashPoint('ready-pool:after-create-database');
         await handDatabaseToApp(client, this.connections, names.database, names);
         const credential = await newAppCredential();
-        await setPreparedPassword(client, id, credential.verifier);
+        await setPreparedLogin(client, id, credential.verifier, this.limits);
         await markPrepared(client, id);
         this.passwords.set(id, credential);
       } catch (err) {

@@ -24,7 +24,7 @@ export interface AppRoleLimits {
  * tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and PANIC
  * lines still do. All are superuser-only or settable by the app for its own sessions only.
  */
-function roleSettingsSql(role: string, limits: AppRoleLimits): string {
+export function roleSettingsSql(role: string, limits: AppRoleLimits): string {
   const settings: Array<[string, string]> = [
     ['temp_file_limit', limits.tempFileLimit],
     ['statement_timeout', limits.statementTimeout],

@@ -3,6 +3,7 @@
 import pg from 'pg';
 import { READY_SET_ID_PATTERN, READY_SET_SQL, readySetNames } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
+import { roleSettingsSql, type AppRoleLimits } from './app-objects.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
@@ -43,9 +44,17 @@ export async function taintedIds(db: Queryable): Promise<string[]> {
   return rows.map((row) => row.id);
 }
 
-/** Sets the password of a prepared login role, which stays NOLOGIN: nobody can use it before the handover. */
-export async function setPreparedPassword(db: Queryable, id: string, passwordVerifier: string): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(readySetNames(id).username)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)}`);
+/**
+ * Gives a prepared set's login role its password (it stays NOLOGIN: nobody can use it before the hand-over) and
+ * today's limits: a set prepared before a restart with other settings (APP_CONNECTION_LIMIT, …) gets them when it
+ * is re-keyed, before it can be handed over.
+ */
+export async function setPreparedLogin(db: Queryable, id: string, passwordVerifier: string, limits: AppRoleLimits): Promise<void> {
+  const role = readySetNames(id).username;
+  await db.query(
+    `ALTER ROLE ${ident(role)} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)} CONNECTION LIMIT ${limits.connectionLimit};
+     ${roleSettingsSql(role, limits)}`,
+  );
 }
 
 /** Whether `id` can name a prepared set (checked before an id goes into SQL as a literal). */

@@ -4,7 +4,7 @@ import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FastifyBaseLogger } from 'fastify';
 import type { Config } from '../config.js';
-import { AppBusyError, DatabaseUnavailableError } from '../errors.js';
+import { AppBusyError, DatabaseUnavailableError, OperationsBusyError } from '../errors.js';
 import { SCHEMA_SQL } from './schema.js';
 
 /** Lets Postgres's own views (pg_stat_activity) tell the service's sessions apart from the apps'. */
@@ -25,6 +25,42 @@ export const readyLock = (id: string) => `ready:${id}`;
 
 /** How often a wait for an app's lock asks again. */
 const APP_LOCK_POLL_MS = 50;
+
+/** pg-pool's error when a checkout waited connectionTimeoutMillis in the queue of a full pool. */
+const POOL_QUEUE_TIMEOUT = 'timeout exceeded when trying to connect';
+
+/**
+ * The superuser's connection pool, telling congestion from an outage. A checkout that waited its whole
+ * DATABASE_CONNECT_TIMEOUT_MS for a full pool while Postgres kept answering (a connection came back without
+ * error meanwhile) fails with the service's back-pressure 503 ("too many requests …", Retry-After); with no
+ * answer meanwhile (Postgres frozen or gone), with the usual "the database is unavailable". Covers every
+ * checkout, pool.query's included.
+ */
+class ServicePool extends pg.Pool {
+  private lastAnswerAt = 0;
+
+  constructor(config: pg.PoolConfig) {
+    super(config);
+    this.on('release', (err) => {
+      if (!err) this.lastAnswerAt = Date.now();
+    });
+  }
+
+  private translate(err: Error | undefined, waitFrom: number): Error | undefined {
+    if (err?.message === POOL_QUEUE_TIMEOUT && this.lastAnswerAt >= waitFrom) return new OperationsBusyError('requests');
+    return err;
+  }
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): void;
+  override connect(callback?: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): Promise<pg.PoolClient> | void {
+    const waitFrom = Date.now();
+    if (callback) return super.connect((err, client, done) => callback(this.translate(err, waitFrom), client, done));
+    return super.connect().catch((err: Error) => {
+      throw this.translate(err, waitFrom);
+    });
+  }
+}
 
 export class Database {
   readonly pool: pg.Pool;
@@ -53,7 +89,7 @@ export class Database {
       query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
       keepAlive: true,
     };
-    this.pool = new pg.Pool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });
+    this.pool = new ServicePool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });
     // An idle client can lose its server (restart, pg_terminate_backend); without this handler the
     // 'error' event would crash the process. The pool has already dropped that client.
     this.pool.on('error', (err) => this.log.warn({ err }, 'idle database connection lost'));

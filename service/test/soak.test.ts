@@ -1,19 +1,21 @@
-// A short soak (45 s, 16 clients, a fault every 12 s): the reliability invariants of RELIABILITY.md hold.
-// The full soak (10 minutes) is `npm run soak`; its figures are recorded in RELIABILITY.md.
+// A short soak (8 clients, every fault kind once, about 45 s of traffic): the reliability checks of
+// RELIABILITY.md hold (soakProblems in scripts/soak.ts): requests fail only inside a fault's window (the fault and
+// FAULT_GRACE_MS after it), the service is seen working again after each fault, the population stays under its
+// cap (each client holds at most 5 apps here, so the cap is reached), every app is accounted for at the end, and
+// nothing is half-made. The full soak (16 clients, 10 minutes, memory compared too) is `npm run soak`; its figures
+// are recorded in RELIABILITY.md.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { runSoak } from '../scripts/soak.js';
+import { FAULT_KINDS, runSoak, soakProblems } from '../scripts/soak.js';
 
-describe('soak (45 s)', () => {
-  it('loses no app, leaves nothing half-made, and answers 5xx only during faults', async () => {
-    const result = await runSoak({ seconds: 45, faultEverySeconds: 12, clients: 16 });
-    assert.ok(result.requests > 100, `only ${result.requests} requests`);
-    assert.ok(result.faults.length >= 3, 'faults were injected');
-    assert.deepEqual(result.serverErrorsOutsideFaults, []);
-    assert.ok(result.appsChecked > 0);
-    assert.deepEqual(result.appsNotConnecting, []);
-    assert.deepEqual(result.halfMade, []);
-    assert.deepEqual(result.unexplainedErrorLogs, []);
-    assert.ok(result.memory.some((sample) => sample.rss > 0 && sample.heapUsed > 0), 'memory was sampled');
+describe('soak (short, every fault kind)', () => {
+  it('fails requests only in a bounded window around each fault, holds the population under its cap, and loses or leaks no app', async (t) => {
+    const result = await runSoak({ seconds: 25, faultEverySeconds: 5, clients: 8, appsPerClient: 5, log: (line) => t.diagnostic(line) });
+    const { memory: _memory, ...summary } = result;
+    t.diagnostic(JSON.stringify(summary));
+    for (const kind of FAULT_KINDS) assert.ok(result.faults.filter((f) => f.kind === kind).length > 0, `fault injected: ${kind}`);
+    // The service's memory is sampled but not compared here: the run is too short for a warm-up and a baseline
+    // (the long soak compares it).
+    assert.deepEqual(soakProblems(result, { compareMemory: false }), []);
   });
 });

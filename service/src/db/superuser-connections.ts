@@ -6,7 +6,7 @@ import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../shared/config.js';
-import { AppBusyError, DatabaseUnavailableError } from '../shared/errors.js';
+import { AppBusyError, DatabaseUnavailableError, OperationsBusyError } from '../shared/errors.js';
 import { sqlState } from '../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from './queryable.js';
 import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './system-store/locks.js';
@@ -17,6 +17,42 @@ export const APPLICATION_NAME = 'pg-provisioner';
 
 /** How often a wait for an app's lock asks again. */
 const APP_LOCK_POLL_MS = 50;
+
+/** pg-pool's error when a checkout waited connectionTimeoutMillis in the queue of a full pool. */
+const POOL_QUEUE_TIMEOUT = 'timeout exceeded when trying to connect';
+
+/**
+ * The superuser's connection pool, telling congestion from an outage. A checkout that waited its whole
+ * DATABASE_CONNECT_TIMEOUT_MS for a full pool while Postgres kept answering (a connection came back without
+ * error meanwhile) fails with the service's back-pressure 503 ("too many requests …", Retry-After); with no
+ * answer meanwhile (Postgres frozen or gone), with the usual "the database is unavailable". Covers every
+ * checkout, pool.query's included.
+ */
+class ServicePool extends pg.Pool {
+  private lastAnswerAt = 0;
+
+  constructor(config: pg.PoolConfig) {
+    super(config);
+    this.on('release', (err) => {
+      if (!err) this.lastAnswerAt = Date.now();
+    });
+  }
+
+  private translate(err: Error | undefined, waitFrom: number): Error | undefined {
+    if (err?.message === POOL_QUEUE_TIMEOUT && this.lastAnswerAt >= waitFrom) return new OperationsBusyError('requests');
+    return err;
+  }
+
+  override connect(): Promise<pg.PoolClient>;
+  override connect(callback: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): void;
+  override connect(callback?: (err: Error | undefined, client: pg.PoolClient | undefined, done: (release?: unknown) => void) => void): Promise<pg.PoolClient> | void {
+    const waitFrom = Date.now();
+    if (callback) return super.connect((err, client, done) => callback(this.translate(err, waitFrom), client, done));
+    return super.connect().catch((err: Error) => {
+      throw this.translate(err, waitFrom);
+    });
+  }
+}
 
 export class SuperuserConnections implements DatabaseOpener {
   /** The connection pool every short piece of work takes a connection from (DATABASE_POOL_SIZE). */
@@ -46,7 +82,7 @@ export class SuperuserConnections implements DatabaseOpener {
       query_timeout: config.DATABASE_STATEMENT_TIMEOUT_MS,
       keepAlive: true,
     };
-    this.pool = new pg.Pool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });
+    this.pool = new ServicePool({ ...this.connection, max: config.DATABASE_POOL_SIZE, idleTimeoutMillis: 30_000 });
     // An idle client can lose its server (restart, pg_terminate_backend); without this handler the
     // 'error' event would crash the process. The pool has already dropped that client.
     this.pool.on('error', (err) => this.log.warn({ err }, 'idle database connection lost'));

@@ -68,7 +68,7 @@ async function halfMadeObjects(): Promise<string[]> {
   }, 'provisioner');
 }
 
-// The bounds under test are the service's own (src/config.ts, with their defaults here): a pool connection
+// The bounds under test are the service's own (src/shared/config.ts, with their defaults here): a pool connection
 // within DATABASE_CONNECT_TIMEOUT_MS (3 s), each answer within DATABASE_STATEMENT_TIMEOUT_MS (7 s), a health
 // ping within HEALTH_TIMEOUT_MS (1.5 s). The test asserts no duration: it asserts that every answer given while
 // Postgres is frozen is the service's own 503, given because one of those bounds ran out (the service's log line

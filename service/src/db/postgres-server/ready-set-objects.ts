@@ -17,30 +17,41 @@ export async function idsWithObjects(db: Queryable): Promise<string[]> {
   return rows.map((row) => row.id);
 }
 
+// Tainted sets: prepared sets whose roles someone else has named. A tenant can GRANT on its own objects (or set
+// default privileges or policies) to any role it sees in pg_roles, prepared ones included. Such a set would hand
+// those grants to the app that receives it, so it is never handed over, and the pool removes it. A prepared set's
+// own entries (CONNECT on its database, its public schema) are the only ones expected.
+
 /**
- * Prepared sets whose roles someone else has named: a tenant can GRANT on its own objects (or set default
- * privileges or policies) to any role it sees in pg_roles, prepared ones included. Such a set would hand those
- * grants to the app that receives it, so it is never handed over, and the pool removes it. A prepared set's own
- * entries (CONNECT on its database, its public schema) are the only ones expected.
+ * The dependency `s` (a pg_shdepend row on a set's role) is foreign: anything but the set's own entries, which
+ * are its database's CONNECT grant and objects inside its own database (whose oid is `ownDatabaseOid`).
  */
-export function taintedIdsSql(ids?: string[]): string {
-  // With ids (checked by READY_SET_ID_PATTERN), the roles are looked up by name: the hand-over stays a few index
-  // lookups however many apps and roles the server holds.
-  const roles = ids
-    ? `r.rolname IN (${ids.flatMap((id) => Object.values(readySetNames(id))).filter((name, i, all) => all.indexOf(name) === i).map((name) => literal(name)).join(', ')})`
-    : `r.rolname ~ '${READY_SET_SQL.rolePattern}'`;
-  return `
+const foreignDependency = (ownDatabaseOid: string) =>
+  `s.dbid IS DISTINCT FROM ${ownDatabaseOid} AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = ${ownDatabaseOid})`;
+
+/** Every tainted set, found by its roles' names (for the pool's sweep). */
+const TAINTED_IDS_SQL = `
   SELECT DISTINCT substring(r.rolname FROM '${READY_SET_SQL.idPrefixPattern}') AS id
     FROM pg_roles r
     JOIN pg_shdepend s ON s.refclassid = 'pg_authid'::regclass AND s.refobjid = r.oid
     LEFT JOIN pg_database own ON own.datname = substring(r.rolname FROM '${READY_SET_SQL.databasePrefixPattern}')
-   WHERE ${roles}
-     AND s.dbid IS DISTINCT FROM own.oid
-     AND NOT (s.dbid = 0 AND s.classid = 'pg_database'::regclass AND s.objid = own.oid)`;
+   WHERE r.rolname ~ '${READY_SET_SQL.rolePattern}' AND ${foreignDependency('own.oid')}`;
+
+/**
+ * Whether one set is tainted, as a condition on its database's name and its roles' names (SQL expressions of
+ * types name and name[]). Written so that Postgres can only look them up by index, whatever its statistics of the
+ * catalogs say: the roles' oids first, then their dependencies by (refclassid, refobjid).
+ */
+export function setIsTaintedSql(databaseName: string, roleNames: string): string {
+  return `EXISTS (
+    SELECT 1 FROM pg_shdepend s
+     WHERE s.refclassid = 'pg_authid'::regclass
+       AND s.refobjid = ANY (ARRAY(SELECT oid FROM pg_authid WHERE rolname = ANY (${roleNames})))
+       AND ${foreignDependency(`(SELECT oid FROM pg_database WHERE datname = ${databaseName})`)})`;
 }
 
 export async function taintedIds(db: Queryable): Promise<string[]> {
-  const { rows } = await db.query<{ id: string }>(taintedIdsSql());
+  const { rows } = await db.query<{ id: string }>(TAINTED_IDS_SQL);
   return rows.map((row) => row.id);
 }
 

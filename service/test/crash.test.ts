@@ -151,6 +151,33 @@ describe('a crash with the ready pool on', () => {
     assert.deepEqual(sets, { entries: [], databases: [], roles: [] });
   });
 
+  it("between a hand-over's rename on the server and its confirmation in the system store: the app is absent after reconcile", async () => {
+    await t.stack.stopService();
+    await t.stack.startService(pool);
+    await t.waitForServiceLine(/"msg":"reconcile finished"/);
+    for (let i = 0; i < 100 && (await readySets()).entries.filter((e) => e.state === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    // As below: provision until one goes through a hand-over (the crash answers it with no 201).
+    let crashed = '';
+    await crashAt(
+      'provision:after-handover-rename',
+      async () => {
+        for (let i = 0; i < 100; i++) {
+          const response = await t.post('/provision', { app_name: `renamed_crash_${i}`, admin_key: t.stack.adminKey });
+          if (response.status !== 201) {
+            crashed = `renamed_crash_${i}`;
+            return response;
+          }
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        throw new Error('no provision went through a hand-over');
+      },
+      pool,
+    );
+    assert.deepEqual(await stateOf(crashed), ABSENT);
+    const again = await t.provision(crashed);
+    await asApp(again.connection_string, (c) => c.query('SELECT 1'));
+  });
+
   it('right after a handover commits: the app is complete and works', async () => {
     await t.stack.stopService();
     await t.stack.startService(pool);

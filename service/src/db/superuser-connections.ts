@@ -1,22 +1,16 @@
-// Owns the service's superuser connections to its one Postgres cluster, where the system's own database and the
-// apps' databases live side by side: the connection pool, connections of their own, short-lived connections
-// into an app's database, the app and ready-set locks held on them, the health ping, and bringing the system's
-// own tables into being. Every SQL statement of the service lives in src/db/.
+// Owns the superuser connections to one database of one Postgres server: a connection pool that tells congestion
+// from an outage, connections of their own, short-lived connections into another database of the same server,
+// and a health ping. The system store (src/db/system-store/system-store.ts) and each Postgres server apps live on
+// (src/db/postgres-server/postgres-server.ts) hold one each. Every SQL statement of the service lives in src/db/.
 import pg from 'pg';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { Config } from '../shared/config.js';
-import { AppBusyError, DatabaseUnavailableError, OperationsBusyError } from '../shared/errors.js';
+import { DatabaseUnavailableError, OperationsBusyError } from '../shared/errors.js';
 import { sqlState } from '../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from './queryable.js';
-import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './system-store/locks.js';
-import { SCHEMA_SQL } from './system-store/schema.js';
 
 /** Lets Postgres's own views (pg_stat_activity) tell the service's sessions apart from the apps'. */
 export const APPLICATION_NAME = 'pg-provisioner';
-
-/** How often a wait for an app's lock asks again. */
-const APP_LOCK_POLL_MS = 50;
 
 /** pg-pool's error when a checkout waited connectionTimeoutMillis in the queue of a full pool. */
 const POOL_QUEUE_TIMEOUT = 'timeout exceeded when trying to connect';
@@ -54,24 +48,31 @@ class ServicePool extends pg.Pool {
   }
 }
 
+/** Where a Postgres server is, for the service, and its superuser (or admin) login. */
+export interface ServerAddress {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+}
+
 export class SuperuserConnections implements DatabaseOpener {
   /** The connection pool every short piece of work takes a connection from (DATABASE_POOL_SIZE). */
   readonly pool: pg.Pool;
   readonly connection: pg.ClientConfig;
   private readonly log: Logger;
   private readonly healthStaleMs: number;
-  private readonly lockTimeoutMs: number;
 
-  constructor(config: Config, log: Logger) {
+  /** Connections as the superuser of `server` to its database `database`; bounds and pool size from `config`. */
+  constructor(server: ServerAddress, database: string, config: Config, log: Logger) {
     this.log = log;
     this.healthStaleMs = config.HEALTH_STALE_MS;
-    this.lockTimeoutMs = config.DATABASE_LOCK_TIMEOUT_MS;
     this.connection = {
-      host: config.DATABASE_HOST,
-      port: config.DATABASE_PORT,
-      user: config.POSTGRES_USER,
-      password: config.POSTGRES_PASSWORD,
-      database: config.SYSTEM_DATABASE,
+      host: server.host,
+      port: server.port,
+      user: server.user,
+      password: server.password,
+      database,
       application_name: APPLICATION_NAME,
       connectionTimeoutMillis: config.DATABASE_CONNECT_TIMEOUT_MS,
       // The bound is the client's (query_timeout): the service stops waiting, and Postgres finishes the
@@ -86,23 +87,6 @@ export class SuperuserConnections implements DatabaseOpener {
     // An idle client can lose its server (restart, pg_terminate_backend); without this handler the
     // 'error' event would crash the process. The pool has already dropped that client.
     this.pool.on('error', (err) => this.log.warn({ err }, 'idle database connection lost'));
-  }
-
-  private schemaApplied?: Promise<void>;
-
-  /**
-   * Resolves once the system's own tables exist (created or updated on first use). If Postgres was away, the
-   * next call tries again.
-   */
-  ensureSchema(): Promise<void> {
-    this.schemaApplied ??= this.pool.query(SCHEMA_SQL).then(
-      () => undefined,
-      (err) => {
-        this.schemaApplied = undefined;
-        throw err;
-      },
-    );
-    return this.schemaApplied;
   }
 
   /** The last settled ping: whether Postgres answered, and when. */
@@ -218,71 +202,7 @@ export class SuperuserConnections implements DatabaseOpener {
     }
   }
 
-  /**
-   * Runs `work` holding the app's advisory lock, on the connection that holds it: operations on one app are
-   * serialized, different apps proceed in parallel. Waits at most DATABASE_LOCK_TIMEOUT_MS, then AppBusyError.
-   * The wait is a series of short tries, not one blocking pg_advisory_lock: each try is bounded by the statement
-   * timeout like any query, so a lock timeout longer than the statement timeout still ends in a 409, and a frozen
-   * Postgres still in a 503 within the statement timeout. The lock is tied to the session: if the service dies,
-   * Postgres releases it. Operations that hold the lock for long (a backup, a restore, a rotation waiting out
-   * logins) pass `ownConnection`, so they never hold one of the pool's few connections that every request needs;
-   * their callers bound how many run at once.
-   */
-  async withAppLock<T>(appName: string, work: (client: Queryable) => Promise<T>, { ownConnection = false } = {}): Promise<T> {
-    const locked = async (client: pg.ClientBase) => {
-      const deadline = Date.now() + this.lockTimeoutMs;
-      while (!(await tryLock(client, appLockKey(appName)))) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new AppBusyError(appName);
-        await sleep(Math.min(APP_LOCK_POLL_MS, left));
-      }
-      try {
-        return await work(client);
-      } finally {
-        await unlock(client, appLockKey(appName)).catch(() => {});
-      }
-    };
-    if (!ownConnection) return this.withClient(locked);
-    const client = await this.connect();
-    try {
-      return await locked(client);
-    } finally {
-      await client.end().catch(() => {});
-    }
-  }
-
-  /** Runs `work` holding the app's lock if it is free; returns undefined, without running it, if it is not. */
-  tryWithAppLock<T>(appName: string, work: (client: Queryable) => Promise<T>): Promise<T | undefined> {
-    return this.tryWithLock(appLockKey(appName), work);
-  }
-
-  /** Runs `work` holding a ready-pool set's lock if it is free; returns undefined, without running it, if it is not. */
-  tryWithReadySetLock<T>(id: string, work: (client: Queryable) => Promise<T>): Promise<T | undefined> {
-    return this.tryWithLock(readySetLockKey(id), work);
-  }
-
-  /** Runs `work` on `client` (a connection of the caller's), holding a ready-pool set's lock, waited for. */
-  async withReadySetLockOn<T>(client: Queryable, id: string, work: () => Promise<T>): Promise<T> {
-    await lock(client, readySetLockKey(id));
-    try {
-      return await work();
-    } finally {
-      await unlock(client, readySetLockKey(id)).catch(() => {});
-    }
-  }
-
-  private async tryWithLock<T>(key: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T | undefined> {
-    return this.withClient(async (client) => {
-      if (!(await tryLock(client, key))) return undefined;
-      try {
-        return await work(client);
-      } finally {
-        await unlock(client, key).catch(() => {});
-      }
-    });
-  }
-
-  /** A new superuser connection outside the pool (to `database`, default the system's own); the caller ends it. */
+  /** A new superuser connection outside the pool (to `database`, default this one's); the caller ends it. */
   async connect(database = this.connection.database): Promise<pg.Client> {
     const client = new pg.Client({ ...this.connection, database });
     client.on('error', (err) => this.log.warn({ err, database }, 'database connection lost'));

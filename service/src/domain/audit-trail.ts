@@ -2,18 +2,18 @@
 // the reconciler, and every failed admin authentication (src/http/plugins/admin-auth.ts). Never the secrets:
 // callers put none in an entry.
 import { appendAudit, type AuditEntry } from '../db/system-store/audit-log.js';
-import type { SuperuserConnections } from '../db/superuser-connections.js';
+import type { SystemStore } from '../db/system-store/system-store.js';
 
 export class AuditTrail {
-  private readonly connections: SuperuserConnections;
+  private readonly store: SystemStore;
 
-  constructor(connections: SuperuserConnections) {
-    this.connections = connections;
+  constructor(store: SystemStore) {
+    this.store = store;
   }
 
   /** Appends `entry` once the system's own tables exist; rejects if it cannot be written (Postgres away). */
   async record(entry: AuditEntry): Promise<void> {
-    await this.connections.ensureSchema();
-    await appendAudit(this.connections.pool, entry);
+    await this.store.ensureSchema();
+    await appendAudit(this.store.pool, entry);
   }
 }

@@ -1,12 +1,14 @@
 // Owns what every app operation runs inside, so that no operation writes it again: the system's own tables exist;
 // the operation is timed, told to whoever observes operations (metrics), and written to the audit log whatever
-// its outcome; and, for an operation on an app that exists, the app's lock is held, on a pooled connection or,
-// for a long operation, on a connection of its own in a bounded slot, and the app is registered (and ready,
-// unless the operation says otherwise).
+// its outcome; and, for an operation on an app that exists, the app's lock is held in the system store, the
+// operation is given a connection to the store (the one holding the lock) and one to the app's Postgres server,
+// pooled or, for a long operation, of their own in a bounded slot, and the app is registered (and ready, unless
+// the operation says otherwise).
 import type { Logger } from 'pino';
+import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import type { Queryable } from '../db/queryable.js';
-import type { SuperuserConnections } from '../db/superuser-connections.js';
 import { findApp, type AppState } from '../db/system-store/registry.js';
+import type { SystemStore } from '../db/system-store/system-store.js';
 import { AppNotFoundError } from '../shared/errors.js';
 import { appIdentifiers, type AppIdentifiers } from '../shared/object-names.js';
 import type { AuditTrail } from './audit-trail.js';
@@ -16,6 +18,16 @@ import type { Slots } from './slots.js';
 export interface RequestContext {
   requestId?: string;
   client?: string;
+}
+
+/**
+ * Where an operation on an app does its work: `store`, the system store's connection that holds the app's lock
+ * (registry rows), and `server`, a superuser connection to the Postgres server the app lives on (its roles and
+ * database).
+ */
+export interface AppSession {
+  store: Queryable;
+  server: Queryable;
 }
 
 /** Told of every operation's end: name, outcome, seconds. */
@@ -53,13 +65,15 @@ function outcomeOf(err: unknown): string {
 }
 
 export class OperationEnvelope {
-  private readonly connections: SuperuserConnections;
+  private readonly store: SystemStore;
+  private readonly server: PostgresServer;
   private readonly audit: AuditTrail;
   private readonly log: Logger;
   private readonly observers: OperationObserver[] = [];
 
-  constructor(connections: SuperuserConnections, audit: AuditTrail, log: Logger) {
-    this.connections = connections;
+  constructor(store: SystemStore, server: PostgresServer, audit: AuditTrail, log: Logger) {
+    this.store = store;
+    this.server = server;
     this.audit = audit;
     this.log = log;
   }
@@ -75,7 +89,7 @@ export class OperationEnvelope {
    * onApp.
    */
   async audited<T>(action: string, appName: string, request: RequestContext, work: () => Promise<T>, detail?: (result: T) => Record<string, unknown>): Promise<T> {
-    await this.connections.ensureSchema();
+    await this.store.ensureSchema();
     const started = process.hrtime.bigint();
     let outcome = 'ok';
     let extra: Record<string, unknown> | undefined;
@@ -99,20 +113,38 @@ export class OperationEnvelope {
   }
 
   /** The whole envelope: audited, under the app's lock, the app found as `appMustBe` says (AppNotFoundError otherwise). */
-  onApp<T>(action: string, appName: string, request: RequestContext, options: OnAppOptions<T>, work: (client: Queryable, app: FoundApp) => Promise<T>): Promise<T> {
+  onApp<T>(action: string, appName: string, request: RequestContext, options: OnAppOptions<T>, work: (session: AppSession, app: FoundApp) => Promise<T>): Promise<T> {
     return this.audited(
       action,
       appName,
       request,
-      () => this.locked(appName, options.slot, async (client) => work(client, await this.requireApp(client, appName, options.appMustBe ?? 'ready'))),
+      () => this.locked(appName, options.slot, async (session) => work(session, await this.requireApp(session.store, appName, options.appMustBe ?? 'ready'))),
       options.detail,
     );
   }
 
-  /** Runs `work` under the app's lock: on a pooled connection, or in a slot on a connection of its own. */
-  locked<T>(appName: string, slot: Slot | undefined, work: (client: Queryable) => Promise<T>): Promise<T> {
-    if (!slot) return this.connections.withAppLock(appName, work);
-    return slot.slots.run(() => this.connections.withAppLock(appName, work, { ownConnection: true }), slot.waitMs);
+  /**
+   * Runs `work` under the app's lock, with a connection to the store and one to the server: pooled ones, or in a
+   * slot, connections of their own.
+   */
+  locked<T>(appName: string, slot: Slot | undefined, work: (session: AppSession) => Promise<T>): Promise<T> {
+    if (!slot) return this.store.withAppLock(appName, (store) => this.server.withClient((server) => work({ store, server })));
+    return slot.slots.run(
+      () =>
+        this.store.withAppLock(
+          appName,
+          async (store) => {
+            const server = await this.server.connect();
+            try {
+              return await work({ store, server });
+            } finally {
+              await server.end().catch(() => {});
+            }
+          },
+          { ownConnection: true },
+        ),
+      slot.waitMs,
+    );
   }
 
   /** The app's names, state and incarnation if it is registered (and ready, for 'ready'); AppNotFoundError otherwise. */

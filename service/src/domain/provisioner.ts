@@ -1,13 +1,15 @@
-// Owns the provisioner: the service without its HTTP face: builds, from the config, the superuser connections (src/db/), the app
+// Owns the provisioner: the service without its HTTP face: builds, from the config, the system store and the
+// Postgres server apps live on (src/db/; today one server, which also holds the system store), the app
 // operations and the background work that starts and stops with the service: the reconciler (once at start, then
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
 // refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
-import { DumpAndRestore } from '../db/postgres-server/dump-restore.js';
-import { SuperuserConnections } from '../db/superuser-connections.js';
+import { PostgresServer } from '../db/postgres-server/postgres-server.js';
+import type { ServerAddress, SuperuserConnections } from '../db/superuser-connections.js';
 import { countReadyApps } from '../db/system-store/registry.js';
+import { SystemStore } from '../db/system-store/system-store.js';
 import type { Config } from '../shared/config.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
@@ -20,15 +22,17 @@ import { ReadyPool } from './ready-pool.js';
 import { Reconciler } from './reconciler.js';
 import { Slots } from './slots.js';
 
-/** Whether Postgres answers, for GET /health (see SuperuserConnections.checkHealth). */
+/** Whether Postgres answers (the system store and the server), for GET /health (see SuperuserConnections.checkHealth). */
 export interface HealthCheck {
   check(): Promise<void>;
 }
 
 /** What the service tells about itself (GET /metrics). Each read may fail while Postgres is away. */
 export interface ProvisionerStatistics {
-  /** The connection pool's connections: all, idle, and the requests waiting for one. */
+  /** The server's connection pool: all connections, idle ones, and the requests waiting for one. */
   connectionPool(): { total: number; idle: number; waiting: number };
+  /** The same for the system store's pool. */
+  systemStorePool(): { total: number; idle: number; waiting: number };
   readyApps(): Promise<number>;
   readySets(): Promise<{ ready: number; preparing: number }>;
 }
@@ -49,7 +53,8 @@ export class Provisioner {
   readonly statistics: ProvisionerStatistics;
   private readonly config: Config;
   private readonly log: Logger;
-  private readonly connections: SuperuserConnections;
+  private readonly store: SystemStore;
+  private readonly server: PostgresServer;
   private readonly credentials = new CredentialStock(16);
   private readonly readyPool: ReadyPool;
   private readonly listing: AppListing;
@@ -60,23 +65,27 @@ export class Provisioner {
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.log = log;
-    const connections = new SuperuserConnections(config, log);
-    this.connections = connections;
+    // Today's one Postgres server, which also holds the system store (SYSTEM_DATABASE): two seams, one machine.
+    const address: ServerAddress = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
+    const store = new SystemStore(address, config, log);
+    const server = new PostgresServer({ id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT }, config, log);
+    this.store = store;
+    this.server = server;
     const limits = appRoleLimits(config);
     const crashPoint = crashPoints(config, log);
-    this.audit = new AuditTrail(connections);
-    const envelope = new OperationEnvelope(connections, this.audit, log);
+    this.audit = new AuditTrail(store);
+    const envelope = new OperationEnvelope(store, server, this.audit, log);
     const backupFiles = new BackupFiles(config);
-    this.readyPool = new ReadyPool(connections, config, log, limits, crashPoint);
-    this.listing = new AppListing(connections, envelope, backupFiles);
+    this.readyPool = new ReadyPool(store, server, config, log, limits, crashPoint);
+    this.listing = new AppListing(store, server, envelope, backupFiles);
     this.operations = new AppOperations({
-      connections,
+      store,
+      server,
       envelope,
       readyPool: this.readyPool,
       credentials: this.credentials,
       listing: this.listing,
       backupFiles,
-      dumpAndRestore: new DumpAndRestore(config),
       backupSlots: new Slots(config.BACKUP_MAX_CONCURRENT, 'backups and restores'),
       rotationSlots: new Slots(config.ROTATION_MAX_CONCURRENT, 'rotations'),
       limits,
@@ -84,11 +93,14 @@ export class Provisioner {
       log,
       crashPoint,
     });
-    this.reconciler = new Reconciler({ connections, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
-    this.health = { check: () => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS) };
+    this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
+    const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
+    this.health = { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])) };
+    const poolUsage = ({ pool }: SuperuserConnections) => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount });
     this.statistics = {
-      connectionPool: () => ({ total: connections.pool.totalCount, idle: connections.pool.idleCount, waiting: connections.pool.waitingCount }),
-      readyApps: () => countReadyApps(connections.pool),
+      connectionPool: () => poolUsage(server.connections),
+      systemStorePool: () => poolUsage(store.connections),
+      readyApps: () => countReadyApps(store.pool),
       readySets: () => this.readyPool.counts(),
     };
   }
@@ -107,7 +119,8 @@ export class Provisioner {
     clearInterval(this.timer);
     await this.readyPool.stop();
     await this.reconciling;
-    await this.connections.close();
+    await this.server.close();
+    await this.store.close();
   }
 
   private reconcileOnce(): Promise<void> {

@@ -1,18 +1,20 @@
 // Owns the ready pool: sets of app objects (login role, access role, database) made ahead of time in the
-// background, so that provisioning is one short transaction that renames a prepared set
-// (src/db/ready-set-hand-over.ts) instead of a CREATE DATABASE. Prepared login roles are NOLOGIN until handed
+// background on the Postgres server, each with an entry in the system store, so that provisioning is a hand-over
+// (one short transaction on the server that renames a prepared set, between a claim and a confirmation in the
+// store) instead of a CREATE DATABASE. Prepared login roles are NOLOGIN until handed
 // over, with a password only this process knows, so no one can log in to, or connect to, a prepared set.
-// Refilling uses a connection of its own, never the connection pool, and never blocks a request: an empty ready
-// pool just means the on-demand path.
+// Refilling uses connections of its own (one to the store, one to the server), never the connection pools, and
+// never blocks a request: an empty ready pool just means the on-demand path.
 import { customAlphabet } from 'nanoid';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabaseToApp, type AppRoleLimits } from '../db/postgres-server/app-objects.js';
-import { idsWithObjects, setPreparedLogin, taintedIds } from '../db/postgres-server/ready-set-objects.js';
+import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
+import { idsWithDatabase, idsWithObjects, renameReadySetToApp, setPreparedLogin, taintedIds } from '../db/postgres-server/ready-set-objects.js';
 import type { OwnConnection, Queryable } from '../db/queryable.js';
-import { handOverReadySet } from '../db/ready-set-hand-over.js';
-import type { SuperuserConnections } from '../db/superuser-connections.js';
-import { addPreparing, countEntries, entriesIn, markPrepared, readyIdsWithoutDatabase, removeEntry } from '../db/system-store/ready-set-rows.js';
+import { addPreparing, claimReadySet, countEntries, endClaim, entriesIn, markPrepared, removeEntry } from '../db/system-store/ready-set-rows.js';
+import type { SystemStore } from '../db/system-store/system-store.js';
+import { AppBusyError } from '../shared/errors.js';
 import type { Config } from '../shared/config.js';
 import { READY_SET_ID_ALPHABET, READY_SET_ID_LENGTH, readySetNames, type AppIdentifiers } from '../shared/object-names.js';
 import { newAppCredential, type AppCredential } from '../shared/secrets.js';
@@ -23,9 +25,21 @@ const newReadySetId = customAlphabet(READY_SET_ID_ALPHABET, READY_SET_ID_LENGTH)
 const RETRY_AFTER_ERROR_MS = 5_000;
 const IDLE_CHECK_MS = 1_000;
 
+/** The refilling's connections of its own: one to the system store, one to the server. */
+interface RefillConnections {
+  store: OwnConnection;
+  server: OwnConnection;
+}
+
+async function endRefillConnections(own: RefillConnections | undefined): Promise<void> {
+  await own?.store.end().catch(() => {});
+  await own?.server.end().catch(() => {});
+}
+
 export class ReadyPool {
   readonly size: number;
-  private readonly connections: SuperuserConnections;
+  private readonly store: SystemStore;
+  private readonly server: PostgresServer;
   private readonly log: Logger;
   private readonly limits: AppRoleLimits;
   private readonly pauseMs: number;
@@ -41,8 +55,9 @@ export class ReadyPool {
   private stopped = false;
   private wakeUp = new AbortController();
 
-  constructor(connections: SuperuserConnections, config: Config, log: Logger, limits: AppRoleLimits, crashPoint: CrashPoint) {
-    this.connections = connections;
+  constructor(store: SystemStore, server: PostgresServer, config: Config, log: Logger, limits: AppRoleLimits, crashPoint: CrashPoint) {
+    this.store = store;
+    this.server = server;
     this.log = log;
     this.limits = limits;
     this.size = config.READY_POOL_SIZE;
@@ -70,17 +85,55 @@ export class ReadyPool {
   }
 
   /**
-   * Hands a prepared set to `app` (handOverReadySet) and returns its password, or undefined when no set is
-   * ready. Refilling then waits until hand-overs have been quiet for READY_POOL_REFILL_QUIET_MS (unless the pool
-   * ran empty), so a burst of provisioning never competes with CREATE DATABASE for the CPU.
+   * Hands a prepared set to `app` and returns its password, or undefined, changing nothing, when no set is ready.
+   * Three steps, so that the server's part is one short transaction and a crash anywhere leaves nothing half-made:
+   * the store claims the oldest ready set among those whose password this process holds (its entry goes, the app
+   * is registered as creating, the app's and the set's locks are taken); the server renames the set's roles and
+   * database to the app's and allows its login, in one transaction (or refuses a set whose database is gone or
+   * that a tenant has tainted: the next one is tried, and the reconciler removes that one); the store marks the
+   * app ready. A crash before the last step leaves a creating app, which the reconciler removes. Refilling then
+   * waits until hand-overs have been quiet for READY_POOL_REFILL_QUIET_MS (unless the pool ran empty), so a burst
+   * of provisioning never competes with CREATE DATABASE for the CPU.
    */
-  async handOverTo(client: Queryable, app: AppIdentifiers): Promise<AppCredential | undefined> {
-    const id = await handOverReadySet(client, app, [...this.passwords.keys()]);
-    if (!id) return undefined;
-    const credential = this.passwords.get(id)!;
-    this.passwords.delete(id);
-    this.lastHandOverAt = Date.now();
-    return credential;
+  async handOverTo(app: AppIdentifiers): Promise<AppCredential | undefined> {
+    const candidates = [...this.passwords.keys()];
+    if (candidates.length === 0) return undefined;
+    return this.store.withClient(async (storeClient) => {
+      for (;;) {
+        const claim = await claimReadySet(storeClient, app.appName, candidates);
+        if (!claim) return undefined;
+        candidates.splice(candidates.indexOf(claim.id), 1);
+        if (!claim.appLocked || !claim.setLocked) {
+          // The set is being removed (its lock is held): try the next. Another operation on this name holds the
+          // app's lock: the set goes back, and the caller hears that the app is busy.
+          await endClaim(storeClient, app.appName, claim, claim.setLocked ? 'return' : 'abandon');
+          if (!claim.appLocked) throw new AppBusyError(app.appName);
+          continue;
+        }
+        let renamed: boolean;
+        try {
+          renamed = await this.server.withClient((serverClient) => renameReadySetToApp(serverClient, claim.id, app));
+        } catch (err) {
+          // An SQL error (a name taken: 42710, 42P04) rolled the rename back: the set is whole and goes back to the
+          // pool. Anything else (the connection lost) leaves it unknown: the reconciler removes it.
+          const intact = sqlState(err) !== undefined;
+          await endClaim(storeClient, app.appName, claim, intact ? 'return' : 'abandon').catch(() => {});
+          if (!intact) this.passwords.delete(claim.id);
+          throw err;
+        }
+        if (!renamed) {
+          await endClaim(storeClient, app.appName, claim, 'abandon');
+          this.passwords.delete(claim.id);
+          continue;
+        }
+        await this.crashPoint('provision:after-handover-rename');
+        await endClaim(storeClient, app.appName, claim, 'ready');
+        const credential = this.passwords.get(claim.id)!;
+        this.passwords.delete(claim.id);
+        this.lastHandOverAt = Date.now();
+        return credential;
+      }
+    });
   }
 
   private wake(): void {
@@ -94,19 +147,19 @@ export class ReadyPool {
   }
 
   private async refillLoop(): Promise<void> {
-    let client: OwnConnection | undefined;
+    let own: RefillConnections | undefined;
     let waitedForSchema = false;
     while (!this.stopped) {
       try {
-        client ??= await this.connections.connect();
-        await this.removeTaintedSets(client);
-        await this.rekeyUnknownSets(client);
-        const { ready, preparing } = await countEntries(client);
+        own ??= await this.connectForRefill();
+        await this.removeTaintedSets(own);
+        await this.rekeyUnknownSets(own);
+        const { ready, preparing } = await countEntries(own.store);
         const sinceHandOver = Date.now() - this.lastHandOverAt;
         if (ready > 0 && sinceHandOver < this.quietMs) {
           await this.pause(this.quietMs - sinceHandOver);
         } else if (ready + preparing < this.size) {
-          await this.prepareOne(client);
+          await this.prepareOne(own);
           await this.pause(this.pauseMs);
         } else {
           await this.pause(IDLE_CHECK_MS);
@@ -116,55 +169,65 @@ export class ReadyPool {
           // A fresh database, whose bookkeeping tables are still being made: wait for them, quietly. (Not waited
           // for up front, so that after a restart the pool re-keys its sets while the schema is being checked.)
           waitedForSchema = true;
-          if (await this.connections.ensureSchema().then(() => true, () => false)) continue;
+          if (await this.store.ensureSchema().then(() => true, () => false)) continue;
         }
         this.log.warn({ err }, 'ready pool: could not prepare a set; retrying later');
-        await client?.end().catch(() => {});
-        client = undefined;
+        await endRefillConnections(own);
+        own = undefined;
         await this.pause(RETRY_AFTER_ERROR_MS);
       }
     }
-    await client?.end().catch(() => {});
+    await endRefillConnections(own);
+  }
+
+  private async connectForRefill(): Promise<RefillConnections> {
+    const store = await this.store.connect();
+    try {
+      return { store, server: await this.server.connect() };
+    } catch (err) {
+      await store.end().catch(() => {});
+      throw err;
+    }
   }
 
   /** Removes the sets a tenant has granted something to (they are never handed over), whatever was granted. */
-  private async removeTaintedSets(client: Queryable): Promise<void> {
-    for (const id of await taintedIds(client)) {
-      await this.connections.tryWithReadySetLock(id, async () => {
-        await this.removeSet(client, id);
+  private async removeTaintedSets(own: RefillConnections): Promise<void> {
+    for (const id of await taintedIds(own.server)) {
+      await this.store.tryWithReadySetLock(id, async (storeClient) => {
+        await this.removeSet({ store: storeClient, server: own.server }, id);
         this.log.warn({ ready_set: id }, 'ready pool: removed a prepared set another tenant had granted privileges to');
       });
     }
   }
 
   /** Gives a new password, and today's limits, to every ready set whose password this process does not hold (after a restart). */
-  private async rekeyUnknownSets(client: Queryable): Promise<void> {
-    for (const id of await entriesIn(client, 'ready')) {
+  private async rekeyUnknownSets(own: RefillConnections): Promise<void> {
+    for (const id of await entriesIn(own.store, 'ready')) {
       if (this.passwords.has(id) || this.stopped) continue;
       const credential = await newAppCredential();
-      await setPreparedLogin(client, id, credential.verifier, this.limits);
+      await setPreparedLogin(own.server, id, credential.verifier, this.limits);
       this.passwords.set(id, credential);
     }
   }
 
   /** Prepares one set under its own lock, recorded as preparing first so a crash leaves nothing unknown. */
-  private async prepareOne(client: Queryable): Promise<void> {
+  private async prepareOne(own: RefillConnections): Promise<void> {
     const id = newReadySetId();
     const names = readySetNames(id);
-    await this.connections.withReadySetLockOn(client, id, async () => {
-      await addPreparing(client, id);
+    await this.store.withReadySetLockOn(own.store, id, async () => {
+      await addPreparing(own.store, id);
       try {
-        await createAppRoles(client, names, null, this.limits);
+        await createAppRoles(own.server, names, null, this.limits);
         await this.crashPoint('ready-pool:after-create-roles');
-        await createDatabase(client, names.database);
+        await createDatabase(own.server, names.database);
         await this.crashPoint('ready-pool:after-create-database');
-        await handDatabaseToApp(client, this.connections, names.database, names);
+        await handDatabaseToApp(own.server, this.server, names.database, names);
         const credential = await newAppCredential();
-        await setPreparedLogin(client, id, credential.verifier, this.limits);
-        await markPrepared(client, id);
+        await setPreparedLogin(own.server, id, credential.verifier, this.limits);
+        await markPrepared(own.store, id);
         this.passwords.set(id, credential);
       } catch (err) {
-        await this.removeSet(client, id).catch(() => {});
+        await this.removeSet(own, id).catch(() => {});
         throw err;
       }
     });
@@ -175,16 +238,16 @@ export class ReadyPool {
    * is an orphan the reconciler removes), then its roles, then its database. Roles before the database: if a
    * tenant's lock makes dropping a role wait, no set is ever left with roles and no database.
    */
-  private async removeSet(client: Queryable, id: string): Promise<void> {
+  private async removeSet(on: { store: Queryable; server: Queryable }, id: string): Promise<void> {
     this.passwords.delete(id);
     const names = readySetNames(id);
-    await removeEntry(client, id);
-    await dropAppRoles(client, this.connections, names);
-    await dropDatabase(client, names.database);
+    await removeEntry(on.store, id);
+    await dropAppRoles(on.server, this.server, names);
+    await dropDatabase(on.server, names.database);
   }
 
   async counts(): Promise<{ ready: number; preparing: number }> {
-    return countEntries(this.connections.pool);
+    return countEntries(this.store.pool);
   }
 
   /**
@@ -194,15 +257,16 @@ export class ReadyPool {
    */
   async removeLeftoverSets(): Promise<string[]> {
     const removed: string[] = [];
-    const pool = this.connections.pool;
-    const preparing = await entriesIn(pool, 'preparing');
-    const known = new Set([...preparing, ...(await entriesIn(pool, 'ready'))]);
-    const orphans = (await idsWithObjects(pool)).filter((id) => !known.has(id));
-    const candidates = new Set([...preparing, ...orphans, ...(await readyIdsWithoutDatabase(pool))]);
+    const preparing = await entriesIn(this.store.pool, 'preparing');
+    const ready = await entriesIn(this.store.pool, 'ready');
+    const known = new Set([...preparing, ...ready]);
+    const orphans = (await idsWithObjects(this.server.pool)).filter((id) => !known.has(id));
+    const withDatabase = new Set(await idsWithDatabase(this.server.pool));
+    const candidates = new Set([...preparing, ...orphans, ...ready.filter((id) => !withDatabase.has(id))]);
     for (const id of candidates) {
       try {
-        const done = await this.connections.tryWithReadySetLock(id, async (client) => {
-          await this.removeSet(client, id);
+        const done = await this.store.tryWithReadySetLock(id, async (storeClient) => {
+          await this.server.withClient((serverClient) => this.removeSet({ store: storeClient, server: serverClient }, id));
           return true;
         });
         if (done) removed.push(id);

@@ -8,12 +8,13 @@
 import type { Logger } from 'pino';
 import { removeAgent } from '../db/postgres-server/agent-roles.js';
 import { addAccessRole, agentRoles, allowConnections, appNamesWithObjects, appObjects, dropAppRoles, dropDatabase, enableLogin, workDatabases } from '../db/postgres-server/app-objects.js';
-import type { Queryable } from '../db/queryable.js';
-import type { SuperuserConnections } from '../db/superuser-connections.js';
+import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { adoptApp, appsInState, findApp, registeredAppNames, unregisterApp } from '../db/system-store/registry.js';
+import type { SystemStore } from '../db/system-store/system-store.js';
 import { appIdentifiers, appOfAgent, appOfWorkDatabase } from '../shared/object-names.js';
 import type { AuditTrail } from './audit-trail.js';
 import type { CrashPoint } from './crash-points.js';
+import type { AppSession } from './operation-envelope.js';
 import { removeAppObjects } from './operations/delete.js';
 import type { ReadyPool } from './ready-pool.js';
 
@@ -25,7 +26,8 @@ export interface ReconcileReport {
 }
 
 export interface ReconcilerDeps {
-  connections: SuperuserConnections;
+  store: SystemStore;
+  server: PostgresServer;
   audit: AuditTrail;
   readyPool: ReadyPool;
   log: Logger;
@@ -48,13 +50,18 @@ class ReconcileRun {
     await this.deps.audit.record({ action: 'reconcile', appName: app, outcome: action }).catch(() => {});
   }
 
-  /** Runs `work` under the app's lock if it is free (else counts the app as busy); a failure is counted and logged. */
-  async locked(appName: string, work: (client: Queryable) => Promise<void>): Promise<void> {
+  /**
+   * Runs `work` under the app's lock if it is free (else counts the app as busy), with a connection to the store
+   * (holding the lock) and one to the server; a failure is counted and logged.
+   */
+  async locked(appName: string, work: (session: AppSession) => Promise<void>): Promise<void> {
     try {
-      const done = await this.deps.connections.tryWithAppLock(appName, async (client) => {
-        await work(client);
-        return true;
-      });
+      const done = await this.deps.store.tryWithAppLock(appName, (store) =>
+        this.deps.server.withClient(async (server) => {
+          await work({ store, server });
+          return true;
+        }),
+      );
       if (!done) this.report.skippedBusy++;
     } catch (err) {
       this.report.failed++;
@@ -65,13 +72,13 @@ class ReconcileRun {
 
 /** Apps registered as creating or deleting: whatever exists of their objects is removed, then their row. */
 async function finishHalfDoneApps(run: ReconcileRun): Promise<void> {
-  const { connections, crashPoint } = run.deps;
-  for (const { app_name: appName } of await appsInState(connections.pool, ['creating', 'deleting'])) {
-    await run.locked(appName, async (client) => {
-      const current = await findApp(client, appName);
+  const { store, server, crashPoint } = run.deps;
+  for (const { app_name: appName } of await appsInState(store.pool, ['creating', 'deleting'])) {
+    await run.locked(appName, async (session) => {
+      const current = await findApp(session.store, appName);
       if (!current || current.state === 'ready') return;
-      await removeAppObjects(connections, crashPoint, client, appIdentifiers(appName));
-      await unregisterApp(client, appName);
+      await removeAppObjects(server, crashPoint, session.server, appIdentifiers(appName));
+      await unregisterApp(session.store, appName);
       await run.repaired(appName, current.state === 'creating' ? 'removed half-made app' : 'finished deleting app');
     });
   }
@@ -79,12 +86,12 @@ async function finishHalfDoneApps(run: ReconcileRun): Promise<void> {
 
 /** Agent roles left by a dump or restore the service died in. */
 async function removeLeftoverAgents(run: ReconcileRun): Promise<void> {
-  const { connections } = run.deps;
-  for (const agent of await agentRoles(connections.pool)) {
+  const { server } = run.deps;
+  for (const agent of await agentRoles(server.pool)) {
     const appName = appOfAgent(agent);
     if (!appName) continue; // a member of pgprov_agents the operator made: not ours
-    await run.locked(appName, async (client) => {
-      await removeAgent(connections, client, agent, appIdentifiers(appName).username);
+    await run.locked(appName, async (session) => {
+      await removeAgent(server, session.server, agent, appIdentifiers(appName).username);
       await run.repaired(appName, `removed agent role ${agent}`);
     });
   }
@@ -92,9 +99,9 @@ async function removeLeftoverAgents(run: ReconcileRun): Promise<void> {
 
 /** A restore's work databases left by a crash; the app's own database opened again if the swap had closed it. */
 async function dropRestoreLeftovers(run: ReconcileRun): Promise<void> {
-  for (const database of await workDatabases(run.deps.connections.pool)) {
+  for (const database of await workDatabases(run.deps.server.pool)) {
     const appName = appOfWorkDatabase(database);
-    await run.locked(appName, async (client) => {
+    await run.locked(appName, async ({ server: client }) => {
       const app = appIdentifiers(appName);
       await dropDatabase(client, database);
       const objects = await appObjects(client, app);
@@ -106,14 +113,14 @@ async function dropRestoreLeftovers(run: ReconcileRun): Promise<void> {
 
 /** Ready apps whose database refuses connections, or whose login is refused (an interrupted rotation). */
 async function reopenReadyApps(run: ReconcileRun): Promise<void> {
-  const { connections, log } = run.deps;
-  for (const { app_name: appName } of await appsInState(connections.pool, ['ready'])) {
+  const { store, server, log } = run.deps;
+  for (const { app_name: appName } of await appsInState(store.pool, ['ready'])) {
     const app = appIdentifiers(appName);
-    const objects = await appObjects(connections.pool, app);
+    const objects = await appObjects(server.pool, app);
     if (objects.database && objects.databaseAllowsConnections && objects.loginRole && objects.loginAllowed && objects.accessRole) continue;
     // Something looks wrong: look again under the app's lock (a delete may have been under way).
-    await run.locked(appName, async (client) => {
-      if ((await findApp(client, appName))?.state !== 'ready') return;
+    await run.locked(appName, async ({ store: storeClient, server: client }) => {
+      if ((await findApp(storeClient, appName))?.state !== 'ready') return;
       const now = await appObjects(client, app);
       if (now.database && !now.databaseAllowsConnections) {
         await allowConnections(client, app.database);
@@ -136,23 +143,23 @@ async function removeLeftoverReadySets(run: ReconcileRun): Promise<void> {
 
 /** App objects without a registry row: a complete app is adopted, roles without a database are dropped. */
 async function adoptUnregisteredApps(run: ReconcileRun): Promise<void> {
-  const { connections, log } = run.deps;
-  const registered = new Set(await registeredAppNames(connections.pool));
-  for (const appName of await appNamesWithObjects(connections.pool)) {
+  const { store, server, log } = run.deps;
+  const registered = new Set(await registeredAppNames(store.pool));
+  for (const appName of await appNamesWithObjects(server.pool)) {
     if (registered.has(appName)) continue;
-    await run.locked(appName, async (client) => {
-      if (await findApp(client, appName)) return;
+    await run.locked(appName, async ({ store: storeClient, server: client }) => {
+      if (await findApp(storeClient, appName)) return;
       const app = appIdentifiers(appName);
       const objects = await appObjects(client, app);
       if (objects.loginRole && objects.accessRole && objects.database) {
-        await adoptApp(client, appName);
+        await adoptApp(storeClient, appName);
         await run.repaired(appName, 'adopted unregistered app');
       } else if (objects.loginRole && objects.database) {
         await addAccessRole(client, app);
-        await adoptApp(client, appName);
+        await adoptApp(storeClient, appName);
         await run.repaired(appName, 'adopted unregistered app made before access roles, and gave it one');
       } else if (!objects.database) {
-        await dropAppRoles(client, connections, app);
+        await dropAppRoles(client, server, app);
         await run.repaired(appName, 'removed roles left without a database');
       } else {
         log.warn({ app: appName, objects }, 'database app_<name> exists without its roles; not ours to drop, left for the operator');
@@ -173,7 +180,7 @@ export class Reconciler {
 
   /** One run of every repair. */
   async run(): Promise<ReconcileReport> {
-    await this.deps.connections.ensureSchema();
+    await this.deps.store.ensureSchema();
     const run = new ReconcileRun(this.deps);
     for (const repair of REPAIRS) await repair(run);
     return run.report;

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { agentName, type AgentKind, type AppIdentifiers } from '../../shared/object-names.js';
 import { newAppCredential } from '../../shared/secrets.js';
 import type { Queryable } from '../queryable.js';
-import type { SuperuserConnections } from '../superuser-connections.js';
+import type { PostgresServer } from './postgres-server.js';
 import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock } from './app-objects.js';
 
 /** How a client program logs in as the agent, and how its session is watched. */
@@ -19,12 +19,12 @@ export interface AgentLogin {
 }
 
 /**
- * Runs `work` with a fresh agent of `app` (valid for `validForMs` at most), on the caller's connection, which
- * holds the app's lock; the agent is removed afterwards whatever happens, anything it came to own going to the
+ * Runs `work` with a fresh agent of `app` (valid for `validForMs` at most), on the caller's connection to the
+ * app's server (the caller holds the app's lock); the agent is removed afterwards whatever happens, anything it came to own going to the
  * app's login role.
  */
 export async function withAgent<T>(
-  connections: SuperuserConnections,
+  server: PostgresServer,
   client: Queryable,
   app: AppIdentifiers,
   kind: AgentKind,
@@ -33,23 +33,23 @@ export async function withAgent<T>(
   work: (agent: AgentLogin) => Promise<T>,
 ): Promise<T> {
   const user = agentName(kind, app);
-  await removeAgent(connections, client, user, app.username); // a leftover of a crash, if any
+  await removeAgent(server, client, user, app.username); // a leftover of a crash, if any
   const { password, verifier } = await newAppCredential();
   await createAgentRole(client, user, app, verifier, validForMs);
   try {
-    return await work({ user, password, waitingOnLock: () => waitingOnLock(connections.pool, user) });
+    return await work({ user, password, waitingOnLock: () => waitingOnLock(server.pool, user) });
   } finally {
     // Refused at once; if a tenant's lock keeps it from being dropped now, the reconciler drops it later: the
     // operation itself, done, is not failed for it.
-    await removeAgent(connections, client, user, app.username).catch((err: unknown) => log.warn({ err, agent: user }, 'could not remove an agent role now; the reconciler will'));
+    await removeAgent(server, client, user, app.username).catch((err: unknown) => log.warn({ err, agent: user }, 'could not remove an agent role now; the reconciler will'));
   }
 }
 
 /** Refuses the agent's logins, ends its sessions, and drops it (what it owns goes to `heir` when that exists). */
-export async function removeAgent(connections: SuperuserConnections, client: Queryable, agent: string, heir: string): Promise<void> {
+export async function removeAgent(server: PostgresServer, client: Queryable, agent: string, heir: string): Promise<void> {
   const existing = await existingRoles(client, [agent, heir]);
   if (!existing.has(agent)) return;
   await disableLogin(client, agent);
   await endSessionsOf(client, agent);
-  await dropRoleEverywhere(client, connections, agent, existing.has(heir) ? heir : undefined);
+  await dropRoleEverywhere(client, server, agent, existing.has(heir) ? heir : undefined);
 }

@@ -395,6 +395,15 @@ export async function appNamesWithObjects(db: Queryable): Promise<string[]> {
   return rows.map((row) => row.app_name);
 }
 
+/** Open sessions of the apps' login roles, by app name (apps with none are absent). */
+export async function appSessionCounts(db: Queryable): Promise<Map<string, number>> {
+  const { rows } = await db.query<{ app_name: string; sessions: number }>(
+    `SELECT substring(usename FROM '${APP_SQL.loginRolePattern}') AS app_name, count(*)::int AS sessions
+       FROM pg_stat_activity WHERE usename ~ '${APP_SQL.loginRolePattern}' GROUP BY usename`,
+  );
+  return new Map(rows.map((row) => [row.app_name, row.sessions]));
+}
+
 /**
  * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
  * database: about a millisecond per app, so the full list is refreshed in the background, not per request.

@@ -8,6 +8,7 @@ import type { Config } from '../../shared/config.js';
 import { BackupBlockedError, BackupFailedError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from '../../shared/errors.js';
 import { watchLockWaits } from '../../shared/lock-watch.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
+import type { ServerAddress } from '../superuser-connections.js';
 import type { AgentLogin } from './agent-roles.js';
 
 const run = promisify(execFile);
@@ -27,14 +28,17 @@ function failureCategory(stderr: string): 'unavailable' | 'lock' | 'refused' | '
 
 export class DumpAndRestore {
   private readonly config: Config;
+  private readonly server: Pick<ServerAddress, 'host' | 'port'>;
 
-  constructor(config: Config) {
+  /** The programs reach the server at `server`'s address (as the service does); paths and bounds from `config`. */
+  constructor(server: Pick<ServerAddress, 'host' | 'port'>, config: Config) {
+    this.server = server;
     this.config = config;
   }
 
   private connectionArgs(database: string, agent: AgentLogin): string[] {
-    const { DATABASE_HOST, DATABASE_PORT } = this.config;
-    return [`--host=${DATABASE_HOST}`, `--port=${DATABASE_PORT}`, `--username=${agent.user}`, `--dbname=${database}`, '--no-password'];
+    const { host, port } = this.server;
+    return [`--host=${host}`, `--port=${port}`, `--username=${agent.user}`, `--dbname=${database}`, '--no-password'];
   }
 
   private env(agent: AgentLogin): NodeJS.ProcessEnv {

@@ -1,7 +1,7 @@
 // Owns the SQL of the ready pool's prepared sets on the Postgres server: which exist, which a tenant has granted
 // something to, and their passwords. Their names come from src/shared/object-names.ts.
 import pg from 'pg';
-import { READY_SET_ID_PATTERN, READY_SET_SQL, readySetNames } from '../../shared/object-names.js';
+import { READY_SET_ID_PATTERN, READY_SET_SQL, readySetNames, type ObjectNames } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
 import { roleSettingsSql, type AppRoleLimits } from './app-objects.js';
 
@@ -48,6 +48,51 @@ export function setIsTaintedSql(databaseName: string, roleNames: string): string
      WHERE s.refclassid = 'pg_authid'::regclass
        AND s.refobjid = ANY (ARRAY(SELECT oid FROM pg_authid WHERE rolname = ANY (${roleNames})))
        AND ${foreignDependency(`(SELECT oid FROM pg_database WHERE datname = ${databaseName})`)})`;
+}
+
+/**
+ * Whether a set can be handed over ($1 its database, $2 its roles): its database exists and takes connections,
+ * and no tenant has tainted it. A named statement of catalog-index lookups: each connection plans it once.
+ */
+const SET_IS_USABLE = {
+  name: 'pgprov-ready-set-is-usable',
+  text: `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1::name AND datallowconn)
+            AND NOT ${setIsTaintedSql('$1::name', '$2::name[]')} AS usable`,
+};
+
+/**
+ * The server's step of a hand-over: if the set can be handed over, renames its roles and its database to the
+ * app's names and lets the login role log in, in one transaction; false, changing nothing, if it cannot (its
+ * database is gone, or a tenant has tainted it). Its password was set when the set was prepared (setting a
+ * SCRAM verifier costs Postgres a PBKDF2 run, ~3 ms, kept off this path). A taken name (42710, 42P04) rolls it
+ * all back.
+ */
+export async function renameReadySetToApp(db: Queryable, id: string, app: ObjectNames): Promise<boolean> {
+  const prepared = readySetNames(id);
+  const { rows } = await db.query<{ usable: boolean }>({ ...SET_IS_USABLE, values: [prepared.database, [prepared.accessRole, prepared.username]] });
+  if (!rows[0]?.usable) return false;
+  try {
+    await db.query(
+      `BEGIN;
+       ALTER ROLE ${ident(prepared.accessRole)} RENAME TO ${ident(app.accessRole)};
+       ALTER ROLE ${ident(prepared.username)} RENAME TO ${ident(app.username)};
+       ALTER DATABASE ${ident(prepared.database)} RENAME TO ${ident(app.database)};
+       ALTER ROLE ${ident(app.username)} WITH LOGIN;
+       COMMIT;`,
+    );
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+  return true;
+}
+
+/** Ids of the sets whose database exists. */
+export async function idsWithDatabase(db: Queryable): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `SELECT substring(datname FROM '${READY_SET_SQL.databasePattern}') AS id FROM pg_database WHERE datname ~ '${READY_SET_SQL.databasePattern}'`,
+  );
+  return rows.map((row) => row.id);
 }
 
 export async function taintedIds(db: Queryable): Promise<string[]> {

@@ -3,10 +3,17 @@
 // removed). Locks are tied to the session: if the service dies, Postgres releases them.
 import type { Queryable } from '../queryable.js';
 
-const LOCK_KEY_SQL = `hashtextextended('pg-provisioner:' || $1, 0)`;
+/** A lock's key in SQL, from an SQL expression of its name (`app:<name>`, `ready:<id>`). */
+export const lockKeySql = (name: string) => `hashtextextended('pg-provisioner:' || ${name}, 0)`;
+const LOCK_KEY_SQL = lockKeySql('$1');
 
-export const appLockKey = (appName: string) => `app:${appName}`;
-export const readySetLockKey = (id: string) => `ready:${id}`;
+const APP_LOCK_PREFIX = 'app:';
+const READY_SET_LOCK_PREFIX = 'ready:';
+export const appLockKey = (appName: string) => `${APP_LOCK_PREFIX}${appName}`;
+export const readySetLockKey = (id: string) => `${READY_SET_LOCK_PREFIX}${id}`;
+/** The same names, from SQL expressions of an app name or a set id. */
+export const appLockKeySql = (appNameSql: string) => lockKeySql(`'${APP_LOCK_PREFIX}' || ${appNameSql}`);
+export const readySetLockKeySql = (idSql: string) => lockKeySql(`'${READY_SET_LOCK_PREFIX}' || ${idSql}`);
 
 /** Takes the lock `key` if it is free; false, at once, if another session holds it. */
 export async function tryLock(client: Queryable, key: string): Promise<boolean> {

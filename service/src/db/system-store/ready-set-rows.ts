@@ -1,7 +1,10 @@
 // Owns the ready pool's rows in the system's own database: one per prepared set, `preparing` (its objects may
 // be half-made) or `ready` (complete, never logged into).
-import { READY_SET_SQL } from '../../shared/object-names.js';
+import pg from 'pg';
 import type { Queryable } from '../queryable.js';
+import { appLockKeySql, readySetLockKeySql } from './locks.js';
+
+const { escapeLiteral: literal } = pg;
 
 export type ReadySetState = 'preparing' | 'ready';
 
@@ -29,13 +32,53 @@ export async function entriesIn(db: Queryable, state: ReadySetState): Promise<st
   return rows.map((row) => row.id);
 }
 
-/**
- * Ready entries whose database is gone (it is never handed over: the hand-over checks it too). Reads the
- * server's catalog beside the rows: both are in the one cluster.
- */
-export async function readyIdsWithoutDatabase(db: Queryable): Promise<string[]> {
-  const { rows } = await db.query<{ id: string }>(
-    `SELECT id FROM ready_pool WHERE state = 'ready' AND NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = ${READY_SET_SQL.databaseOf('id')})`,
-  );
-  return rows.map((row) => row.id);
+/** A ready set claimed for an app (claimReadySet), and which of the two locks the claim took. */
+export interface ReadySetClaim {
+  id: string;
+  appLocked: boolean;
+  setLocked: boolean;
 }
+
+/**
+ * The system store's first step of a hand-over, in one statement: the oldest ready entry among `candidates`
+ * that no other hand-over holds goes, the app is registered as `creating`, and this session tries to take the
+ * app's lock and the set's lock (held until endClaim). From here until endClaim marks the app ready, a crash
+ * leaves a `creating` app, which the reconciler removes whole, and a set with no entry, which it removes too.
+ * Undefined, changing nothing, when no candidate is left; a name already registered fails with 23505,
+ * changing nothing.
+ */
+export async function claimReadySet(db: Queryable, appName: string, candidates: string[]): Promise<ReadySetClaim | undefined> {
+  const { rows } = await db.query<{ id: string; app_locked: boolean; set_locked: boolean }>(
+    `WITH picked AS (
+       SELECT id FROM ready_pool WHERE state = 'ready' AND id = ANY ($1::text[]) ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+     ), claimed AS (
+       DELETE FROM ready_pool r USING picked WHERE r.id = picked.id RETURNING r.id
+     ), registered AS (
+       INSERT INTO apps (app_name, state) SELECT $2, 'creating' FROM claimed RETURNING app_name
+     )
+     SELECT claimed.id, pg_try_advisory_lock(${appLockKeySql('registered.app_name')}) AS app_locked,
+            pg_try_advisory_lock(${readySetLockKeySql('claimed.id')}) AS set_locked
+       FROM claimed, registered`,
+    [candidates, appName],
+  );
+  const row = rows[0];
+  return row && { id: row.id, appLocked: row.app_locked, setLocked: row.set_locked };
+}
+
+/**
+ * The last step of a hand-over, on the session that claimed: `ready` marks the app ready (the server's step is
+ * done); `abandon` unregisters it (the set is left to the reconciler, which removes sets with no entry); `return`
+ * unregisters it and puts the set back as ready. Then the claim's locks are let go.
+ */
+export async function endClaim(db: Queryable, appName: string, claim: ReadySetClaim, outcome: 'ready' | 'abandon' | 'return'): Promise<void> {
+  const app = literal(appName);
+  const statements =
+    outcome === 'ready'
+      ? [`UPDATE apps SET state = 'ready', updated_at = now() WHERE app_name = ${app}`]
+      : [`DELETE FROM apps WHERE app_name = ${app} AND state = 'creating'`];
+  if (outcome === 'return') statements.push(`INSERT INTO ready_pool (id, state) VALUES (${literal(claim.id)}, 'ready')`);
+  if (claim.appLocked) statements.push(`SELECT pg_advisory_unlock(${appLockKeySql(app)})`);
+  if (claim.setLocked) statements.push(`SELECT pg_advisory_unlock(${readySetLockKeySql(literal(claim.id))})`);
+  await db.query(statements.join(';\n'));
+}
+

@@ -1,5 +1,4 @@
 // Owns the registry of apps in the system's own database: what exists, in what state, which incarnation.
-import { APP_SQL } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
 
 export type AppState = 'creating' | 'ready' | 'deleting';
@@ -10,13 +9,6 @@ export interface RegisteredApp {
   /** Which life of the name this is (a new one after a delete and a new provision); backups carry it. */
   incarnation: string;
   created_at: Date;
-}
-
-/** A ready app with its open sessions. */
-export interface ReadyAppRow {
-  app_name: string;
-  created_at: Date;
-  connections: number;
 }
 
 /** Records a new app as `creating`; false when the name is already registered. Commits at once. */
@@ -59,18 +51,12 @@ export async function adoptApp(db: Queryable, appName: string): Promise<void> {
   await db.query(`INSERT INTO apps (app_name, state) VALUES ($1, 'ready') ON CONFLICT (app_name) DO NOTHING`, [appName]);
 }
 
-/**
- * Ready apps with their open sessions (sizes come from appDatabaseSizes, which is slower). Reads the server's
- * pg_stat_activity beside the registry: both are in the one cluster.
- */
-export async function readyAppRows(db: Queryable, appName?: string): Promise<ReadyAppRow[]> {
-  const { rows } = await db.query<ReadyAppRow>(
-    `SELECT a.app_name, a.created_at, COALESCE(s.sessions, 0)::int AS connections
-       FROM apps a
-       LEFT JOIN (SELECT usename, count(*) AS sessions FROM pg_stat_activity GROUP BY usename) s
-              ON s.usename = ${APP_SQL.loginRoleOf('a.app_name')}
-      WHERE a.state = 'ready' AND ($1::text IS NULL OR a.app_name = $1)
-      ORDER BY a.app_name`,
+/** Ready apps (all, or the one named), by name. */
+export async function readyApps(db: Queryable, appName?: string): Promise<RegisteredApp[]> {
+  const { rows } = await db.query<RegisteredApp>(
+    `SELECT app_name, state, incarnation, created_at FROM apps
+      WHERE state = 'ready' AND ($1::text IS NULL OR app_name = $1)
+      ORDER BY app_name`,
     [appName ?? null],
   );
   return rows;

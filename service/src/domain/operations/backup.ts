@@ -12,14 +12,14 @@ import type { OperationDeps } from './deps.js';
 export const backupSlot = (deps: OperationDeps): Slot => ({ slots: deps.backupSlots, waitMs: 0 });
 
 export function backup(deps: OperationDeps, appName: string, request: RequestContext): Promise<BackupFile> {
-  return deps.envelope.onApp('backup', appName, request, { slot: backupSlot(deps), detail: (file) => ({ file: file.file }) }, (client, app) =>
-    dumpApp(deps, client, app, app.incarnation),
+  return deps.envelope.onApp('backup', appName, request, { slot: backupSlot(deps), detail: (file) => ({ file: file.file }) }, (session, app) =>
+    dumpApp(deps, session.server, app, app.incarnation),
   );
 }
 
-/** Dumps this incarnation of the app as its dump agent, on the connection that holds the app's lock. */
-export function dumpApp(deps: OperationDeps, client: Queryable, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
-  return withAgent(deps.connections, client, app, 'dump', deps.config.BACKUP_TIMEOUT_MS, deps.log, (agent) =>
-    deps.backupFiles.create(app, incarnation, (path) => deps.dumpAndRestore.dump(app, agent, path)),
+/** Dumps this incarnation of the app as its dump agent; `server` is a connection to the app's server (the caller holds the app's lock). */
+export function dumpApp(deps: OperationDeps, server: Queryable, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
+  return withAgent(deps.server, server, app, 'dump', deps.config.BACKUP_TIMEOUT_MS, deps.log, (agent) =>
+    deps.backupFiles.create(app, incarnation, (path) => deps.server.dumpAndRestore.dump(app, agent, path)),
   );
 }

@@ -2,7 +2,7 @@
 // finish a half-done delete or remove a half-made app).
 import { appObjects, disableLogin, dropAppRoles, dropDatabase, endSessionsOfRole } from '../../db/postgres-server/app-objects.js';
 import type { Queryable } from '../../db/queryable.js';
-import type { SuperuserConnections } from '../../db/superuser-connections.js';
+import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
 import { setAppState, unregisterApp } from '../../db/system-store/registry.js';
 import { AppNotDeletedError, BackupBlockedError, BackupFailedError, BackupRefusedError } from '../../shared/errors.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
@@ -24,14 +24,14 @@ export function deleteApp(deps: OperationDeps, appName: string, options: { backu
     appName,
     request,
     { slot: options.backup ? backupSlot(deps) : undefined, appMustBe: 'registered', detail: (result) => ({ backup: result.backup }) },
-    async (client, app) => {
+    async ({ store, server }, app) => {
       let backup: string | null = null;
-      if (options.backup && app.state === 'ready') backup = (await backupBeforeDelete(deps, client, app, app.incarnation)).file;
+      if (options.backup && app.state === 'ready') backup = (await backupBeforeDelete(deps, server, app, app.incarnation)).file;
       await crashPoint('delete:after-backup');
-      await setAppState(client, appName, 'deleting');
+      await setAppState(store, appName, 'deleting');
       await crashPoint('delete:after-mark-deleting');
-      await removeAppObjects(deps.connections, crashPoint, client, app);
-      await unregisterApp(client, appName);
+      await removeAppObjects(deps.server, crashPoint, server, app);
+      await unregisterApp(store, appName);
       deps.listing.forget(appName);
       return { backup };
     },
@@ -39,9 +39,9 @@ export function deleteApp(deps: OperationDeps, appName: string, options: { backu
 }
 
 /** The backup DELETE takes first; if it fails, nothing is removed and the answer says why (409). */
-async function backupBeforeDelete(deps: OperationDeps, client: Queryable, app: AppIdentifiers, incarnation: string) {
+async function backupBeforeDelete(deps: OperationDeps, server: Queryable, app: AppIdentifiers, incarnation: string) {
   try {
-    return await dumpApp(deps, client, app, incarnation);
+    return await dumpApp(deps, server, app, incarnation);
   } catch (err) {
     if (err instanceof BackupBlockedError || err instanceof BackupRefusedError) throw new AppNotDeletedError(app.appName, err.message);
     if (err instanceof BackupFailedError) throw Object.assign(new AppNotDeletedError(app.appName, 'pg_dump failed; the service log has its exit code'), { cause: err });
@@ -49,8 +49,8 @@ async function backupBeforeDelete(deps: OperationDeps, client: Queryable, app: A
   }
 }
 
-/** Removes whatever exists of the app's objects: login first refused, sessions ended, database, roles. */
-export async function removeAppObjects(connections: SuperuserConnections, crashPoint: CrashPoint, client: Queryable, app: AppIdentifiers): Promise<void> {
+/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): login first refused, sessions ended, database, roles. */
+export async function removeAppObjects(server: PostgresServer, crashPoint: CrashPoint, client: Queryable, app: AppIdentifiers): Promise<void> {
   const objects = await appObjects(client, app);
   if (objects.loginRole) {
     await disableLogin(client, app.username);
@@ -59,5 +59,5 @@ export async function removeAppObjects(connections: SuperuserConnections, crashP
   await crashPoint('delete:after-end-sessions');
   await dropDatabase(client, app.database);
   await crashPoint('delete:after-drop-database');
-  await dropAppRoles(client, connections, app);
+  await dropAppRoles(client, server, app);
 }

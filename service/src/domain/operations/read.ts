@@ -1,8 +1,9 @@
 // Owns the read-only operations: the apps (with their sizes, measured in the background and kept here), one app,
 // and the backups. Not audited, and under no lock.
-import { appDatabaseSizes } from '../../db/postgres-server/app-objects.js';
-import type { SuperuserConnections } from '../../db/superuser-connections.js';
-import { readyAppRows, registeredIncarnations } from '../../db/system-store/registry.js';
+import { appDatabaseSizes, appSessionCounts } from '../../db/postgres-server/app-objects.js';
+import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
+import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/system-store/registry.js';
+import type { SystemStore } from '../../db/system-store/system-store.js';
 import { AppNotFoundError } from '../../shared/errors.js';
 import type { BackupFile, BackupFiles } from '../backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
@@ -15,42 +16,48 @@ export interface AppSummary {
   connections: number;
 }
 
+/** A registered app as listed: its row in the store, its sessions and size on the server. */
+function summary(app: RegisteredApp, sessions: Map<string, number>, size: number): AppSummary {
+  return { app_name: app.app_name, created_at: app.created_at, connections: sessions.get(app.app_name) ?? 0, size_bytes: size };
+}
+
 export class AppListing {
-  private readonly connections: SuperuserConnections;
+  private readonly store: SystemStore;
+  private readonly server: PostgresServer;
   private readonly envelope: OperationEnvelope;
   private readonly backupFiles: BackupFiles;
   private sizes = new Map<string, number>();
 
-  constructor(connections: SuperuserConnections, envelope: OperationEnvelope, backupFiles: BackupFiles) {
-    this.connections = connections;
+  constructor(store: SystemStore, server: PostgresServer, envelope: OperationEnvelope, backupFiles: BackupFiles) {
+    this.store = store;
+    this.server = server;
     this.envelope = envelope;
     this.backupFiles = backupFiles;
   }
 
   /** Sizes from the last background refresh (refreshSizes); apps made since are measured on the spot. */
   async list(): Promise<AppSummary[]> {
-    await this.connections.ensureSchema();
-    const pool = this.connections.pool;
-    const rows = await readyAppRows(pool);
-    const unknown = rows.filter((s) => !this.sizes.has(s.app_name)).map((s) => s.app_name);
-    if (unknown.length > 0) for (const [name, size] of await appDatabaseSizes(pool, unknown)) this.sizes.set(name, size);
-    return rows.map((s) => ({ ...s, size_bytes: this.sizes.get(s.app_name) ?? 0 }));
+    await this.store.ensureSchema();
+    const [apps, sessions] = await Promise.all([readyApps(this.store.pool), appSessionCounts(this.server.pool)]);
+    const unknown = apps.filter((s) => !this.sizes.has(s.app_name)).map((s) => s.app_name);
+    if (unknown.length > 0) for (const [name, size] of await appDatabaseSizes(this.server.pool, unknown)) this.sizes.set(name, size);
+    return apps.map((app) => summary(app, sessions, this.sizes.get(app.app_name) ?? 0));
   }
 
   /** One app, its size measured now. */
   async get(appName: string): Promise<AppSummary> {
-    await this.connections.ensureSchema();
-    const pool = this.connections.pool;
-    const [row] = await readyAppRows(pool, appName);
-    if (!row) throw new AppNotFoundError(appName);
-    const size = (await appDatabaseSizes(pool, [appName])).get(appName) ?? 0;
+    await this.store.ensureSchema();
+    const [app] = await readyApps(this.store.pool, appName);
+    if (!app) throw new AppNotFoundError(appName);
+    const [sessions, sizes] = await Promise.all([appSessionCounts(this.server.pool), appDatabaseSizes(this.server.pool, [appName])]);
+    const size = sizes.get(appName) ?? 0;
     this.sizes.set(appName, size);
-    return { ...row, size_bytes: size };
+    return summary(app, sessions, size);
   }
 
   /** Measures every app database's size again (run in the background with the reconciler). */
   async refreshSizes(): Promise<void> {
-    this.sizes = await appDatabaseSizes(this.connections.pool);
+    this.sizes = await appDatabaseSizes(this.server.pool);
   }
 
   /** An app is gone: its size with it. */
@@ -60,15 +67,15 @@ export class AppListing {
 
   /** The backups of this incarnation of the app: not those of an earlier app that had its name. */
   async listBackups(appName: string): Promise<BackupFile[]> {
-    await this.connections.ensureSchema();
-    const app = await this.envelope.requireApp(this.connections.pool, appName, 'ready');
+    await this.store.ensureSchema();
+    const app = await this.envelope.requireApp(this.store.pool, appName, 'ready');
     return this.backupFiles.listOf(app, app.incarnation);
   }
 
   /** Every backup in BACKUP_DIR, deleted apps' included, each saying whether its app (that incarnation) exists. */
   async listAllBackups(): Promise<Array<BackupFile & { app_exists: boolean }>> {
-    await this.connections.ensureSchema();
-    const live = await registeredIncarnations(this.connections.pool);
+    await this.store.ensureSchema();
+    const live = await registeredIncarnations(this.store.pool);
     return (await this.backupFiles.list()).map((backup) => ({ ...backup, app_exists: backup.incarnation !== null && live.get(backup.app_name) === backup.incarnation }));
   }
 }

@@ -19,14 +19,14 @@ import type { OperationDeps } from './deps.js';
  * this name or another) into this one; a live app's backup never goes into another app.
  */
 export async function restore(deps: OperationDeps, appName: string, file: string, options: { fromDeletedApp: boolean }, request: RequestContext): Promise<void> {
-  const { connections, crashPoint, log } = deps;
+  const { server, crashPoint, log } = deps;
   const source: Record<string, unknown> = { file };
-  await deps.envelope.onApp('restore', appName, request, { slot: backupSlot(deps), detail: () => source }, async (client, app) => {
+  await deps.envelope.onApp('restore', appName, request, { slot: backupSlot(deps), detail: () => source }, async ({ store, server: client }, app) => {
     const backup = await deps.backupFiles.find(appName, file);
     const ours = backup.app_name === appName && backup.incarnation === app.incarnation;
     if (!ours) {
       if (!options.fromDeletedApp) throw new BackupNotFoundError(appName, file);
-      const owner = await findApp(client, backup.app_name);
+      const owner = await findApp(store, backup.app_name);
       if (owner && owner.incarnation === backup.incarnation) throw new BackupOfLiveAppError(file, backup.app_name);
       Object.assign(source, { from_deleted_app: true, source_app: backup.app_name, source_incarnation: backup.incarnation });
     }
@@ -37,12 +37,12 @@ export async function restore(deps: OperationDeps, appName: string, file: string
     await createDatabase(client, restoring);
     await crashPoint('restore:after-create-copy');
     try {
-      await handDatabaseToApp(client, connections, restoring, app);
+      await handDatabaseToApp(client, server, restoring, app);
       const roleBefore = await loginRoleState(client, app);
       try {
-        await withAgent(connections, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
+        await withAgent(server, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
           await crashPoint('restore:after-create-agent');
-          await deps.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
+          await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
         });
       } finally {
         const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, deps.limits) : [];

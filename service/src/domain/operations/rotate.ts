@@ -27,7 +27,7 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
     appName,
     request,
     { slot: { slots: deps.rotationSlots, waitMs: deps.config.DATABASE_LOCK_TIMEOUT_MS }, detail: (result) => ({ sessions_ended: result.sessionsEnded }) },
-    async (client, app) => {
+    async ({ server: client }, app) => {
       const { password, verifier } = await deps.credentials.take();
       await disableLogin(client, app.username);
       await crashPoint('rotate:after-disable-login');

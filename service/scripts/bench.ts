@@ -23,7 +23,7 @@ import {
   handDatabaseToApp,
   type AppRoleLimits,
 } from '../src/db/postgres-server/app-objects.js';
-import type { SuperuserConnections } from '../src/db/superuser-connections.js';
+import { SuperuserConnections } from '../src/db/superuser-connections.js';
 import { SystemStore } from '../src/db/system-store/system-store.js';
 import { appendAudit } from '../src/db/system-store/audit-log.js';
 import { appLockKey, lock, unlock } from '../src/db/system-store/locks.js';
@@ -192,10 +192,10 @@ export async function runBenchmark(options: BenchOptions): Promise<string> {
     const silent = { warn() {}, error() {}, info() {}, debug() {}, fatal() {}, trace() {}, child() { return silent; }, level: 'silent', silent() {} } as never;
     // The floor works as the service does on today's one server: the system store's database and the apps' DDL
     // in the same cluster, one connection for both.
-    const store = new SystemStore({ host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD }, config, silent);
-    extras.push(() => store.close());
-    await store.ensureSchema();
-    const db = store.connections;
+    const address = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
+    const db = new SuperuserConnections(address, config.SYSTEM_DATABASE, config, silent);
+    extras.push(() => db.close());
+    await new SystemStore(db, config).ensureSchema();
     const floorClient = await db.connect();
     extras.push(() => floorClient.end());
     let counter = 0;

@@ -128,21 +128,9 @@ export class OperationEnvelope {
    * slot, connections of their own.
    */
   locked<T>(appName: string, slot: Slot | undefined, work: (session: AppSession) => Promise<T>): Promise<T> {
-    if (!slot) return this.store.withAppLock(appName, (store) => this.server.withClient((server) => work({ store, server })));
+    if (!slot) return this.store.withAppLock(appName, (store) => this.server.withClientBeside(this.store, store, (server) => work({ store, server })));
     return slot.slots.run(
-      () =>
-        this.store.withAppLock(
-          appName,
-          async (store) => {
-            const server = await this.server.connect();
-            try {
-              return await work({ store, server });
-            } finally {
-              await server.end().catch(() => {});
-            }
-          },
-          { ownConnection: true },
-        ),
+      () => this.store.withAppLock(appName, (store) => this.server.withOwnConnectionBeside(this.store, store, (server) => work({ store, server })), { ownConnection: true }),
       slot.waitMs,
     );
   }

@@ -7,7 +7,7 @@
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
-import type { ServerAddress, SuperuserConnections } from '../db/superuser-connections.js';
+import { SuperuserConnections, type ServerAddress } from '../db/superuser-connections.js';
 import { countReadyApps } from '../db/system-store/registry.js';
 import { SystemStore } from '../db/system-store/system-store.js';
 import type { Config } from '../shared/config.js';
@@ -29,10 +29,8 @@ export interface HealthCheck {
 
 /** What the service tells about itself (GET /metrics). Each read may fail while Postgres is away. */
 export interface ProvisionerStatistics {
-  /** The server's connection pool: all connections, idle ones, and the requests waiting for one. */
+  /** The server's connection pool (today shared with the system store): all, idle, and the requests waiting for one. */
   connectionPool(): { total: number; idle: number; waiting: number };
-  /** The same for the system store's pool. */
-  systemStorePool(): { total: number; idle: number; waiting: number };
   readyApps(): Promise<number>;
   readySets(): Promise<{ ready: number; preparing: number }>;
 }
@@ -65,10 +63,16 @@ export class Provisioner {
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.log = log;
-    // Today's one Postgres server, which also holds the system store (SYSTEM_DATABASE): two seams, one machine.
+    // Today's one Postgres server, which also holds the system store (SYSTEM_DATABASE): two seams, one machine,
+    // one pool of superuser connections that both use (see PostgresServerOptions.sharedConnections).
     const address: ServerAddress = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
-    const store = new SystemStore(address, config, log);
-    const server = new PostgresServer({ id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT }, config, log);
+    const storeConnections = new SuperuserConnections(address, config.SYSTEM_DATABASE, config, log);
+    const store = new SystemStore(storeConnections, config);
+    const server = new PostgresServer(
+      { id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT, sharedConnections: storeConnections },
+      config,
+      log,
+    );
     this.store = store;
     this.server = server;
     const limits = appRoleLimits(config);
@@ -95,11 +99,11 @@ export class Provisioner {
     });
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
-    this.health = { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])) };
-    const poolUsage = ({ pool }: SuperuserConnections) => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount });
+    const answering = server.sharesConnectionsWith(store) ? [server.connections] : [server.connections, store.connections];
+    this.health = { check: async () => void (await Promise.all(answering.map(healthOf))) };
+    const { pool } = server.connections;
     this.statistics = {
-      connectionPool: () => poolUsage(server.connections),
-      systemStorePool: () => poolUsage(store.connections),
+      connectionPool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
       readyApps: () => countReadyApps(store.pool),
       readySets: () => this.readyPool.counts(),
     };

@@ -25,7 +25,7 @@ const newReadySetId = customAlphabet(READY_SET_ID_ALPHABET, READY_SET_ID_LENGTH)
 const RETRY_AFTER_ERROR_MS = 5_000;
 const IDLE_CHECK_MS = 1_000;
 
-/** The refilling's connections of its own: one to the system store, one to the server. */
+/** The refilling's connections of its own: one to the system store, one to the server (the same one when they share). */
 interface RefillConnections {
   store: OwnConnection;
   server: OwnConnection;
@@ -33,7 +33,7 @@ interface RefillConnections {
 
 async function endRefillConnections(own: RefillConnections | undefined): Promise<void> {
   await own?.store.end().catch(() => {});
-  await own?.server.end().catch(() => {});
+  if (own?.server !== own?.store) await own?.server.end().catch(() => {});
 }
 
 export class ReadyPool {
@@ -112,7 +112,7 @@ export class ReadyPool {
         }
         let renamed: boolean;
         try {
-          renamed = await this.server.withClient((serverClient) => renameReadySetToApp(serverClient, claim.id, app));
+          renamed = await this.server.withClientBeside(this.store, storeClient, (serverClient) => renameReadySetToApp(serverClient, claim.id, app));
         } catch (err) {
           // An SQL error (a name taken: 42710, 42P04) rolled the rename back: the set is whole and goes back to the
           // pool. Anything else (the connection lost) leaves it unknown: the reconciler removes it.
@@ -182,6 +182,7 @@ export class ReadyPool {
 
   private async connectForRefill(): Promise<RefillConnections> {
     const store = await this.store.connect();
+    if (this.server.sharesConnectionsWith(this.store)) return { store, server: store };
     try {
       return { store, server: await this.server.connect() };
     } catch (err) {
@@ -266,7 +267,7 @@ export class ReadyPool {
     for (const id of candidates) {
       try {
         const done = await this.store.tryWithReadySetLock(id, async (storeClient) => {
-          await this.server.withClient((serverClient) => this.removeSet({ store: storeClient, server: serverClient }, id));
+          await this.server.withClientBeside(this.store, storeClient, (serverClient) => this.removeSet({ store: storeClient, server: serverClient }, id));
           return true;
         });
         if (done) removed.push(id);

@@ -57,7 +57,7 @@ class ReconcileRun {
   async locked(appName: string, work: (session: AppSession) => Promise<void>): Promise<void> {
     try {
       const done = await this.deps.store.tryWithAppLock(appName, (store) =>
-        this.deps.server.withClient(async (server) => {
+        this.deps.server.withClientBeside(this.deps.store, store, async (server) => {
           await work({ store, server });
           return true;
         }),

@@ -4,7 +4,6 @@
 // programs that dump and restore an app's database on it. The DDL itself is in the functions beside this file
 // (app-objects.ts, ready-set-objects.ts, agent-roles.ts), which take one of its connections. Today the service
 // has one server (src/domain/provisioner.ts); nothing here knows of the system store.
-import type pg from 'pg';
 import type { Logger } from 'pino';
 import type { Config } from '../../shared/config.js';
 import type { DatabaseOpener, OwnConnection, Queryable } from '../queryable.js';
@@ -22,6 +21,12 @@ export interface PostgresServerOptions {
   /** The host and port apps' connection strings name. */
   publicHost: string;
   publicPort: number;
+  /**
+   * Connections to share with the system store when the store lives on this server (today's one machine): one
+   * connection then serves an operation's store and server work, and the service holds no more connections
+   * than one pool's. Without them, the server gets its own, to its maintenance database.
+   */
+  sharedConnections?: SuperuserConnections;
 }
 
 export class PostgresServer implements DatabaseOpener {
@@ -30,12 +35,14 @@ export class PostgresServer implements DatabaseOpener {
   readonly publicPort: number;
   readonly connections: SuperuserConnections;
   readonly dumpAndRestore: DumpAndRestore;
+  private readonly ownsConnections: boolean;
 
   constructor(options: PostgresServerOptions, config: Config, log: Logger) {
     this.id = options.id;
     this.publicHost = options.publicHost;
     this.publicPort = options.publicPort;
-    this.connections = new SuperuserConnections(options.address, MAINTENANCE_DATABASE, config, log.child({ server: options.id }));
+    this.connections = options.sharedConnections ?? new SuperuserConnections(options.address, MAINTENANCE_DATABASE, config, log.child({ server: options.id }));
+    this.ownsConnections = !options.sharedConnections;
     this.dumpAndRestore = new DumpAndRestore(options.address, config);
   }
 
@@ -45,8 +52,33 @@ export class PostgresServer implements DatabaseOpener {
   }
 
   /** Runs `work` on one pooled superuser connection to the server. */
-  withClient<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  withClient<T>(work: (client: Queryable) => Promise<T>): Promise<T> {
     return this.connections.withClient(work);
+  }
+
+  /**
+   * Runs `work` on a connection to the server, beside `other`, a connection its holder already has (to the
+   * system store): `other` itself when the two share their connections (see sharedConnections), else a pooled
+   * one. Never two connections of one pool for one piece of work, which a burst could exhaust.
+   */
+  withClientBeside<T>(other: { connections: SuperuserConnections }, otherClient: Queryable, work: (client: Queryable) => Promise<T>): Promise<T> {
+    return other.connections === this.connections ? work(otherClient) : this.withClient(work);
+  }
+
+  /** Like withClientBeside, with a connection of its own (the caller's `otherClient` is one too); ended after `work`. */
+  async withOwnConnectionBeside<T>(other: { connections: SuperuserConnections }, otherClient: Queryable, work: (client: Queryable) => Promise<T>): Promise<T> {
+    if (other.connections === this.connections) return work(otherClient);
+    const client = await this.connect();
+    try {
+      return await work(client);
+    } finally {
+      await client.end().catch(() => {});
+    }
+  }
+
+  /** Whether the store shares this server's connections (see sharedConnections). */
+  sharesConnectionsWith(other: { connections: SuperuserConnections }): boolean {
+    return other.connections === this.connections;
   }
 
   /** A superuser connection of its own, outside the pool; the caller ends it. */
@@ -59,7 +91,8 @@ export class PostgresServer implements DatabaseOpener {
     return this.connections.inDatabase(database, work);
   }
 
+  /** Closes the server's connections, unless they are shared (their owner closes them). */
   close(): Promise<void> {
-    return this.connections.close();
+    return this.ownsConnections ? this.connections.close() : Promise.resolve();
   }
 }

@@ -2,14 +2,13 @@
 // state (the registry), what was done (the audit log), which prepared sets the ready pool holds, and which
 // operations run (the advisory locks, which belong to the database they are taken in). It lives in a Postgres
 // server of its own choosing (today the one the apps live on, see src/domain/provisioner.ts), reached through
-// its own connections: nothing here touches an app's roles or databases (src/db/postgres-server/ does).
+// the connections it is given: nothing here touches an app's roles or databases (src/db/postgres-server/ does).
 import type pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from 'pino';
 import type { Config } from '../../shared/config.js';
 import { AppBusyError } from '../../shared/errors.js';
 import type { OwnConnection, Queryable } from '../queryable.js';
-import { SuperuserConnections, type ServerAddress } from '../superuser-connections.js';
+import type { SuperuserConnections } from '../superuser-connections.js';
 import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './locks.js';
 import { SCHEMA_SQL } from './schema.js';
 
@@ -21,8 +20,9 @@ export class SystemStore {
   private readonly lockTimeoutMs: number;
   private schemaApplied?: Promise<void>;
 
-  constructor(server: ServerAddress, config: Config, log: Logger) {
-    this.connections = new SuperuserConnections(server, config.SYSTEM_DATABASE, config, log);
+  /** `connections`: superuser connections to the system's own database (SYSTEM_DATABASE). */
+  constructor(connections: SuperuserConnections, config: Config) {
+    this.connections = connections;
     this.lockTimeoutMs = config.DATABASE_LOCK_TIMEOUT_MS;
   }
 

@@ -16,21 +16,18 @@ export default fp(
     const requestSeconds = new Histogram({ name: 'pgprov_http_request_duration_seconds', help: 'HTTP request latency by route and method', labelNames: ['route', 'method'], buckets: LATENCY_BUCKETS, registers: [register] });
     const operations = new Counter({ name: 'pgprov_operations_total', help: 'App operations by name and outcome', labelNames: ['operation', 'outcome'], registers: [register] });
     const operationSeconds = new Histogram({ name: 'pgprov_operation_duration_seconds', help: 'App operation latency by name', labelNames: ['operation'], buckets: LATENCY_BUCKETS, registers: [register] });
-    const poolGauge = (name: string, help: string, read: () => { total: number; idle: number; waiting: number }) =>
-      new Gauge({
-        name,
-        help,
-        labelNames: ['state'],
-        registers: [register],
-        collect() {
-          const pool = read();
-          this.set({ state: 'total' }, pool.total);
-          this.set({ state: 'idle' }, pool.idle);
-          this.set({ state: 'waiting' }, pool.waiting);
-        },
-      });
-    poolGauge('pgprov_db_pool_connections', "The Postgres server's superuser pool: connections by state (total, idle, waiting requests)", () => app.statistics.connectionPool());
-    poolGauge('pgprov_system_store_pool_connections', "The system store's pool: connections by state (total, idle, waiting requests)", () => app.statistics.systemStorePool());
+    new Gauge({
+      name: 'pgprov_db_pool_connections',
+      help: 'Superuser pool connections by state (total, idle, waiting requests)',
+      labelNames: ['state'],
+      registers: [register],
+      collect() {
+        const pool = app.statistics.connectionPool();
+        this.set({ state: 'total' }, pool.total);
+        this.set({ state: 'idle' }, pool.idle);
+        this.set({ state: 'waiting' }, pool.waiting);
+      },
+    });
     new Gauge({
       name: 'pgprov_apps',
       help: 'Apps that are ready',

@@ -266,7 +266,7 @@ describe('app A cannot raise its own powers', () => {
               await db.query(
                 `SELECT pid FROM pg_stat_activity
                   WHERE application_name = 'pg-provisioner' AND usename = 'postgres' AND state = 'active' AND wait_event_type = 'Lock'
-                    AND query LIKE '%FROM apps a%'`,
+                    AND query LIKE '%FROM apps%WHERE state = ''ready'' AND ($1::text IS NULL%'`,
               )
             ).rows.map((r) => r.pid as number),
           ),

@@ -10,7 +10,7 @@ import { AppBusyError, DatabaseUnavailableError, OperationsBusyError } from '../
 import { sqlState } from '../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from './queryable.js';
 import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './system-store/locks.js';
-import { SCHEMA_SQL } from './system-store/schema.js';
+import { migrate } from './system-store/migrations.js';
 
 /** Lets Postgres's own views (pg_stat_activity) tell the service's sessions apart from the apps'. */
 export const APPLICATION_NAME = 'pg-provisioner';
@@ -95,7 +95,7 @@ export class SuperuserConnections implements DatabaseOpener {
    * next call tries again.
    */
   ensureSchema(): Promise<void> {
-    this.schemaApplied ??= this.pool.query(SCHEMA_SQL).then(
+    this.schemaApplied ??= this.withClient((client) => migrate(client)).then(
       () => undefined,
       (err) => {
         this.schemaApplied = undefined;

@@ -17,7 +17,8 @@ export type ServiceErrorCode =
   | 'BACKUP_NOT_RESTORABLE'
   | 'BACKUP_OF_LIVE_APP'
   | 'OPERATIONS_BUSY'
-  | 'DATABASE_UNAVAILABLE';
+  | 'DATABASE_UNAVAILABLE'
+  | 'SCHEMA_NEWER_THAN_CODE';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -109,6 +110,25 @@ export class OperationsBusyError extends ServiceError {
 export class DatabaseUnavailableError extends ServiceError {
   constructor() {
     super('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later');
+  }
+}
+
+/**
+ * The system's own database records a schema version (src/db/system-store/migrations.ts) newer than this code
+ * knows: a newer version of the service migrated it. The service refuses to start against it.
+ */
+export class SchemaNewerThanCodeError extends ServiceError {
+  readonly databaseVersion: number;
+  readonly codeVersion: number;
+
+  constructor(databaseVersion: number, codeVersion: number) {
+    super(
+      'SCHEMA_NEWER_THAN_CODE',
+      `the system's own database is at schema version ${databaseVersion}, newer than this service knows (its newest migration is ${codeVersion}): ` +
+        'a newer version of the service migrated it; run that version or a later one, not this one',
+    );
+    this.databaseVersion = databaseVersion;
+    this.codeVersion = codeVersion;
   }
 }
 

@@ -138,6 +138,28 @@ describe('versioned migrations of the system database', () => {
     assert.deepEqual(await recordedIn('provisioner'), EVERY_MIGRATION);
   });
 
+  it('stops the service at start on a database newer than the code, with an error naming both versions', async () => {
+    const future = NEWEST + 1;
+    await t.stack.stopService();
+    await session('provisioner', (c) => c.query("INSERT INTO schema_migrations (version, name) VALUES ($1, 'from_a_newer_service')", [future]));
+    try {
+      const from = t.serviceLines.length;
+      const failed = await rejectionOf(t.stack.startService());
+      assert.match(failed.message, /the service exited \(code 1\) before it was ready/);
+      const fatal = t.serviceLines.slice(from).find((line) => line.includes('"level":60'));
+      assert.ok(fatal, `a fatal line; the service wrote:\n${t.serviceLines.slice(from).join('\n')}`);
+      assert.match(fatal, new RegExp(`could not start: the system's own database is at schema version ${future}, newer than this service knows \\(its newest migration is ${NEWEST}\\)`));
+      assert.match(fatal, /"code":"SCHEMA_NEWER_THAN_CODE"/);
+      // Nothing of the service's ran against it: no reconcile, and the schema is as it was.
+      assert.ok(!t.serviceLines.slice(from).some((line) => line.includes('reconcile')), 'no reconcile ran');
+      assert.deepEqual(await recordedIn('provisioner'), [...EVERY_MIGRATION, { version: future, name: 'from_a_newer_service' }]);
+    } finally {
+      await session('provisioner', (c) => c.query('DELETE FROM schema_migrations WHERE version = $1', [future]));
+    }
+    await t.stack.startService();
+    assert.equal((await t.admin('GET', '/apps/kept_app')).status, 200);
+  });
+
   it('refuses a newer database in a scratch database too, applying none of the migrations it would have', async () => {
     const database = await scratchDatabase('migrations_newer');
     await session(database, (c) => c.query("CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()); INSERT INTO schema_migrations (version, name) VALUES (3, 'third')"));

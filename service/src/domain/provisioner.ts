@@ -1,5 +1,6 @@
 // Owns the provisioner: the service without its HTTP face: builds, from the config, the superuser connections (src/db/), the app
-// operations and the background work that starts and stops with the service: the reconciler (once at start, then
+// operations and the background work that starts and stops with the service (once the system's own schema is
+// current, src/db/system-store/migrations.ts): the reconciler (once at start, then
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
 // refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
@@ -9,6 +10,7 @@ import { DumpAndRestore } from '../db/postgres-server/dump-restore.js';
 import { SuperuserConnections } from '../db/superuser-connections.js';
 import { countReadyApps } from '../db/system-store/registry.js';
 import type { Config } from '../shared/config.js';
+import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles } from './backup-files.js';
@@ -93,8 +95,16 @@ export class Provisioner {
     };
   }
 
-  /** Starts the background work: a reconcile now and then on a timer, the credential stock, the ready pool's refilling. */
-  start(): void {
+  /**
+   * Checks the system's own schema (migrating it if need be), then starts the background work: a reconcile now and
+   * then on a timer, the credential stock, the ready pool's refilling. Rejects, starting nothing, only when the
+   * database is at a schema version newer than this code knows (SchemaNewerThanCodeError): the service must not
+   * start against it. Postgres away is no reason not to start: the work tries again, and so does every operation.
+   */
+  async start(): Promise<void> {
+    await this.connections.ensureSchema().catch((err: unknown) => {
+      if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
+    });
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();

@@ -4,6 +4,7 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { handleError } from './http/error-handler.js';
+import { UnsupportedMediaTypeError } from './http/errors.js';
 import { answerUnroutedRequests } from './http/not-found.js';
 import openApi from './http/openapi.js';
 import adminAuth from './http/plugins/admin-auth.js';
@@ -16,7 +17,6 @@ import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
 import { TrustedProxies } from './http/trusted-proxy.js';
 import type { Config } from './shared/config.js';
-import { UnsupportedMediaTypeError } from './shared/errors.js';
 import { loggerOptions } from './shared/logger.js';
 import { adminKeyDigest, type AdminKeyDigest } from './shared/secrets.js';
 

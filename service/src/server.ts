@@ -40,6 +40,7 @@ closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
 try {
   await app.listen({ host: config.HOST, port: config.PORT });
 } catch (err) {
-  app.log.fatal({ err }, 'could not listen');
+  // Listening includes the provisioner's start, which refuses a system database newer than this code: say why.
+  app.log.fatal({ err }, `could not start: ${err instanceof Error ? err.message : String(err)}`);
   process.exit(1);
 }

@@ -2,11 +2,27 @@
 // error must become a bare 500, and a lost connection a 503, with the detail only in the log.
 // (The database is stubbed here, and only here; every other test runs against the real stack.)
 import assert from 'node:assert/strict';
+import { STATUS_CODES } from 'node:http';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/shared/config.js';
+import {
+  AppBusyError,
+  AppExistsError,
+  AppNameConflictError,
+  AppNotDeletedError,
+  AppNotFoundError,
+  BackupBlockedError,
+  BackupFailedError,
+  BackupNotFoundError,
+  BackupNotRestorableError,
+  BackupOfLiveAppError,
+  BackupRefusedError,
+  DatabaseUnavailableError,
+  OperationsBusyError,
+} from '../src/shared/errors.js';
 import { appIdentifiers } from '../src/shared/object-names.js';
 
 const adminKey = 'sk_unit0000000000000000000000000000000000';
@@ -41,6 +57,42 @@ describe('error handler', () => {
     const response = await provision();
     assert.equal(response.statusCode, 503);
     assert.deepEqual(response.json(), { statusCode: 503, error: 'Service Unavailable', message: 'the database is unavailable, retry later', request_id: response.headers['x-request-id'] });
+  });
+
+  it("answers each of the service's own errors with its status, its body and its headers", async () => {
+    const cases: Array<[Error, number]> = [
+      [new AppExistsError('stubbed'), 409],
+      [new AppNameConflictError('stubbed_user', 'stubbed', 'app_stubbed_user'), 409],
+      [new AppBusyError('stubbed'), 409],
+      [new AppNotFoundError('stubbed'), 404],
+      [new AppNotDeletedError('stubbed', 'pg_dump failed'), 409],
+      [new BackupNotFoundError('stubbed', 'app_stubbed-x.dump'), 404],
+      [new BackupBlockedError('stubbed', 3), 409],
+      [new BackupRefusedError('stubbed', 'permission denied'), 409],
+      [new BackupNotRestorableError('app_stubbed-x.dump', 'stubbed'), 422],
+      [new BackupOfLiveAppError('app_other-x.dump', 'other'), 409],
+      [new BackupFailedError('pg_dump', 'stubbed'), 500],
+      [new OperationsBusyError('rotations'), 503],
+      [new DatabaseUnavailableError(), 503],
+    ];
+    for (const [err, status] of cases) {
+      app.operations.provision = async () => {
+        throw err;
+      };
+      const response = await provision();
+      const label = `${(err as { code?: string }).code}: ${response.body}`;
+      assert.equal(response.statusCode, status, label);
+      const requestId = response.headers['x-request-id'];
+      const expected =
+        status === 500
+          ? { statusCode: 500, error: 'Internal Server Error', message: 'Internal Server Error', request_id: requestId }
+          : status === 503
+            ? { statusCode: 503, error: 'Service Unavailable', message: err.message, request_id: requestId }
+            : { statusCode: status, error: STATUS_CODES[status], message: err.message };
+      assert.deepEqual(response.json(), expected, label);
+      assert.equal(response.headers['retry-after'], status === 503 ? '5' : undefined, label);
+      assert.equal(response.headers['www-authenticate'], undefined, label);
+    }
   });
 
   it('answers a thrown non-database bug with a bare 500 too', async () => {

@@ -1,6 +1,7 @@
 // Owns the provisioner: the service without its HTTP face: builds, from the config, the system store and the
 // Postgres server apps live on (src/db/; today one server, which also holds the system store), the app
-// operations and the background work that starts and stops with the service: the reconciler (once at start, then
+// operations and the background work that starts and stops with the service (once the system's own schema is
+// current, src/db/system-store/migrations.ts): the reconciler (once at start, then
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
 // refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
@@ -11,6 +12,7 @@ import { SuperuserConnections, type ServerAddress } from '../db/superuser-connec
 import { countReadyApps } from '../db/system-store/registry.js';
 import { SystemStore } from '../db/system-store/system-store.js';
 import type { Config } from '../shared/config.js';
+import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles } from './backup-files.js';
@@ -109,8 +111,16 @@ export class Provisioner {
     };
   }
 
-  /** Starts the background work: a reconcile now and then on a timer, the credential stock, the ready pool's refilling. */
-  start(): void {
+  /**
+   * Checks the system's own schema (migrating it if need be), then starts the background work: a reconcile now and
+   * then on a timer, the credential stock, the ready pool's refilling. Rejects, starting nothing, only when the
+   * database is at a schema version newer than this code knows (SchemaNewerThanCodeError): the service must not
+   * start against it. Postgres away is no reason not to start: the work tries again, and so does every operation.
+   */
+  async start(): Promise<void> {
+    await this.store.ensureSchema().catch((err: unknown) => {
+      if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
+    });
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();

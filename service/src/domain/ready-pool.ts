@@ -166,8 +166,8 @@ export class ReadyPool {
         }
       } catch (err) {
         if (sqlState(err) === SQLSTATE.undefinedTable && !waitedForSchema) {
-          // A fresh database, whose bookkeeping tables are still being made: wait for them, quietly. (Not waited
-          // for up front, so that after a restart the pool re-keys its sets while the schema is being checked.)
+          // The bookkeeping tables are not there yet: the provisioner starts the pool once they are, but if
+          // Postgres was away then, they may still be being made. Wait for them, quietly.
           waitedForSchema = true;
           if (await this.store.ensureSchema().then(() => true, () => false)) continue;
         }

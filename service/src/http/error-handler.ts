@@ -1,11 +1,13 @@
 // Owns the one error handler, and the shape of every error's body: 4xx say what was wrong; 5xx say nothing about
-// the inside, which goes to the log, and carry the request id that finds that line.
+// the inside, which goes to the log, and carry the request id that finds that line. The status each error gets is
+// src/http/errors.ts's.
 import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
-import { isDatabaseUnavailable, unavailableMessage, UnsupportedMediaTypeError } from '../shared/errors.js';
+import { isDatabaseUnavailable, unavailableMessage } from '../shared/errors.js';
+import { statusOf, UnsupportedMediaTypeError } from './errors.js';
 
-/** The codes of the service's own errors (src/shared/errors.ts), as opposed to Postgres's SQLSTATEs and Node's. */
+/** The codes of the service's own errors and the HTTP layer's, as opposed to Postgres's SQLSTATEs and Node's. */
 const OUR_CODE = /^[A-Z]+(?:_[A-Z]+)+$/;
 
 /** An error's body; a 5xx also carries the request id, which finds the log line with the detail. */
@@ -19,7 +21,8 @@ export function handleError(err: FastifyError, request: FastifyRequest, reply: F
     const message = err.validation.map((issue) => issue.message).join('; ');
     return reply.code(400).send(errorBody(400, message));
   }
-  const statusCode = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : undefined;
+  const status = statusOf(err);
+  const statusCode = status && status >= 400 && status < 500 ? status : undefined;
   if (statusCode) {
     request.log.info({ code: err.code }, err.message);
     const { retryAfterSeconds } = err as { retryAfterSeconds?: number };
@@ -29,12 +32,12 @@ export function handleError(err: FastifyError, request: FastifyRequest, reply: F
     const message = err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? new UnsupportedMediaTypeError().message : err.message;
     return reply.code(statusCode).send(errorBody(statusCode, message));
   }
-  if (err.statusCode === 503 && typeof err.code === 'string' && OUR_CODE.test(err.code) && !isDatabaseUnavailable(err)) {
+  if (status === 503 && typeof err.code === 'string' && OUR_CODE.test(err.code) && !isDatabaseUnavailable(err)) {
     // One of our own 503s (every slot for backups or rotations taken): its message says what to do.
     request.log.warn({ code: err.code }, err.message);
     return reply.code(503).header('retry-after', '5').send(errorBody(503, err.message, request.id));
   }
-  if (isDatabaseUnavailable(err) || err.statusCode === 503) {
+  if (isDatabaseUnavailable(err) || status === 503) {
     const message = unavailableMessage(err);
     request.log.error({ err }, message);
     return reply.code(503).send(errorBody(503, message, request.id));

@@ -1,71 +1,136 @@
-// Owns the service's error vocabulary and the one mapping from failures to HTTP status codes.
-import createError from '@fastify/error';
+// Owns the service's error vocabulary: its own errors, plain classes with a stable code (the audit log's outcome,
+// lowercased) and a message for whoever asked, and how to tell a database that is away from a bug. Nothing here
+// knows HTTP: src/http/errors.ts gives each code its status, in one place.
 import { SHUTDOWN_SQLSTATES, SQLSTATE, SQLSTATE_CLASS, sqlState } from './sqlstate.js';
 
-export const AppExistsError = createError<[string]>('APP_EXISTS', "app '%s' already exists", 409);
-export const AppNameConflictError = createError<[string, string, string]>(
-  'APP_NAME_CONFLICT',
-  "app_name '%s' cannot be used while app '%s' exists: Postgres would give both a role named %s",
-  409,
-);
-export const AppBusyError = createError<[string]>(
-  'APP_BUSY',
-  "another operation on app '%s' is in progress: retry when it has finished",
-  409,
-);
-export const BackupNotFoundError = createError<[string, string]>('BACKUP_NOT_FOUND', "app '%s' has no backup named '%s'", 404);
-export const AppNotFoundError = createError<[string]>('APP_NOT_FOUND', "app '%s' does not exist", 404);
-export const InvalidAdminKeyError = createError('INVALID_ADMIN_KEY', 'invalid admin key', 401);
-export const MissingAdminKeyError = createError(
-  'MISSING_ADMIN_KEY',
-  'admin_key is required (in the JSON body, or as "Authorization: Bearer <key>")',
-  400,
-);
-export const MissingAuthorizationError = createError('MISSING_AUTHORIZATION', 'send the admin key as "Authorization: Bearer <key>"', 401);
-export const MalformedAuthorizationError = createError(
-  'MALFORMED_AUTHORIZATION',
-  'malformed Authorization header: send exactly "Authorization: Bearer <key>"',
-  401,
-);
-export const ConflictingAdminKeysError = createError(
-  'CONFLICTING_ADMIN_KEYS',
-  'the admin key in the Authorization header and admin_key in the body differ: send the key once',
-  401,
-);
-export const UnsupportedMediaTypeError = createError('UNSUPPORTED_MEDIA_TYPE', 'send the body as JSON, with "Content-Type: application/json"', 415);
-export const TooManyFailedAttemptsError = createError<[number]>(
-  'TOO_MANY_FAILED_ATTEMPTS',
-  'too many wrong admin keys from this address: retry in %d s',
-  429,
-);
-export const OperationsBusyError = createError<[string]>('OPERATIONS_BUSY', 'too many %s are running at once: retry in a few seconds', 503);
-export const BackupBlockedError = createError<[string, number]>(
-  'BACKUP_BLOCKED',
-  "the backup of app '%s' waited %d s for a lock held by one of the app's own sessions: retry when that transaction has ended",
-  409,
-);
-export const BackupRefusedError = createError<[string, string]>(
-  'BACKUP_REFUSED',
-  "pg_dump could not back up app '%s' with the app's own rights (%s)",
-  409,
-);
-export const BackupFailedError = createError<[string, string]>('BACKUP_FAILED', '%s failed for app %s', 500);
-export const BackupNotRestorableError = createError<[string, string]>(
-  'BACKUP_NOT_RESTORABLE',
-  "backup '%s' could not be restored into app '%s': pg_restore stopped at an error in it; the app's database is unchanged",
-  422,
-);
-export const BackupOfLiveAppError = createError<[string, string]>(
-  'BACKUP_OF_LIVE_APP',
-  "backup '%s' belongs to app '%s', which exists: only backups of deleted apps can be restored into another app",
-  409,
-);
-export const AppNotDeletedError = createError<[string, string]>(
-  'APP_NOT_DELETED',
-  "app '%s' was not deleted: its backup failed (%s). Nothing was removed; retry, or delete with ?backup=false",
-  409,
-);
-export const DatabaseUnavailableError = createError('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later', 503);
+/** The code of every error of the service's own; src/http/errors.ts maps each to an HTTP status. */
+export type ServiceErrorCode =
+  | 'APP_EXISTS'
+  | 'APP_NAME_CONFLICT'
+  | 'APP_BUSY'
+  | 'APP_NOT_FOUND'
+  | 'APP_NOT_DELETED'
+  | 'BACKUP_NOT_FOUND'
+  | 'BACKUP_BLOCKED'
+  | 'BACKUP_REFUSED'
+  | 'BACKUP_FAILED'
+  | 'BACKUP_NOT_RESTORABLE'
+  | 'BACKUP_OF_LIVE_APP'
+  | 'OPERATIONS_BUSY'
+  | 'DATABASE_UNAVAILABLE'
+  | 'SCHEMA_NEWER_THAN_CODE';
+
+/** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
+export class ServiceError extends Error {
+  readonly code: ServiceErrorCode;
+
+  constructor(code: ServiceErrorCode, message: string) {
+    super(message);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+export class AppExistsError extends ServiceError {
+  constructor(appName: string) {
+    super('APP_EXISTS', `app '${appName}' already exists`);
+  }
+}
+
+export class AppNameConflictError extends ServiceError {
+  constructor(appName: string, existingApp: string, sharedRole: string) {
+    super('APP_NAME_CONFLICT', `app_name '${appName}' cannot be used while app '${existingApp}' exists: Postgres would give both a role named ${sharedRole}`);
+  }
+}
+
+export class AppBusyError extends ServiceError {
+  constructor(appName: string) {
+    super('APP_BUSY', `another operation on app '${appName}' is in progress: retry when it has finished`);
+  }
+}
+
+export class AppNotFoundError extends ServiceError {
+  constructor(appName: string) {
+    super('APP_NOT_FOUND', `app '${appName}' does not exist`);
+  }
+}
+
+export class AppNotDeletedError extends ServiceError {
+  constructor(appName: string, reason: string) {
+    super('APP_NOT_DELETED', `app '${appName}' was not deleted: its backup failed (${reason}). Nothing was removed; retry, or delete with ?backup=false`);
+  }
+}
+
+export class BackupNotFoundError extends ServiceError {
+  constructor(appName: string, file: string) {
+    super('BACKUP_NOT_FOUND', `app '${appName}' has no backup named '${file}'`);
+  }
+}
+
+export class BackupBlockedError extends ServiceError {
+  constructor(appName: string, waitedSeconds: number) {
+    super(
+      'BACKUP_BLOCKED',
+      `the backup of app '${appName}' waited ${waitedSeconds} s for a lock held by one of the app's own sessions: retry when that transaction has ended`,
+    );
+  }
+}
+
+export class BackupRefusedError extends ServiceError {
+  constructor(appName: string, reason: string) {
+    super('BACKUP_REFUSED', `pg_dump could not back up app '${appName}' with the app's own rights (${reason})`);
+  }
+}
+
+export class BackupFailedError extends ServiceError {
+  constructor(program: string, appName: string) {
+    super('BACKUP_FAILED', `${program} failed for app ${appName}`);
+  }
+}
+
+export class BackupNotRestorableError extends ServiceError {
+  constructor(file: string, appName: string) {
+    super('BACKUP_NOT_RESTORABLE', `backup '${file}' could not be restored into app '${appName}': pg_restore stopped at an error in it; the app's database is unchanged`);
+  }
+}
+
+export class BackupOfLiveAppError extends ServiceError {
+  constructor(file: string, appName: string) {
+    super('BACKUP_OF_LIVE_APP', `backup '${file}' belongs to app '${appName}', which exists: only backups of deleted apps can be restored into another app`);
+  }
+}
+
+/** Every slot for `what` (backups and restores, rotations, requests waiting for a connection) is taken. */
+export class OperationsBusyError extends ServiceError {
+  constructor(what: string) {
+    super('OPERATIONS_BUSY', `too many ${what} are running at once: retry in a few seconds`);
+  }
+}
+
+export class DatabaseUnavailableError extends ServiceError {
+  constructor() {
+    super('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later');
+  }
+}
+
+/**
+ * The system's own database records a schema version (src/db/system-store/migrations.ts) newer than this code
+ * knows: a newer version of the service migrated it. The service refuses to start against it.
+ */
+export class SchemaNewerThanCodeError extends ServiceError {
+  readonly databaseVersion: number;
+  readonly codeVersion: number;
+
+  constructor(databaseVersion: number, codeVersion: number) {
+    super(
+      'SCHEMA_NEWER_THAN_CODE',
+      `the system's own database is at schema version ${databaseVersion}, newer than this service knows (its newest migration is ${codeVersion}): ` +
+        'a newer version of the service migrated it; run that version or a later one, not this one',
+    );
+    this.databaseVersion = databaseVersion;
+    this.codeVersion = codeVersion;
+  }
+}
 
 /** SQLSTATEs that mean "Postgres cannot serve us right now", not "the request is wrong". */
 function isUnavailableSqlState(code: string): boolean {

@@ -1,5 +1,5 @@
 // Owns the append-only audit log in the system's own database: who did what to which app, and how it ended.
-// The table refuses updates and deletes (src/db/system-store/schema.ts).
+// The table refuses updates and deletes (src/db/system-store/migrations/001-initial.ts).
 import type { Queryable } from '../queryable.js';
 
 export interface AuditEntry {

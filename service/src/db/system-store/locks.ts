@@ -1,6 +1,7 @@
 // Owns the advisory locks, in the system's own database (locks belong to the database they are taken in):
 // `app:<name>` (operations on one app run one at a time) and `ready:<id>` (a ready-pool set being prepared or
-// removed). Locks are tied to the session: if the service dies, Postgres releases them.
+// removed), and the migrations' lock (one instance at a time brings the schema up to date). Locks are tied to
+// the session: if the service dies, Postgres releases them.
 import type { Queryable } from '../queryable.js';
 
 /** A lock's key in SQL, from an SQL expression of its name (`app:<name>`, `ready:<id>`). */
@@ -28,4 +29,20 @@ export async function lock(client: Queryable, key: string): Promise<void> {
 
 export async function unlock(client: Queryable, key: string): Promise<void> {
   await client.query(`SELECT pg_advisory_unlock(${LOCK_KEY_SQL})`, [key]);
+}
+
+/**
+ * The migrations' lock, keyed by two int4s: Postgres keeps that key space apart from the one-bigint keys above
+ * (pg_locks tells them apart by objsubid), so no app or ready-set name, whatever it hashes to, can take it.
+ * 0x70677076 is 'pgpv'; 1 is the schema's migrations.
+ */
+const MIGRATIONS_LOCK_KEY = '1885827190, 1';
+
+/** Takes the migrations' lock, waiting for it as long as the session's lock_timeout allows. */
+export async function lockMigrations(client: Queryable): Promise<void> {
+  await client.query(`SELECT pg_advisory_lock(${MIGRATIONS_LOCK_KEY})`);
+}
+
+export async function unlockMigrations(client: Queryable): Promise<void> {
+  await client.query(`SELECT pg_advisory_unlock(${MIGRATIONS_LOCK_KEY})`);
 }

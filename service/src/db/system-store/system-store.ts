@@ -10,7 +10,7 @@ import { AppBusyError } from '../../shared/errors.js';
 import type { OwnConnection, Queryable } from '../queryable.js';
 import type { SuperuserConnections } from '../superuser-connections.js';
 import { appLockKey, lock, readySetLockKey, tryLock, unlock } from './locks.js';
-import { SCHEMA_SQL } from './schema.js';
+import { migrate } from './migrations.js';
 
 /** How often a wait for an app's lock asks again. */
 const APP_LOCK_POLL_MS = 50;
@@ -42,11 +42,11 @@ export class SystemStore {
   }
 
   /**
-   * Resolves once the system's own tables exist (created or updated on first use). If Postgres was away, the
-   * next call tries again.
+   * Resolves once the system's own schema is current (its numbered migrations applied, src/db/system-store/
+   * migrations.ts); rejects on a schema newer than this code. If Postgres was away, the next call tries again.
    */
   ensureSchema(): Promise<void> {
-    this.schemaApplied ??= this.connections.pool.query(SCHEMA_SQL).then(
+    this.schemaApplied ??= this.connections.withClient((client) => migrate(client)).then(
       () => undefined,
       (err) => {
         this.schemaApplied = undefined;

@@ -12,16 +12,17 @@
 // at most one per client address and window for a request that presents no usable key.
 import fp from 'fastify-plugin';
 import rateLimit from '@fastify/rate-limit';
-import createError from '@fastify/error';
 import type { FastifyRequest } from 'fastify';
 import {
+  AdminKeyNotAStringError,
+  BodyNotAnObjectError,
   ConflictingAdminKeysError,
   InvalidAdminKeyError,
   MalformedAuthorizationError,
   MissingAdminKeyError,
   MissingAuthorizationError,
   TooManyFailedAttemptsError,
-} from '../../shared/errors.js';
+} from '../errors.js';
 import { matchesAdminKey, type AdminKeyDigest } from '../../shared/secrets.js';
 
 declare module 'fastify' {
@@ -55,10 +56,6 @@ interface Unusable {
   outcome: 'missing_key' | 'malformed_authorization' | 'conflicting_keys';
   error: () => Error;
 }
-
-// Where POST /provision looks for the key, said with the words its body schema uses for the same faults.
-const BodyNotAnObjectError = createError('BODY_NOT_AN_OBJECT', 'the body must be a JSON object', 400);
-const AdminKeyNotAStringError = createError('ADMIN_KEY_NOT_A_STRING', 'admin_key must be a string', 400);
 
 /** "Bearer", one space, and a token (RFC 6750's b64token); the scheme's case does not matter (RFC 9110). */
 const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/i;

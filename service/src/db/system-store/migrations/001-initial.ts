@@ -1,9 +1,15 @@
-// Owns the schema of the system's own database (`provisioner`, created by init/02-create-databases.sql): the
-// registry, the audit log and the ready pool's rows. Applied at every start; each statement is idempotent, so a
-// data directory initialised by an older version is brought up to date.
-import { AGENTS_GROUP_ROLE, APP_NAME_PATTERN, APPS_GROUP_ROLE, READY_SET_ID_PATTERN } from '../../shared/object-names.js';
+// Owns migration 1 of the system's own database, the baseline: the registry (apps), the audit log and the ready
+// pool's rows, the agents' group role, and the log setting of apps' login roles. It is the schema every version
+// before versioned migrations applied at each start, and stays idempotent (IF NOT EXISTS, OR REPLACE, DROP …
+// IF EXISTS), so that it runs as well on a fresh database as on one those versions made, which it adopts
+// keeping every row. Never edit it: change the schema with a new migration.
+import { AGENTS_GROUP_ROLE, APP_NAME_PATTERN, APPS_GROUP_ROLE, READY_SET_ID_PATTERN } from '../../../shared/object-names.js';
+import type { Migration } from '../migrations.js';
 
-export const SCHEMA_SQL = `
+export const initial: Migration = {
+  version: 1,
+  name: 'initial',
+  sql: `
 CREATE TABLE IF NOT EXISTS apps (
   app_name   text PRIMARY KEY CHECK (app_name ~ '${APP_NAME_PATTERN.source}'),
   -- creating: objects may be half-made; ready: complete; deleting: objects may be half-removed.
@@ -78,4 +84,5 @@ BEGIN
   END LOOP;
 END
 $$;
-`;
+`,
+};

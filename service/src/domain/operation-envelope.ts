@@ -89,7 +89,7 @@ export class OperationEnvelope {
    * onApp.
    */
   async audited<T>(action: string, appName: string, request: RequestContext, work: () => Promise<T>, detail?: (result: T) => Record<string, unknown>): Promise<T> {
-    await this.store.ensureSchema();
+    await Promise.all([this.store.ensureSchema(), this.server.ensureSetUp()]);
     const started = process.hrtime.bigint();
     let outcome = 'ok';
     let extra: Record<string, unknown> | undefined;

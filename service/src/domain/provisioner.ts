@@ -112,15 +112,18 @@ export class Provisioner {
   }
 
   /**
-   * Checks the system's own schema (migrating it if need be), then starts the background work: a reconcile now and
+   * Checks the system's own schema (migrating it if need be) and sets the server up, then starts the background work: a reconcile now and
    * then on a timer, the credential stock, the ready pool's refilling. Rejects, starting nothing, only when the
    * database is at a schema version newer than this code knows (SchemaNewerThanCodeError): the service must not
    * start against it. Postgres away is no reason not to start: the work tries again, and so does every operation.
    */
   async start(): Promise<void> {
-    await this.store.ensureSchema().catch((err: unknown) => {
-      if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
-    });
+    await Promise.all([
+      this.store.ensureSchema().catch((err: unknown) => {
+        if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
+      }),
+      this.server.ensureSetUp().catch(() => {}), // Postgres away: every operation tries again first
+    ]);
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();

@@ -180,7 +180,7 @@ export class Reconciler {
 
   /** One run of every repair. */
   async run(): Promise<ReconcileReport> {
-    await this.deps.store.ensureSchema();
+    await Promise.all([this.deps.store.ensureSchema(), this.deps.server.ensureSetUp()]);
     const run = new ReconcileRun(this.deps);
     for (const repair of REPAIRS) await repair(run);
     return run.report;

@@ -9,6 +9,7 @@ import type { Config } from '../../shared/config.js';
 import type { DatabaseOpener, OwnConnection, Queryable } from '../queryable.js';
 import { SuperuserConnections, type ServerAddress } from '../superuser-connections.js';
 import { DumpAndRestore } from './dump-restore.js';
+import { setUpServer } from './server-setup.js';
 
 /** The database the service's own connections to a server open when they need none in particular. */
 export const MAINTENANCE_DATABASE = 'postgres';
@@ -74,6 +75,20 @@ export class PostgresServer implements DatabaseOpener {
     } finally {
       await client.end().catch(() => {});
     }
+  }
+
+  private setUp?: Promise<void>;
+
+  /** Resolves once the server has what the service needs there (server-setup.ts); if Postgres was away, the next call tries again. */
+  ensureSetUp(): Promise<void> {
+    this.setUp ??= this.withClient((client) => setUpServer(client)).then(
+      () => undefined,
+      (err) => {
+        this.setUp = undefined;
+        throw err;
+      },
+    );
+    return this.setUp;
   }
 
   /** Whether the store shares this server's connections (see sharedConnections). */

@@ -1,9 +1,10 @@
 // Owns migration 1 of the system's own database, the baseline: the registry (apps), the audit log and the ready
-// pool's rows, the agents' group role, and the log setting of apps' login roles. It is the schema every version
-// before versioned migrations applied at each start, and stays idempotent (IF NOT EXISTS, OR REPLACE, DROP …
+// pool's rows. It is the system's part of the schema every version before versioned migrations applied at each
+// start (the server's part, the agents' group role and the log setting of apps' login roles, is
+// src/db/postgres-server/server-setup.ts), and stays idempotent (IF NOT EXISTS, OR REPLACE, DROP …
 // IF EXISTS), so that it runs as well on a fresh database as on one those versions made, which it adopts
 // keeping every row. Never edit it: change the schema with a new migration.
-import { AGENTS_GROUP_ROLE, APP_NAME_PATTERN, APPS_GROUP_ROLE, READY_SET_ID_PATTERN } from '../../../shared/object-names.js';
+import { APP_NAME_PATTERN, READY_SET_ID_PATTERN } from '../../../shared/object-names.js';
 import type { Migration } from '../migrations.js';
 
 export const initial: Migration = {
@@ -57,32 +58,5 @@ CREATE TABLE IF NOT EXISTS ready_pool (
 );
 
 REVOKE ALL ON apps, audit_log, ready_pool FROM PUBLIC;
-
--- The group of the service's agent roles (init/01-create-users.sql makes it on new data directories).
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${AGENTS_GROUP_ROLE}') THEN
-    CREATE ROLE ${AGENTS_GROUP_ROLE} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
-  END IF;
-END
-$$;
-
--- Nothing an app's session sends reaches Postgres's log (RAISE LOG): app login roles made before this setting
--- get it here (new ones get it when they are made; src/db/app-objects.ts, roleSettingsSql).
-DO $$
-DECLARE
-  app_role name;
-BEGIN
-  FOR app_role IN
-    SELECT m.rolname FROM pg_auth_members am
-      JOIN pg_roles g ON g.oid = am.roleid AND g.rolname = '${APPS_GROUP_ROLE}'
-      JOIN pg_roles m ON m.oid = am.member
-     WHERE NOT EXISTS (SELECT 1 FROM pg_db_role_setting s
-                        WHERE s.setrole = m.oid AND s.setdatabase = 0 AND s.setconfig @> ARRAY['log_min_messages=fatal'])
-  LOOP
-    EXECUTE format('ALTER ROLE %I SET log_min_messages = fatal', app_role);
-  END LOOP;
-END
-$$;
 `,
 };

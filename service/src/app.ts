@@ -4,7 +4,7 @@
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { handleError } from './http/error-handler.js';
-import { UnsupportedMediaTypeError } from './http/errors.js';
+import { UnsupportedMediaTypeError } from './http/error-statuses.js';
 import { answerUnroutedRequests } from './http/not-found.js';
 import openApi from './http/openapi.js';
 import adminAuth from './http/plugins/admin-auth.js';

@@ -25,7 +25,7 @@ import {
   ServiceError,
   unavailableMessage,
 } from '../src/shared/errors.js';
-import { InvalidAdminKeyError, statusOf, TooManyFailedAttemptsError, UnsupportedMediaTypeError } from '../src/http/errors.js';
+import { InvalidAdminKeyError, statusOf, TooManyFailedAttemptsError, UnsupportedMediaTypeError } from '../src/http/error-statuses.js';
 import { REDACTED_PATHS } from '../src/shared/logger.js';
 import { AdminKeyFileError, adminKeyDigest, isAdminKey, loadPinnedAdminKey, matchesAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/shared/secrets.js';
 import { LocalStack } from '../scripts/local-stack.js';

@@ -5,7 +5,7 @@ import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { isDatabaseUnavailable, unavailableMessage } from '../shared/errors.js';
-import { statusOf, UnsupportedMediaTypeError } from './errors.js';
+import { statusOf, UnsupportedMediaTypeError } from './error-statuses.js';
 
 /** The codes of the service's own errors and the HTTP layer's, as opposed to Postgres's SQLSTATEs and Node's. */
 const OUR_CODE = /^[A-Z]+(?:_[A-Z]+)+$/;

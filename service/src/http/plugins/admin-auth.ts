@@ -22,7 +22,7 @@ import {
   MissingAdminKeyError,
   MissingAuthorizationError,
   TooManyFailedAttemptsError,
-} from '../errors.js';
+} from '../error-statuses.js';
 import { matchesAdminKey, type AdminKeyDigest } from '../../shared/secrets.js';
 
 declare module 'fastify' {

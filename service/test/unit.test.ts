@@ -219,7 +219,7 @@ describe('error mapping', () => {
 });
 
 describe("the service's own errors", () => {
-  it('keep their codes (the audit outcomes) and messages, carry no HTTP status, and get theirs from src/http/errors.ts', () => {
+  it('keep their codes (the audit outcomes) and messages, carry no HTTP status, and get theirs from src/http/error-statuses.ts', () => {
     const cases: Array<[ServiceError, string, string, number]> = [
       [new AppExistsError('shop'), 'APP_EXISTS', "app 'shop' already exists", 409],
       [

@@ -1,6 +1,6 @@
 // Owns the one error handler, and the shape of every error's body: 4xx say what was wrong; 5xx say nothing about
 // the inside, which goes to the log, and carry the request id that finds that line. The status each error gets is
-// src/http/errors.ts's.
+// src/http/error-statuses.ts's.
 import { STATUS_CODES } from 'node:http';
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';

@@ -1,9 +1,9 @@
 // Owns the service's error vocabulary: its own errors, plain classes with a stable code (the audit log's outcome,
 // lowercased) and a message for whoever asked, and how to tell a database that is away from a bug. Nothing here
-// knows HTTP: src/http/errors.ts gives each code its status, in one place.
+// knows HTTP: src/http/error-statuses.ts gives each code its status, in one place.
 import { SHUTDOWN_SQLSTATES, SQLSTATE, SQLSTATE_CLASS, sqlState } from './sqlstate.js';
 
-/** The code of every error of the service's own; src/http/errors.ts maps each to an HTTP status. */
+/** The code of every error of the service's own; src/http/error-statuses.ts maps each to an HTTP status. */
 export type ServiceErrorCode =
   | 'APP_EXISTS'
   | 'APP_NAME_CONFLICT'

@@ -28,11 +28,11 @@ import { appendAudit } from '../src/db/system-store/audit-log.js';
 import { appLockKey, lock, unlock } from '../src/db/system-store/locks.js';
 import { findApp, registerApp, setAppState, unregisterApp } from '../src/db/system-store/registry.js';
 import { newAppCredential, type AppCredential } from '../src/shared/secrets.js';
-import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
-import { HealthCeiling } from './minimal-health-server.js';
-import { cpuTime, pssBytes, rssBytes, signalAll } from './process-stats.js';
-import { compareProfiles, profileMinimalServer, profileServiceHealth } from './profile-health.js';
-import { wrk, type WrkResult } from './wrk.js';
+import { LocalStack, REPO_ROOT, throwawayStackSettings } from './lib/local-stack.js';
+import { HealthCeiling } from './lib/minimal-health-server.js';
+import { cpuTime, pssBytes, rssBytes, signalAll } from './lib/process-stats.js';
+import { compareProfiles, profileMinimalServer, profileServiceHealth } from './lib/cpu-profile.js';
+import { wrk, type WrkResult } from './lib/wrk.js';
 
 export interface BenchOptions {
   tiny: boolean;

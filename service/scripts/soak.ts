@@ -20,8 +20,8 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import { LocalStack, REPO_ROOT, throwawayStackSettings } from './local-stack.js';
-import { rssBytes, signalAll } from './process-stats.js';
+import { LocalStack, REPO_ROOT, throwawayStackSettings } from './lib/local-stack.js';
+import { rssBytes, signalAll } from './lib/process-stats.js';
 import { rawRequest } from '../test/helpers/raw-http.js';
 import { APP_SQL } from '../src/shared/object-names.js';
 

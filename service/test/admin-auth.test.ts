@@ -14,7 +14,7 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { rawRequest, type RawResponse } from './helpers/raw-http.js';
 import { eventually, freePort, request, startTestStack, type TestStack } from './helpers/stack.js';
-import { LocalStack, SERVICE_DIR } from '../scripts/local-stack.js';
+import { LocalStack, SERVICE_DIR } from '../scripts/lib/local-stack.js';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/shared/config.js';
 import { adminKeyInLogLine } from '../src/shared/secrets.js';
@@ -181,7 +181,7 @@ describe('the shape of the Authorization header', () => {
 const sha256Hex = (text: string) => createHash('sha256').update(text).digest('hex');
 
 /**
- * Starts (or restarts) a service that uses ADMIN_KEY_FILE. scripts/local-stack.ts waits for the generated key's
+ * Starts (or restarts) a service that uses ADMIN_KEY_FILE. scripts/lib/local-stack.ts waits for the generated key's
  * log line before it calls the service started, and a pinned key writes no such line. It is not ours to change,
  * so until it learns about ADMIN_KEY_FILE the stack is told the key (which the test knows) right after
  * startService has cleared it: its wait then ends when /health answers, and its helpers send this key.

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { REPO_ROOT } from '../scripts/local-stack.js';
+import { REPO_ROOT } from '../scripts/lib/local-stack.js';
 import { asApp, connectAs, eventually, startTestStack, type TestStack } from './helpers/stack.js';
 
 const DISK_MB = 160;

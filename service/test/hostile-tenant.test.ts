@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type pg from 'pg';
-import { REPO_ROOT } from '../scripts/local-stack.js';
+import { REPO_ROOT } from '../scripts/lib/local-stack.js';
 import { beginLogin, type PausedLogin } from './helpers/raw-pg.js';
 import { asApp, connectAs, eventually, rejectionOf, startTestStack, type ProvisionedApp, type TestStack } from './helpers/stack.js';
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { SERVICE_DIR } from '../scripts/local-stack.js';
+import { SERVICE_DIR } from '../scripts/lib/local-stack.js';
 import pg from 'pg';
 import { asApp, eventually, rejectionOf, startTestStack, type TestStack } from './helpers/stack.js';
 

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { freePort, REPO_ROOT, SERVICE_DIR } from '../scripts/local-stack.js';
+import { freePort, REPO_ROOT, SERVICE_DIR } from '../scripts/lib/local-stack.js';
 import { adminKeyInLogLine } from '../src/shared/secrets.js';
 import { eventually, request } from './helpers/stack.js';
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ConfigSchema } from '../src/shared/config.js';
 import { DATABASE_DDL_TIMEOUT_MS } from '../src/db/postgres-server/app-objects.js';
-import { REPO_ROOT } from '../scripts/local-stack.js';
+import { REPO_ROOT } from '../scripts/lib/local-stack.js';
 import { eventually, request, startTestStack, type TestStack } from './helpers/stack.js';
 
 // --- nginx.conf, parsed -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { LocalStack, throwawayStackSettings } from '../scripts/local-stack.js';
+import { LocalStack, throwawayStackSettings } from '../scripts/lib/local-stack.js';
 import { adminKeyDigest, matchesAdminKey, newAdminKey } from '../src/shared/secrets.js';
 import { encodeRequest, parseResponse, type RawRequest } from './helpers/raw-http.js';
 import { eventually, startTestStack, type TestStack } from './helpers/stack.js';
@@ -100,7 +100,7 @@ describe('the admin key is compared in constant time (unit)', () => {
 });
 
 describe('nginx, the edge, in front of an upstream that records what it receives', () => {
-  // The repo's nginx.conf as the local stack runs it (scripts/local-stack.ts changes only the upstream address,
+  // The repo's nginx.conf as the local stack runs it (scripts/lib/local-stack.ts changes only the upstream address,
   // the listen address and the file paths), with a recording server where the service would be: what nginx
   // passes on is seen exactly as the service would receive it.
   let edge: LocalStack;

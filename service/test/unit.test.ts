@@ -10,7 +10,7 @@ import { ConfigError, loadConfig } from '../src/shared/config.js';
 import { isDatabaseUnavailable, unavailableMessage } from '../src/shared/errors.js';
 import { REDACTED_PATHS } from '../src/shared/logger.js';
 import { AdminKeyFileError, adminKeyDigest, isAdminKey, loadPinnedAdminKey, matchesAdminKey, newAdminKey, newAppPassword, scramSha256Verifier } from '../src/shared/secrets.js';
-import { LocalStack } from '../scripts/local-stack.js';
+import { LocalStack } from '../scripts/lib/local-stack.js';
 
 describe('config', () => {
   it('applies defaults when only the required setting is given', () => {

@@ -3,9 +3,9 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
-import { LocalStack, throwawayStackSettings, type StackSettings } from '../../scripts/local-stack.js';
+import { LocalStack, throwawayStackSettings, type StackSettings } from '../../scripts/lib/local-stack.js';
 
-export { freePort } from '../../scripts/local-stack.js';
+export { freePort } from '../../scripts/lib/local-stack.js';
 
 export interface TestStack {
   stack: LocalStack;

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { signalAll } from '../scripts/lib/process-stats.js';
-import { asApp, connectAs, eventually, request, startTestStack, type ProvisionedApp, type TestStack } from './helpers/stack.js';
+import { signalAll } from '../../scripts/lib/process-stats.js';
+import { asApp, connectAs, eventually, request, startTestStack, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 const apps: ProvisionedApp[] = [];

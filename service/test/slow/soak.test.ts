@@ -6,7 +6,7 @@
 // are recorded in RELIABILITY.md.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FAULT_KINDS, runSoak, soakProblems } from '../scripts/soak.js';
+import { FAULT_KINDS, runSoak, soakProblems } from '../../scripts/soak.js';
 
 describe('soak (short, every fault kind)', () => {
   it('fails requests only in a bounded window around each fault, holds the population under its cap, and loses or leaks no app', async (t) => {

@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
-import { REPO_ROOT } from '../scripts/lib/local-stack.js';
-import { asApp, connectAs, eventually, rejectionOf, startTestStack, withDatabase, type ProvisionedApp, type TestStack } from './helpers/stack.js';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { asApp, connectAs, eventually, rejectionOf, startTestStack, withDatabase, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 let a: ProvisionedApp;

@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { asApp, eventually, rejectionOf, request, startTestStack, withDatabase, type TestStack } from './helpers/stack.js';
-import { APP_SQL } from '../src/shared/object-names.js';
+import { asApp, eventually, rejectionOf, request, startTestStack, withDatabase, type TestStack } from '../helpers/stack.js';
+import { APP_SQL } from '../../src/shared/object-names.js';
 
 let t: TestStack;
 before(async () => {

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { SERVICE_DIR } from '../scripts/lib/local-stack.js';
+import { SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import pg from 'pg';
-import { asApp, eventually, rejectionOf, startTestStack, type TestStack } from './helpers/stack.js';
+import { asApp, eventually, rejectionOf, startTestStack, type TestStack } from '../helpers/stack.js';
 
 describe('service start-up', () => {
   it('stops with a message naming a missing or bad setting', () => {

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { REPO_ROOT } from '../scripts/lib/local-stack.js';
-import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE } from '../src/shared/object-names.js';
-import { asApp, connectAs, rejectionOf, request, startTestStack, type TestStack } from './helpers/stack.js';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE } from '../../src/shared/object-names.js';
+import { asApp, connectAs, rejectionOf, request, startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 before(async () => {

@@ -9,8 +9,8 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { REPO_ROOT } from '../scripts/lib/local-stack.js';
-import { asApp, connectAs, eventually, startTestStack, type TestStack } from './helpers/stack.js';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { asApp, connectAs, eventually, startTestStack, type TestStack } from '../helpers/stack.js';
 
 const DISK_MB = 160;
 const RESERVE_MB = 48;

@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from '../src/app.js';
-import { loadConfig } from '../src/shared/config.js';
-import { appIdentifiers } from '../src/shared/object-names.js';
+import { buildApp } from '../../src/app.js';
+import { loadConfig } from '../../src/shared/config.js';
+import { appIdentifiers } from '../../src/shared/object-names.js';
 
 const adminKey = 'sk_unit0000000000000000000000000000000000';
 let app: FastifyInstance;

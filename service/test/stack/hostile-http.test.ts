@@ -6,9 +6,9 @@
 // own (127.2.0.x), which no generated request ever uses.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { rawRequest, type RawRequest, type RawResponse } from './helpers/raw-http.js';
-import { startTestStack, type TestStack } from './helpers/stack.js';
-import { APP_NAME_PATTERN, READY_SET_SQL } from '../src/shared/object-names.js';
+import { rawRequest, type RawRequest, type RawResponse } from '../helpers/raw-http.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
+import { APP_NAME_PATTERN, READY_SET_SQL } from '../../src/shared/object-names.js';
 
 let t: TestStack;
 before(async () => {

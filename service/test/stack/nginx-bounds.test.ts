@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { ConfigSchema } from '../src/shared/config.js';
-import { DATABASE_DDL_TIMEOUT_MS } from '../src/db/postgres-server/app-objects.js';
-import { REPO_ROOT } from '../scripts/lib/local-stack.js';
-import { eventually, request, startTestStack, type TestStack } from './helpers/stack.js';
+import { ConfigSchema } from '../../src/shared/config.js';
+import { DATABASE_DDL_TIMEOUT_MS } from '../../src/db/postgres-server/app-objects.js';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { eventually, request, startTestStack, type TestStack } from '../helpers/stack.js';
 
 // --- nginx.conf, parsed -------------------------------------------------------------------------------------
 

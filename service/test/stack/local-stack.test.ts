@@ -10,9 +10,9 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { freePort, REPO_ROOT, SERVICE_DIR } from '../scripts/lib/local-stack.js';
-import { adminKeyInLogLine } from '../src/shared/secrets.js';
-import { eventually, request } from './helpers/stack.js';
+import { freePort, REPO_ROOT, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
+import { adminKeyInLogLine } from '../../src/shared/secrets.js';
+import { eventually, request } from '../helpers/stack.js';
 
 const PASSWORD = 'local-stack-test-password-4Rk2';
 const STARTUP_MS = 180_000; // a first start builds the service (npm) and runs initdb

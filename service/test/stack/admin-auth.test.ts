@@ -12,13 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { rawRequest, type RawResponse } from './helpers/raw-http.js';
-import { eventually, freePort, request, startTestStack, type TestStack } from './helpers/stack.js';
-import { LocalStack, SERVICE_DIR } from '../scripts/lib/local-stack.js';
-import { buildApp } from '../src/app.js';
-import { loadConfig } from '../src/shared/config.js';
-import { adminKeyInLogLine } from '../src/shared/secrets.js';
-import { TrustedProxies } from '../src/http/trusted-proxy.js';
+import { rawRequest, type RawResponse } from '../helpers/raw-http.js';
+import { eventually, freePort, request, startTestStack, type TestStack } from '../helpers/stack.js';
+import { LocalStack, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
+import { buildApp } from '../../src/app.js';
+import { loadConfig } from '../../src/shared/config.js';
+import { adminKeyInLogLine } from '../../src/shared/secrets.js';
+import { TrustedProxies } from '../../src/http/trusted-proxy.js';
 
 let t: TestStack;
 before(async () => {

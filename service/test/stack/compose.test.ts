@@ -13,9 +13,9 @@ import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { adminKeyInLogLine } from '../src/shared/secrets.js';
-import { REPO_ROOT, SERVICE_DIR } from '../scripts/lib/local-stack.js';
-import { eventually, request, startTestStack } from './helpers/stack.js';
+import { adminKeyInLogLine } from '../../src/shared/secrets.js';
+import { REPO_ROOT, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
+import { eventually, request, startTestStack } from '../helpers/stack.js';
 
 interface ComposeService {
   image?: string;

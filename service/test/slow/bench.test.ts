@@ -2,7 +2,7 @@
 // No speed is asserted here; speed is measured by `npm run bench` and recorded in BENCHMARKS.md.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { runBenchmark } from '../scripts/bench.js';
+import { runBenchmark } from '../../scripts/bench.js';
 
 describe('benchmark (tiny run)', () => {
   it('measures every figure next to its reference and renders the report', async () => {

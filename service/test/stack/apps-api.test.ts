@@ -6,7 +6,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE } from '../../src/shared/object-names.js';
-import { asApp, connectAs, rejectionOf, request, startTestStack, type TestStack } from '../helpers/stack.js';
+import { asApp, connectAs } from '../helpers/app-sessions.js';
+import { rejectionOf } from '../helpers/conditions.js';
+import { request } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 before(async () => {

@@ -3,7 +3,8 @@
 // "the database is unavailable", which would send an operator looking for an outage that is not there.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { startTestStack, type JsonResponse, type TestStack } from '../helpers/stack.js';
+import { type JsonResponse } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 before(async () => {

@@ -15,7 +15,9 @@ import { describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { adminKeyInLogLine } from '../../src/shared/secrets.js';
 import { REPO_ROOT, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
-import { eventually, request, startTestStack } from '../helpers/stack.js';
+import { eventually } from '../helpers/conditions.js';
+import { request } from '../helpers/service-client.js';
+import { startTestStack } from '../helpers/stack.js';
 
 interface ComposeService {
   image?: string;

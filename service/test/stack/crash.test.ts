@@ -3,7 +3,9 @@
 // the client was told exists must still work.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { asApp, startTestStack, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
+import { asApp } from '../helpers/app-sessions.js';
+import { type ProvisionedApp } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, readySetNames, SERVICE_OBJECTS_LIKE } from '../../src/shared/object-names.js';
 
 let t: TestStack;

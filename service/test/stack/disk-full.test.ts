@@ -10,7 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
-import { asApp, connectAs, eventually, startTestStack, type TestStack } from '../helpers/stack.js';
+import { asApp, connectAs } from '../helpers/app-sessions.js';
+import { eventually } from '../helpers/conditions.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 const DISK_MB = 160;
 const RESERVE_MB = 48;

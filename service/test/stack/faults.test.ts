@@ -5,7 +5,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { signalAll } from '../../scripts/lib/process-stats.js';
-import { asApp, connectAs, eventually, request, startTestStack, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
+import { asApp, connectAs } from '../helpers/app-sessions.js';
+import { eventually } from '../helpers/conditions.js';
+import { request, type ProvisionedApp } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 const apps: ProvisionedApp[] = [];

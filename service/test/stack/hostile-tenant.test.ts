@@ -11,7 +11,10 @@ import { after, before, describe, it } from 'node:test';
 import type pg from 'pg';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { beginLogin, type PausedLogin } from '../helpers/raw-pg.js';
-import { asApp, connectAs, eventually, rejectionOf, startTestStack, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
+import { asApp, connectAs } from '../helpers/app-sessions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
+import { type ProvisionedApp } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 /** Long enough that what the test does while backups stall (a few requests) is done well before it ends. */

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import pg from 'pg';
-import { asApp, eventually, rejectionOf, startTestStack, type TestStack } from '../helpers/stack.js';
+import { asApp } from '../helpers/app-sessions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 describe('service start-up', () => {
   it('stops with a message naming a missing or bad setting', () => {

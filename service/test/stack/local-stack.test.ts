@@ -12,7 +12,8 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { freePort, REPO_ROOT, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import { adminKeyInLogLine } from '../../src/shared/secrets.js';
-import { eventually, request } from '../helpers/stack.js';
+import { eventually } from '../helpers/conditions.js';
+import { request } from '../helpers/service-client.js';
 
 const PASSWORD = 'local-stack-test-password-4Rk2';
 const STARTUP_MS = 180_000; // a first start builds the service (npm) and runs initdb

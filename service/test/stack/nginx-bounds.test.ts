@@ -10,7 +10,9 @@ import { after, before, describe, it } from 'node:test';
 import { ConfigSchema } from '../../src/shared/config.js';
 import { DATABASE_DDL_TIMEOUT_MS } from '../../src/db/postgres-server/app-objects.js';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
-import { eventually, request, startTestStack, type TestStack } from '../helpers/stack.js';
+import { eventually } from '../helpers/conditions.js';
+import { request } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 // --- nginx.conf, parsed -------------------------------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { asApp, eventually, rejectionOf, request, startTestStack, withDatabase, type TestStack } from '../helpers/stack.js';
+import { asApp, withDatabase } from '../helpers/app-sessions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
+import { request } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 import { APP_SQL } from '../../src/shared/object-names.js';
 
 let t: TestStack;

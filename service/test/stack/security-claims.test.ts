@@ -11,7 +11,8 @@ import { after, before, describe, it } from 'node:test';
 import { LocalStack, throwawayStackSettings } from '../../scripts/lib/local-stack.js';
 import { adminKeyDigest, matchesAdminKey, newAdminKey } from '../../src/shared/secrets.js';
 import { encodeRequest, parseResponse, type RawRequest } from '../helpers/raw-http.js';
-import { eventually, startTestStack, type TestStack } from '../helpers/stack.js';
+import { eventually } from '../helpers/conditions.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 /** An answer with every header line as sent (a header sent twice shows twice). */
 interface Answer {

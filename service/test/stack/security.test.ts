@@ -8,7 +8,10 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { parse as parseYaml } from 'yaml';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
-import { asApp, connectAs, eventually, rejectionOf, startTestStack, withDatabase, type ProvisionedApp, type TestStack } from '../helpers/stack.js';
+import { asApp, connectAs, withDatabase } from '../helpers/app-sessions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
+import { type ProvisionedApp } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 let a: ProvisionedApp;

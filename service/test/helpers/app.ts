@@ -2,7 +2,9 @@
 // Postgres (test/helpers/postgres.ts), reached with inject: no HTTP server, no nginx, no other process. Each test
 // file builds its own app (and closes it); its log lines are kept, as the service would have written them.
 // buildApp returns the app before it is ready: a test may add routes of its own first (`beforeReady`), and they
-// run behind the same hooks and error handler as the service's own.
+// run behind the same hooks and error handler as the service's own. Apps a file builds at once share its Postgres
+// as two services would: the second gets no ready pool (READY_POOL_SIZE=0), since each pool re-keys the sets whose
+// passwords it does not hold.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -63,6 +65,9 @@ export async function buildTestApp({ env = {}, beforeReady }: TestAppOptions = {
   const app = await buildApp(config, { adminKey, logStream: sink });
   await beforeReady?.(app);
   await app.ready();
+  // The service's first reconcile (which also applies the schema of its own database) runs as it starts: the tests
+  // begin once it has ended, as they would meet a service that has been up a moment.
+  await lineMatching(serviceLines, /"msg":"reconcile (finished|failed)/, 'the service', 0, 30_000);
 
   const request: TestApp['request'] = async (method, path, { body, headers = {}, remoteAddress } = {}) => {
     const payload = body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body);

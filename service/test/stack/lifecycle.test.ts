@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import pg from 'pg';
 import { asApp } from '../helpers/app-sessions.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { eventually, rejectionOf } from '../helpers/conditions.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
@@ -40,6 +41,7 @@ describe('stack restart', () => {
   after(async () => {
     await t?.stop();
   });
+  const catalog = catalogOf(() => t);
 
   it('keeps every app and its data, gives a new admin key, and refuses the old one', async () => {
     const app = await t.provision('survivor');
@@ -59,27 +61,27 @@ describe('stack restart', () => {
   });
 
   it('gives sets the ready pool prepared before a restart the limits of the new settings', async () => {
-    const preparedSets = () =>
-      t.superuser(async (db) =>
-        (await db.query("SELECT r.rolname, r.rolconnlimit, r.rolconfig, d.oid FROM pg_roles r JOIN pg_database d ON r.rolname = d.datname || '_user' WHERE d.datname LIKE 'pgprov\\_ready\\_%'")).rows as Array<{ rolconnlimit: number; rolconfig: string[]; oid: number }>,
-      );
-    const before = await eventually(preparedSets, (sets) => sets.length > 0, 60_000);
+    const before = await eventually(catalog.readySetLogins, (sets) => sets.length > 0, 60_000);
     assert.ok(before.length > 0 && before.every((set) => set.rolconnlimit === 10), 'prepared with the default limit');
     await t.stack.stopService();
     await t.stack.startService({ APP_CONNECTION_LIMIT: '4', APP_STATEMENT_TIMEOUT: '30s' });
-    const oldOids = new Set(before.map((set) => set.oid));
-    const rekeyed = (sets: Awaited<ReturnType<typeof preparedSets>>) =>
-      sets.filter((set) => oldOids.has(set.oid)).every((set) => set.rolconnlimit === 4 && set.rolconfig.includes('statement_timeout=30s'));
-    assert.ok(rekeyed(await eventually(preparedSets, rekeyed, 60_000)), 'every set prepared before the restart has the new limits');
-    const app = await t.provision('limits_after_restart');
-    const made = await t.superuser(async (db) =>
-      (await db.query("SELECT r.rolconnlimit, d.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'app_limits_after_restart_user' AND d.datname = 'app_limits_after_restart'")).rows[0],
-    );
-    assert.ok(oldOids.has(made.oid), 'handed over from a set prepared before the restart');
-    assert.equal(made.rolconnlimit, 4);
-    assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SHOW statement_timeout')).rows[0].statement_timeout), '30s');
-    await t.stack.stopService();
-    await t.stack.startService();
+    try {
+      const oldOids = new Set(before.map((set) => set.oid));
+      const rekeyed = (sets: Awaited<ReturnType<typeof catalog.readySetLogins>>) =>
+        sets.filter((set) => oldOids.has(set.oid)).every((set) => set.rolconnlimit === 4 && set.rolconfig.includes('statement_timeout=30s'));
+      assert.ok(rekeyed(await eventually(catalog.readySetLogins, rekeyed, 60_000)), 'every set prepared before the restart has the new limits');
+      const app = await t.provision('limits_after_restart');
+      const made = await t.superuser(async (db) =>
+        (await db.query("SELECT r.rolconnlimit, d.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'app_limits_after_restart_user' AND d.datname = 'app_limits_after_restart'")).rows[0],
+      );
+      assert.ok(oldOids.has(made.oid), 'handed over from a set prepared before the restart');
+      assert.equal(made.rolconnlimit, 4);
+      assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SHOW statement_timeout')).rows[0].statement_timeout), '30s');
+    } finally {
+      // The next test starts from the stack's own settings, whatever happened here.
+      await t.stack.stopService();
+      await t.stack.startService();
+    }
   });
 
   it('shuts the service down cleanly on SIGTERM, finishing the request in flight', async () => {
@@ -115,12 +117,16 @@ describe('stack restart', () => {
     }
 
     // With the service down, nginx answers for it, in JSON.
-    for (const response of [await t.get('/health'), await t.post('/provision', { app_name: 'nobody_home' })]) {
-      assert.equal(response.status, 503);
-      assert.equal(response.body.statusCode, 503);
-      assert.match(String(response.body.message), /not reachable/);
+    try {
+      for (const response of [await t.get('/health'), await t.post('/provision', { app_name: 'nobody_home' })]) {
+        assert.equal(response.status, 503);
+        assert.equal(response.body.statusCode, 503);
+        assert.match(String(response.body.message), /not reachable/);
+      }
+    } finally {
+      await t.stack.stopService(); // a no-op when it is down, as it is unless a step above failed
+      await t.stack.startService();
     }
-    await t.stack.startService();
     assert.equal((await t.get('/health')).status, 200);
   });
 });

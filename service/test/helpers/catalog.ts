@@ -4,7 +4,7 @@
 // Catalog runs each question on the database it belongs to; the functions below it take a connection (the soak,
 // scripts/lib/soak/, uses halfMadeObjects on its own).
 import type pg from 'pg';
-import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE } from '../../src/shared/object-names.js';
+import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE, type ObjectNames } from '../../src/shared/object-names.js';
 
 /** A connection, or anything that runs a query on one. */
 export type Db = Pick<pg.ClientBase, 'query'>;
@@ -23,6 +23,11 @@ export const existingRoles = (db: Db, roles: string[]) => names(db, 'SELECT roln
 
 /** Which of `databases` exist, sorted. */
 export const existingDatabases = (db: Db, databases: string[]) => names(db, 'SELECT datname AS name FROM pg_database WHERE datname = ANY($1::text[]) ORDER BY 1', [databases]);
+
+/** A database's oid (which a ready pool's hand-over keeps: the database is renamed, never made again); undefined if it does not exist. */
+export async function databaseOid(db: Db, database: string): Promise<number | undefined> {
+  return (await db.query<{ oid: number }>('SELECT oid FROM pg_database WHERE datname = $1', [database])).rows[0]?.oid;
+}
 
 /** Roles whose name is LIKE `pattern` (backslash escapes _ and %), sorted. */
 export const rolesLike = (db: Db, pattern: string) => names(db, 'SELECT rolname AS name FROM pg_roles WHERE rolname LIKE $1 ORDER BY 1', [pattern]);
@@ -106,6 +111,11 @@ export async function storedPassword(db: Db, role: string): Promise<string | nul
   return (await db.query<{ rolpassword: string | null }>('SELECT rolpassword FROM pg_authid WHERE rolname = $1', [role])).rows[0]?.rolpassword;
 }
 
+/** Whether `database` takes connections (datallowconn: a restore's swap or a delete refuses them); undefined if it does not exist. */
+export async function databaseAllowsConnections(db: Db, database: string): Promise<boolean | undefined> {
+  return (await db.query<{ allow: boolean }>('SELECT datallowconn AS allow FROM pg_database WHERE datname = $1', [database])).rows[0]?.allow;
+}
+
 /** A database's access privileges, as text (datacl). */
 export async function databaseAcl(db: Db, database: string): Promise<string | null | undefined> {
   return (await db.query<{ acl: string | null }>('SELECT datacl::text AS acl FROM pg_database WHERE datname = $1', [database])).rows[0]?.acl;
@@ -131,6 +141,49 @@ export async function foreignGrants(db: Db, role: string, ownDatabase: string): 
   return rows;
 }
 
+/**
+ * Everything the server holds about one set of app objects (its login role, access role and database): attributes,
+ * settings, memberships, the database's owner, privileges and settings, and inside it the public schema's owner and
+ * privileges; with the set's own names replaced by what they are, so that two apps' objects compare equal when
+ * they were made alike.
+ */
+export async function objectFacts(superuser: Superuser, objects: ObjectNames): Promise<Record<string, unknown>> {
+  const facts = await superuser(async (db) => {
+    const role = async (name: string) => {
+      const attributes = await roleAttributes(db, name);
+      return attributes && { ...attributes, rolconfig: [...(attributes.rolconfig ?? [])].sort() };
+    };
+    const memberOf = (name: string) =>
+      names(db, 'SELECT g.rolname AS name FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1 ORDER BY 1', [name]);
+    const password = await storedPassword(db, objects.username);
+    const database = (
+      await db.query(
+        `SELECT pg_get_userbyid(d.datdba) AS owner, d.datacl::text AS acl, d.datallowconn, d.datconnlimit, d.datistemplate,
+                pg_encoding_to_char(d.encoding) AS encoding, d.datcollate, d.datctype,
+                (SELECT array_agg(c ORDER BY c) FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setdatabase = d.oid) AS settings
+           FROM pg_database d WHERE d.datname = $1`,
+        [objects.database],
+      )
+    ).rows[0];
+    return {
+      loginRole: await role(objects.username),
+      loginRoleMemberOf: await memberOf(objects.username),
+      password: password === null || password === undefined ? password : password.replace(/^(SCRAM-SHA-256\$\d+:).*$/, '$1…'),
+      accessRole: await role(objects.accessRole),
+      accessRoleMemberOf: await memberOf(objects.accessRole),
+      database,
+    };
+  });
+  const inside = await superuser(async (db) => {
+    const schema = (await db.query("SELECT pg_get_userbyid(nspowner) AS owner, nspacl::text AS acl FROM pg_namespace WHERE nspname = 'public'")).rows[0];
+    const defaults = (await db.query('SELECT pg_get_userbyid(defaclrole) AS role, defaclobjtype AS kind, defaclacl::text AS acl FROM pg_default_acl ORDER BY 1, 2')).rows;
+    return { publicSchema: schema, defaultPrivileges: defaults };
+  }, objects.database);
+  // The login role's name holds the database's (app_x_user, app_x): replaced first.
+  const text = JSON.stringify({ ...facts, ...inside }).replaceAll(objects.username, '<login role>').replaceAll(objects.database, '<database>').replaceAll(objects.accessRole, '<access role>');
+  return JSON.parse(text) as Record<string, unknown>;
+}
+
 // --- the registry (the service's own database) ---------------------------------------------------------------------
 
 /** The app's registry states (none, or one of creating, ready, deleting). */
@@ -144,6 +197,11 @@ export async function incarnationOf(system: Db, appName: string): Promise<string
 /** The ids of the ready pool's sets in `state`, oldest first. */
 export const readySetIds = (system: Db, state: 'ready' | 'preparing' = 'ready') =>
   names(system, 'SELECT id AS name FROM ready_pool WHERE state = $1 ORDER BY created_at, id', [state]);
+
+/** The ready pool's entries: each set's id and state (preparing, ready), by id. */
+export async function readySetEntries(system: Db): Promise<Array<{ id: string; state: 'preparing' | 'ready' }>> {
+  return (await system.query('SELECT id, state FROM ready_pool ORDER BY id')).rows;
+}
 
 /**
  * What must never be left once the reconciler has run: registry rows not ready, ready apps missing an object,
@@ -211,6 +269,8 @@ export class Catalog {
   rolesLike = (pattern: string) => this.server((db) => rolesLike(db, pattern));
   databasesLike = (pattern: string) => this.server((db) => databasesLike(db, pattern));
   existingRoles = (roles: string[]) => this.server((db) => existingRoles(db, roles));
+  existingDatabases = (databases: string[]) => this.server((db) => existingDatabases(db, databases));
+  databaseOid = (database: string) => this.server((db) => databaseOid(db, database));
   everythingButReadySets = () => this.server(everythingButReadySets);
   readySetObjects = () => this.server(readySetObjects);
   readySetLogins = () => this.server(readySetLogins);
@@ -218,12 +278,14 @@ export class Catalog {
   roleAttributes = (role: string) => this.server((db) => roleAttributes(db, role));
   loginAllowed = (role: string) => this.server((db) => loginAllowed(db, role));
   storedPassword = (role: string) => this.server((db) => storedPassword(db, role));
+  databaseAllowsConnections = (database: string) => this.server((db) => databaseAllowsConnections(db, database));
   databaseAcl = (database: string) => this.server((db) => databaseAcl(db, database));
   databasePrivileges = (role: string, databases: string[]) => this.server((db) => databasePrivileges(db, role, databases));
   foreignGrants = (role: string, ownDatabase: string) => this.server((db) => foreignGrants(db, role, ownDatabase));
   registryStates = (appName: string) => this.system((db) => registryStates(db, appName));
   incarnationOf = (appName: string) => this.system((db) => incarnationOf(db, appName));
   readySetIds = (state?: 'ready' | 'preparing') => this.system((db) => readySetIds(db, state));
+  readySetEntries = () => this.system(readySetEntries);
   halfMadeObjects = () => this.system(halfMadeObjects);
 }
 

@@ -6,7 +6,9 @@ import { after, before, describe, it } from 'node:test';
 import { asApp } from '../helpers/app-sessions.js';
 import { type ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
-import { AGENT_SQL_PATTERN, appIdentifiers, READY_SET_SQL, readySetNames, SERVICE_OBJECTS_LIKE } from '../../src/shared/object-names.js';
+import { appIdentifiers, readySetNames } from '../../src/shared/object-names.js';
+import { catalogOf } from '../helpers/catalog.js';
+import { eventually } from '../helpers/conditions.js';
 
 let t: TestStack;
 let survivor: ProvisionedApp;
@@ -21,6 +23,7 @@ before(async () => {
 after(async () => {
   await t?.stop();
 });
+const catalog = catalogOf(() => t);
 
 /**
  * Restarts the service with CRASH_AT=point (and `crashEnv`), runs `trigger` (if any), waits for the crash,
@@ -52,21 +55,20 @@ interface AppState {
 }
 
 async function stateOf(appName: string): Promise<AppState> {
-  const registry = await t.superuser(async (db) => (await db.query('SELECT state FROM apps WHERE app_name = $1', [appName])).rows.map((r) => r.state), 'provisioner');
-  return t.superuser(async (db) => {
-    const row = (
-      await db.query(
-        `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AS login,
-                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1 AND rolcanlogin) AS can_login, EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) AS access,
-                (SELECT datallowconn FROM pg_database WHERE datname = $2) AS allow`,
-        [appIdentifiers(appName).username, appIdentifiers(appName).database],
-      )
-    ).rows[0];
-    const work = (await db.query(`SELECT datname FROM pg_database WHERE datname LIKE '${SERVICE_OBJECTS_LIKE}' AND datname NOT LIKE '${READY_SET_SQL.like}'`)).rows.map((r) => r.datname);
-    // The agent roles of dumps and restores (src/db/postgres-server/agent-roles.ts) count as work left over too.
-    work.push(...(await db.query(`SELECT rolname FROM pg_roles WHERE rolname ~ '${AGENT_SQL_PATTERN}'`)).rows.map((r) => `role ${r.rolname}`));
-    return { registry, loginRole: row.login, loginAllowed: row.can_login, accessRole: row.access, database: row.allow !== null, allowsConnections: row.allow, workDatabases: work };
-  });
+  const app = appIdentifiers(appName);
+  const login = await catalog.roleAttributes(app.username);
+  const allows = await catalog.databaseAllowsConnections(app.database);
+  // The agent roles of dumps and restores (src/db/postgres-server/agent-roles.ts) count as work left over too.
+  const { databases, agents } = await catalog.workLeftovers();
+  return {
+    registry: await catalog.registryStates(appName),
+    loginRole: login !== undefined,
+    loginAllowed: login?.rolcanlogin === true,
+    accessRole: (await catalog.existingRoles([app.accessRole])).length === 1,
+    database: allows !== undefined,
+    allowsConnections: allows ?? null,
+    workDatabases: [...databases, ...agents.map((agent) => `role ${agent}`)],
+  };
 }
 
 const ABSENT: AppState = { registry: [], loginRole: false, loginAllowed: false, accessRole: false, database: false, allowsConnections: null, workDatabases: [] };
@@ -139,13 +141,7 @@ describe('a crash in the middle of restoring leaves the old data or the restored
 
 describe('a crash with the ready pool on', () => {
   const pool = { READY_POOL_SIZE: '2', READY_POOL_REFILL_PER_SECOND: '20' };
-  const readySets = () =>
-    t.superuser(async (db) => {
-      const entries = await t.superuser(async (p) => (await p.query('SELECT id, state FROM ready_pool ORDER BY id')).rows, 'provisioner');
-      const databases = (await db.query(`SELECT datname FROM pg_database WHERE datname LIKE '${READY_SET_SQL.like}' ORDER BY 1`)).rows.map((r) => r.datname);
-      const roles = (await db.query(`SELECT rolname FROM pg_roles WHERE rolname LIKE '${READY_SET_SQL.like}' ORDER BY 1`)).rows.map((r) => r.rolname);
-      return { entries, databases, roles };
-    });
+  const readySets = async () => ({ entries: await catalog.readySetEntries(), ...(await catalog.readySetObjects()) });
 
   it('while preparing a set (after its database is made): the half-prepared set is removed', async () => {
     await crashAt('ready-pool:after-create-database', undefined, { READY_POOL_SIZE: '0' }, pool);
@@ -157,7 +153,7 @@ describe('a crash with the ready pool on', () => {
     await t.stack.stopService();
     await t.stack.startService(pool);
     await t.waitForServiceLine(/"msg":"reconcile finished"/);
-    for (let i = 0; i < 100 && (await readySets()).entries.filter((e) => e.state === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
+    await eventually(readySets, (sets) => sets.entries.filter((e) => e.state === 'ready').length >= 2, 10_000);
     // The restarted service gives the prepared sets new passwords in the background; until it has, provisioning
     // takes the on-demand path (201, no crash). Provision new names until one goes through a hand-over.
     let crashed = '';

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { asApp, connectAs } from '../helpers/app-sessions.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { eventually } from '../helpers/conditions.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
@@ -19,6 +20,7 @@ const RESERVE_MB = 48;
 
 let t: TestStack;
 let mountDir: string;
+const catalog = catalogOf(() => t);
 
 before(async () => {
   assert.equal(process.getuid?.(), 0, 'this test mounts a small tmpfs for Postgres\'s data directory and needs root (CI runs as root)');
@@ -83,11 +85,13 @@ describe('one tenant fills the disk', () => {
     await asApp(after.connection_string, (c) => c.query('SELECT 1'));
     const kept = await asApp(steady.connection_string, (c) => c.query('SELECT note FROM kept'));
     assert.deepEqual(kept.rows, [{ note: 'written before the disk filled' }]);
-    const leftovers = await t.superuser((c) =>
-      c.query("SELECT datname FROM pg_database WHERE datname IN ('app_hog', 'app_during_full') UNION ALL SELECT rolname FROM pg_roles WHERE rolname LIKE 'app_hog%' OR rolname LIKE 'app_during_full%'"),
-    );
+    const leftovers = [
+      ...(await catalog.existingDatabases(['app_hog', 'app_during_full'])),
+      ...(await catalog.rolesLike('app\\_hog%')),
+      ...(await catalog.rolesLike('app\\_during\\_full%')),
+    ];
     const listed = (await t.admin('GET', '/apps')).body.apps as Array<{ app_name: string }>;
     assert.ok(!listed.some((app) => app.app_name === 'during_full'), 'an app whose provisioning answered 503 is not listed');
-    assert.deepEqual(leftovers.rows, [], 'no database or role of the deleted tenant or of the refused app remains');
+    assert.deepEqual(leftovers, [], 'no database or role of the deleted tenant or of the refused app remains');
   });
 });

@@ -8,11 +8,13 @@ import { signalAll } from '../../scripts/lib/process-stats.js';
 import { asApp, connectAs } from '../helpers/app-sessions.js';
 import { eventually } from '../helpers/conditions.js';
 import { request, type ProvisionedApp } from '../helpers/service-client.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
 const apps: ProvisionedApp[] = [];
 let counter = 0;
+const catalog = catalogOf(() => t);
 
 before(async () => {
   t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', APP_CONNECTION_LIMIT: '100', READY_POOL_SIZE: '2', READY_POOL_REFILL_PER_SECOND: '10' } });
@@ -53,22 +55,6 @@ function serviceLinesOf(reqId: string): Array<Record<string, unknown>> {
       return [];
     }
   });
-}
-
-/** What a failed check of the catalogs finds: registry rows not ready, apps' objects without a registry row. */
-async function halfMadeObjects(): Promise<string[]> {
-  return t.superuser(async (db) => {
-    const { rows } = await db.query(
-      `SELECT app_name || ' (' || state || ')' AS problem FROM apps WHERE state <> 'ready'
-       UNION ALL
-       SELECT d.datname || ' (database without registry row)' FROM pg_database d
-        WHERE d.datname ~ '^app_' AND NOT EXISTS (SELECT 1 FROM apps a WHERE 'app_' || a.app_name = d.datname)
-       UNION ALL
-       SELECT r.rolname || ' (role without registry row)' FROM pg_roles r
-        WHERE r.rolname ~ '^app_' AND NOT EXISTS (SELECT 1 FROM apps a WHERE r.rolname IN ('app_' || a.app_name, 'app_' || a.app_name || '_user'))`,
-    );
-    return rows.map((r) => String(r.problem));
-  }, 'provisioner');
 }
 
 // The bounds under test are the service's own (src/shared/config.ts, with their defaults here): a pool connection
@@ -150,7 +136,7 @@ describe('Postgres frozen (SIGSTOP)', () => {
     const from = t.serviceLines.length;
     await t.stack.startService();
     await t.waitForServiceLine(/reconcile finished/, from, 60_000);
-    assert.deepEqual(await halfMadeObjects(), []);
+    assert.deepEqual(await catalog.halfMadeObjects(), []);
     await everythingWorks();
   });
 });

@@ -7,8 +7,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { rawRequest, type RawRequest, type RawResponse } from '../helpers/raw-http.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
-import { APP_NAME_PATTERN, READY_SET_SQL } from '../../src/shared/object-names.js';
+import { APP_NAME_PATTERN } from '../../src/shared/object-names.js';
 
 let t: TestStack;
 before(async () => {
@@ -18,13 +19,9 @@ after(async () => {
   await t?.stop();
 });
 
-const catalogSnapshot = () =>
-  t.superuser(async (db) => {
-    // The ready pool's prepared sets (pgprov_ready_*) come and go in the background; everything else must not.
-    const roles = await db.query(`SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%' AND rolname NOT LIKE '${READY_SET_SQL.like}' ORDER BY 1`);
-    const databases = await db.query(`SELECT datname FROM pg_database WHERE datname NOT LIKE '${READY_SET_SQL.like}' ORDER BY 1`);
-    return { roles: roles.rows.map((r) => r.rolname), databases: databases.rows.map((r) => r.datname) };
-  });
+const catalog = catalogOf(() => t);
+/** Every role and database, but the ready pool's prepared sets, which come and go in the background: no hostile request may change it. */
+const catalogSnapshot = () => catalog.everythingButReadySets();
 
 /** A small deterministic PRNG (mulberry32), so every run sends the same requests. */
 function prng(seed: number) {
@@ -291,9 +288,9 @@ describe('admin key guessing', () => {
       operator,
     );
     assert.deepEqual(responses.map((r) => r.status), Array(120).fill(201));
-    const created = await t.superuser(async (db) => (await db.query("SELECT count(*)::int AS n FROM pg_database WHERE datname LIKE 'app\\_burst\\_%'")).rows[0].n);
+    const created = (await catalog.databasesLike('app\\_burst\\_%')).length;
     assert.equal(created, 120);
-    const guessed = await t.superuser(async (db) => (await db.query("SELECT count(*)::int AS n FROM pg_roles WHERE rolname LIKE 'app\\_guess%'")).rows[0].n);
+    const guessed = (await catalog.rolesLike('app\\_guess%')).length;
     assert.equal(guessed, 0);
   });
 });

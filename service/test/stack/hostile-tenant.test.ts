@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type pg from 'pg';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { beginLogin, type PausedLogin } from '../helpers/raw-pg.js';
 import { asApp, connectAs } from '../helpers/app-sessions.js';
 import { eventually, rejectionOf } from '../helpers/conditions.js';
@@ -40,7 +41,7 @@ after(async () => {
 const sql = (app: ProvisionedApp, text: string) => asApp(app.connection_string, (c) => c.query(text));
 const superuserRows = async (text: string, params: unknown[] = [], database = 'postgres') =>
   t.superuser(async (db) => (await db.query(text, params)).rows, database);
-const incarnationOf = async (name: string) => (await superuserRows('SELECT incarnation FROM apps WHERE app_name = $1', [name], 'provisioner'))[0]?.incarnation as string;
+const catalog = catalogOf(() => t);
 
 /** A raw login as the app, with `password` (default: the app's own), paused after the server read the role's password. */
 function pausedLogin(app: ProvisionedApp, password?: string): Promise<PausedLogin> {
@@ -111,7 +112,7 @@ describe('a restore runs the dump\'s code with the app\'s rights, never the supe
     }
     const role = (await superuserRows("SELECT rolsuper, pg_has_role(oid, 'pg_execute_server_program', 'MEMBER') AS programs FROM pg_roles WHERE rolname = 'app_trapper_user'"))[0];
     assert.deepEqual(role, { rolsuper: false, programs: false });
-    assert.deepEqual(await superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pwned%' OR rolname LIKE 'pgprov\\_restore\\_%' OR rolname LIKE 'pgprov\\_dump\\_%'"), []);
+    assert.deepEqual([...(await catalog.rolesLike('pwned%')), ...(await catalog.workLeftovers()).agents], []);
     assert.equal(existsSync(marker), false, 'no program ran on the server');
     await t.superuser((db) => db.query('SELECT 1')); // the superuser's password is unchanged
     // What the app's own rights could change was put back: its password (a rotation is not undone by a
@@ -128,7 +129,6 @@ describe('a restore runs the dump\'s code with the app\'s rights, never the supe
 // --- 2. Rotation really locks out the old password --------------------------------------------------------
 
 describe('a rotation leaves the old password no way in', () => {
-  const loginAllowed = async (role: string) => (await superuserRows('SELECT rolcanlogin FROM pg_roles WHERE rolname = $1', [role]))[0]?.rolcanlogin as boolean;
 
   it('refuses a login whose handshake began before the rotation and finishes during it', async () => {
     const app = await t.provision('rotor_one');
@@ -136,7 +136,7 @@ describe('a rotation leaves the old password no way in', () => {
     const rotating = t.admin('POST', '/apps/rotor_one/rotate');
     try {
       // Finish the handshake once the rotation is under way (the old code never got here before answering).
-      const underWay = await eventually(() => loginAllowed('app_rotor_one_user'), (allowed) => !allowed, 10_000);
+      const underWay = await eventually(() => catalog.loginAllowed('app_rotor_one_user'), (allowed) => !allowed, 10_000);
       const early = await pending.finish();
       assert.equal(underWay, false);
       assert.deepEqual(early.ok, false, 'no session with the old password');
@@ -203,14 +203,6 @@ describe('a rotation leaves the old password no way in', () => {
 
 // --- 3. One tenant's GRANTs cannot block or taint other apps ------------------------------------------------
 
-/** What other databases say about `role`: pg_shdepend rows outside the role's own database. */
-const foreignGrants = (role: string, ownDatabase: string) =>
-  superuserRows(
-    `SELECT d.datname, s.deptype FROM pg_shdepend s JOIN pg_roles r ON r.oid = s.refobjid JOIN pg_database d ON d.oid = s.dbid
-      WHERE s.refclassid = 'pg_authid'::regclass AND r.rolname = $1 AND d.datname <> $2`,
-    [role, ownDatabase],
-  );
-
 describe("one tenant's grants cannot block or taint other apps", () => {
   let granter: ProvisionedApp;
   before(async () => {
@@ -228,17 +220,16 @@ describe("one tenant's grants cannot block or taint other apps", () => {
        CREATE SCHEMA lure; GRANT USAGE ON SCHEMA lure TO app_grantee_user;
        CREATE FUNCTION lure.f() RETURNS int LANGUAGE sql AS 'SELECT 1'; GRANT EXECUTE ON FUNCTION lure.f() TO app_grantee;`,
     );
-    assert.ok((await foreignGrants('app_grantee_user', 'app_grantee')).length > 0, 'the grants are in place');
+    assert.ok((await catalog.foreignGrants('app_grantee_user', 'app_grantee')).length > 0, 'the grants are in place');
     // And a lock on the policy's table, held as long as the tenant likes: removing a role from a policy needs
     // an ACCESS EXCLUSIVE lock on it.
     const holder = await holdLock(granter, 'bait');
     const deleted = await t.admin('DELETE', '/apps/grantee?backup=false');
     assert.equal(deleted.status, 200, deleted.text);
     assert.ok((await rejectionOf(holder.query('SELECT 1'))) instanceof Error, "the session that blocked another app's deletion was ended");
-    assert.deepEqual(await superuserRows("SELECT rolname FROM pg_roles WHERE rolname IN ('app_grantee_user', 'app_grantee')"), []);
-    assert.deepEqual(await superuserRows("SELECT app_name FROM apps WHERE app_name = 'grantee'", [], 'provisioner'), []);
+    assert.deepEqual(await catalog.app('grantee'), { roles: [], databases: [], registry: [] });
     const again = await t.provision('grantee');
-    assert.deepEqual(await foreignGrants('app_grantee_user', 'app_grantee'), [], 'the new app inherits nothing');
+    assert.deepEqual(await catalog.foreignGrants('app_grantee_user', 'app_grantee'), [], 'the new app inherits nothing');
     await sql(again, 'SELECT 1');
     await sql(granter, 'SELECT count(*) FROM bait'); // the granter's own objects are untouched
   });
@@ -248,26 +239,25 @@ describe("one tenant's grants cannot block or taint other apps", () => {
     await sql(granter, 'GRANT SELECT ON bait TO app_half_gone_user');
     await t.superuser((db) => db.query("UPDATE apps SET state = 'deleting' WHERE app_name = 'half_gone'"), 'provisioner');
     const roles = await eventually(
-      () => superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'app\\_half\\_gone%'"),
+      () => catalog.rolesLike('app\\_half\\_gone%'),
       (rows) => rows.length === 0,
       20_000,
     );
     assert.deepEqual(roles, []);
-    assert.deepEqual(await superuserRows("SELECT app_name FROM apps WHERE app_name = 'half_gone'", [], 'provisioner'), []);
+    assert.deepEqual(await catalog.registryStates('half_gone'), []);
   });
 
   it('hands no prepared set that someone granted to to a new app, and the pool removes it', async () => {
-    const readyIds = async () => (await superuserRows("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY id", [], 'provisioner')).map((row) => row.id as string);
-    const ids = await eventually(readyIds, (found) => found.length >= 2, 20_000);
+    const ids = await eventually(() => catalog.readySetIds(), (found) => found.length >= 2, 20_000);
     assert.ok(ids.length >= 2);
     // The tenant sees the prepared roles in pg_roles, and grants to every one of them.
     await sql(granter, ids.map((id) => `GRANT SELECT ON bait TO pgprov_ready_${id}_user, pgprov_ready_${id}`).join('; '));
     const fresh = await t.provision('fresh_from_pool');
-    assert.deepEqual(await foreignGrants('app_fresh_from_pool_user', 'app_fresh_from_pool'), [], 'no grant of anyone else came with it');
-    assert.deepEqual(await foreignGrants('app_fresh_from_pool', 'app_fresh_from_pool'), []);
+    assert.deepEqual(await catalog.foreignGrants('app_fresh_from_pool_user', 'app_fresh_from_pool'), [], 'no grant of anyone else came with it');
+    assert.deepEqual(await catalog.foreignGrants('app_fresh_from_pool', 'app_fresh_from_pool'), []);
     await sql(fresh, 'SELECT 1');
     const left = await eventually(
-      () => superuserRows("SELECT rolname FROM pg_roles WHERE rolname = ANY($1::text[])", [ids.map((id) => `pgprov_ready_${id}_user`)]),
+      () => catalog.existingRoles(ids.map((id) => `pgprov_ready_${id}_user`)),
       (rows) => rows.length === 0,
       20_000,
     );
@@ -275,13 +265,12 @@ describe("one tenant's grants cannot block or taint other apps", () => {
   });
 
   it('keeps provisioning working when a tenant names a prepared set in a policy and holds a lock on its table', async () => {
-    const readyIds = async () => (await superuserRows("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY created_at", [], 'provisioner')).map((row) => row.id as string);
-    const [id] = await eventually(readyIds, (found) => found.length >= 1, 20_000);
+    const [id] = await eventually(() => catalog.readySetIds(), (found) => found.length >= 1, 20_000);
     assert.ok(id);
     await sql(granter, `CREATE TABLE jam (x int); ALTER TABLE jam ENABLE ROW LEVEL SECURITY; CREATE POLICY jam_policy ON jam TO pgprov_ready_${id}_user USING (true)`);
     const holder = await holdLock(granter, 'jam');
     const gone = await eventually(
-      () => superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE $1", [`pgprov\\_ready\\_${id}%`]),
+      () => catalog.rolesLike(`pgprov\\_ready\\_${id}%`),
       (rows) => rows.length === 0,
       30_000,
     );
@@ -310,7 +299,7 @@ describe("one tenant's grants cannot block or taint other apps", () => {
       holder = await holdLock(granter, 'snare');
       const answered = await backup;
       assert.equal(answered.status, 201, answered.text);
-      const agents = await eventually(() => superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgprov\\_dump\\_%'"), (rows) => rows.length === 0, 20_000);
+      const agents = await eventually(async () => (await catalog.workLeftovers()).agents, (rows) => rows.length === 0, 20_000);
       assert.deepEqual(agents, [], 'no agent left');
       assert.equal((await t.admin('POST', '/apps/agent_prey/backups')).status, 201, 'the next backup works too');
     } finally {
@@ -370,7 +359,7 @@ describe('tenants cannot starve the service through their own backups', () => {
       assert.match(String(refused.body.message), /^app 'staller_c' was not deleted: its backup failed \(the backup of app 'staller_c' waited \d+ s for a lock/);
       assert.equal((await t.admin('GET', '/apps/staller_c')).status, 200);
       await sql(stallers[2]!, 'SELECT 1');
-      assert.deepEqual(await superuserRows("SELECT rolname FROM pg_roles WHERE rolname LIKE 'pgprov\\_dump\\_%'"), [], 'no agent outlives its backup');
+      assert.deepEqual((await catalog.workLeftovers()).agents, [], 'no agent outlives its backup');
       assert.deepEqual(readdirBackups().filter((file) => file.endsWith('.partial')), [], 'no partial file left');
     } finally {
       for (const holder of holders) await holder.end().catch(() => {});
@@ -492,13 +481,13 @@ describe('backups belong to one incarnation of an app', () => {
        END $f$;
        CREATE TABLE taker (v int CHECK (public.take_login())); INSERT INTO taker VALUES (1);`,
     );
-    const oldIncarnation = await incarnationOf('reborn');
+    const oldIncarnation = await catalog.incarnationOf('reborn');
     const deleted = await t.admin('DELETE', '/apps/reborn');
     assert.equal(deleted.status, 200);
     const oldFile = String(deleted.body.backup);
 
     const second = await t.provision('reborn');
-    assert.notEqual(await incarnationOf('reborn'), oldIncarnation);
+    assert.notEqual(await catalog.incarnationOf('reborn'), oldIncarnation);
     assert.deepEqual((await t.admin('GET', '/apps/reborn/backups')).body.backups, []);
     assert.equal((await t.admin('POST', '/apps/reborn/restore', { file: oldFile })).status, 404);
 

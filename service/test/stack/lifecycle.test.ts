@@ -71,10 +71,8 @@ describe('stack restart', () => {
         sets.filter((set) => oldOids.has(set.oid)).every((set) => set.rolconnlimit === 4 && set.rolconfig.includes('statement_timeout=30s'));
       assert.ok(rekeyed(await eventually(catalog.readySetLogins, rekeyed, 60_000)), 'every set prepared before the restart has the new limits');
       const app = await t.provision('limits_after_restart');
-      const made = await t.superuser(async (db) =>
-        (await db.query("SELECT r.rolconnlimit, d.oid FROM pg_roles r, pg_database d WHERE r.rolname = 'app_limits_after_restart_user' AND d.datname = 'app_limits_after_restart'")).rows[0],
-      );
-      assert.ok(oldOids.has(made.oid), 'handed over from a set prepared before the restart');
+      const made = { oid: await catalog.databaseOid('app_limits_after_restart'), rolconnlimit: (await catalog.roleAttributes('app_limits_after_restart_user'))?.rolconnlimit };
+      assert.ok(oldOids.has(made.oid!), 'handed over from a set prepared before the restart');
       assert.equal(made.rolconnlimit, 4);
       assert.equal(await asApp(app.connection_string, async (c) => (await c.query('SHOW statement_timeout')).rows[0].statement_timeout), '30s');
     } finally {

@@ -12,6 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { freePort, REPO_ROOT, SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import { adminKeyInLogLine } from '../../src/shared/secrets.js';
+import { readySetObjects, roleAttributes } from '../helpers/catalog.js';
 import { eventually } from '../helpers/conditions.js';
 import { request } from '../helpers/service-client.js';
 
@@ -218,7 +219,7 @@ describe('a first start, then a second stack beside it, then Ctrl-C', () => {
   it('logs no warning on a first start', async () => {
     // The ready pool runs as soon as the service starts; once it has prepared a set, its first attempts are over.
     const sets = await eventually(
-      () => superuser(stack, async (c) => Number((await c.query("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgprov\\_ready\\_%'")).rows[0].count)),
+      () => superuser(stack, async (c) => (await readySetObjects(c)).databases.length),
       (count) => count > 0,
       STARTUP_MS,
     );
@@ -301,8 +302,8 @@ describe("settings, then SIGTERM to npm's process", () => {
     const answer = await provision(adminKeyOf(stack));
     assert.equal(answer.status, 201, answer.text);
     const { limit, readySets } = await superuser(stack, async (c) => ({
-      limit: (await c.query("SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app_limited_user'")).rows[0]?.rolconnlimit,
-      readySets: Number((await c.query("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgprov\\_ready\\_%'")).rows[0].count),
+      limit: (await roleAttributes(c, 'app_limited_user'))?.rolconnlimit,
+      readySets: (await readySetObjects(c)).databases.length,
     }));
     assert.equal(limit, 7, 'APP_CONNECTION_LIMIT reached the service');
     // The pool starts preparing as soon as the service has started, before nginx: by now it would have begun.

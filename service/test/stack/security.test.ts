@@ -11,6 +11,7 @@ import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { asApp, connectAs, withDatabase } from '../helpers/app-sessions.js';
 import { eventually, rejectionOf } from '../helpers/conditions.js';
 import { type ProvisionedApp } from '../helpers/service-client.js';
+import { catalogOf } from '../helpers/catalog.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
@@ -21,8 +22,8 @@ const CONNECTION_LIMIT = 5;
 // A statement timeout no server default has: what the app's session shows can only come from its role.
 const APP_STATEMENT_TIMEOUT = '1h';
 
-const readySetIds = () =>
-  t.superuser(async (db) => (await db.query("SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY id")).rows.map((r) => r.id as string), 'provisioner');
+const catalog = catalogOf(() => t);
+const readySetIds = () => catalog.readySetIds();
 
 /** The ready pool's sets once at least `count` are ready; fails, saying so, if they are not within a minute. */
 async function readySets(count: number): Promise<string[]> {
@@ -97,15 +98,7 @@ describe("app A cannot reach app B's database or the system's", () => {
   it('is refused by privileges even when the pg_hba.conf lock is passed (second lock alone)', async () => {
     // The system's databases: pg_hba.conf never admits an app role to them, so the privilege lock is asked of
     // Postgres directly. init/03-grants.sql took CONNECT and TEMPORARY away from PUBLIC there.
-    const privileges = await t.superuser(async (db) =>
-      (
-        await db.query(
-          `SELECT datname, has_database_privilege('app_hostile_a_user', datname, 'CONNECT') AS can_connect,
-                  has_database_privilege('app_hostile_a_user', datname, 'TEMPORARY') AS can_make_temp
-             FROM pg_database WHERE datname IN ('postgres', 'template1', 'provisioner') ORDER BY datname`,
-        )
-      ).rows,
-    );
+    const privileges = await catalog.databasePrivileges('app_hostile_a_user', ['postgres', 'template1', 'provisioner']);
     assert.deepEqual(privileges, ['postgres', 'provisioner', 'template1'].map((datname) => ({ datname, can_connect: false, can_make_temp: false })));
     // Making A a member of B's access role lets A pass `samerole` for app_victim_b; CONNECT still stops it.
     await t.superuser((db) => db.query('GRANT app_victim_b TO app_hostile_a_user'));
@@ -124,7 +117,7 @@ describe("app A cannot reach app B's database or the system's", () => {
       assert.equal(await sqlError(c.query('ALTER DATABASE app_hostile_a OWNER TO app_hostile_a_user')), '42501');
       assert.equal(await sqlError(c.query("ALTER DATABASE app_hostile_a SET log_statement = 'all'")), '42501');
     });
-    const acl = await t.superuser(async (db) => (await db.query("SELECT datacl::text FROM pg_database WHERE datname = 'app_hostile_a'")).rows[0].datacl);
+    const acl = await catalog.databaseAcl('app_hostile_a');
     assert.equal(acl, '{postgres=CTc/postgres,app_hostile_a_user=CTc/postgres}');
     const err = await rejectionOf(asApp(withDatabase(b.connection_string, 'app_hostile_a'), (c) => c.query('SELECT 1')));
     assert.match(err.message, /pg_hba\.conf rejects|no pg_hba\.conf entry/);
@@ -371,9 +364,8 @@ describe('names that look alike stay apart', () => {
 describe('the ready pool', () => {
   it('lets no one log in to, or connect to, a prepared set before it is handed over', async () => {
     const [id] = await readySets(1);
-    const role = await t.superuser(async (db) => (await db.query('SELECT rolcanlogin, rolpassword FROM pg_authid WHERE rolname = $1', [`pgprov_ready_${id}_user`])).rows[0]);
-    assert.equal(role.rolcanlogin, false);
-    assert.match(role.rolpassword, /^SCRAM-SHA-256\$4096:/, 'a verifier of a password only the service holds');
+    assert.equal(await catalog.loginAllowed(`pgprov_ready_${id}_user`), false);
+    assert.match(String(await catalog.storedPassword(`pgprov_ready_${id}_user`)), /^SCRAM-SHA-256\$4096:/, 'a verifier of a password only the service holds');
     const url = new URL(a.connection_string);
     for (const [user, password] of [[`pgprov_ready_${id}_user`, ''], [`pgprov_ready_${id}_user`, 'guess'], [`pgprov_ready_${id}`, 'guess']] as const) {
       const attempt = new URL(a.connection_string);

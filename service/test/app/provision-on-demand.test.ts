@@ -1,9 +1,17 @@
 // POST /provision on demand, in process: the service without a ready pool (READY_POOL_SIZE=0), on a Postgres of
 // its own (this file's), so that every provision takes the path of many steps, and a failure among them is undone.
+// And the benchmark's floor (scripts/lib/bench/floor.ts), which sends those steps straight to Postgres: it must
+// make, and remove, exactly what the service does.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import pino from 'pino';
+import { floorDelete, floorProvision } from '../../scripts/lib/bench/floor.js';
+import { SuperuserConnections } from '../../src/db/superuser-connections.js';
+import { appRoleLimits } from '../../src/domain/provisioner.js';
+import { appIdentifiers } from '../../src/shared/object-names.js';
+import { newAppCredential } from '../../src/shared/secrets.js';
 import { buildTestApp, type TestApp } from '../helpers/app.js';
-import { catalogOf } from '../helpers/catalog.js';
+import { catalogOf, objectFacts } from '../helpers/catalog.js';
 
 let t: TestApp;
 before(async () => {
@@ -32,5 +40,28 @@ describe('POST /provision on demand (no ready pool)', () => {
     // And the name works once its database is gone.
     await t.superuser((db) => db.query('DROP DATABASE app_blocked'));
     assert.equal((await t.post('/provision', { app_name: 'blocked', admin_key: t.adminKey })).status, 201);
+  });
+});
+
+describe("the benchmark's floor", () => {
+  it('makes and removes, with the service\'s own steps, exactly what the service makes and removes', async () => {
+    const connections = new SuperuserConnections(t.config, pino({ level: 'silent' }));
+    const client = await connections.connect();
+    try {
+      await t.provision('service_made');
+      await floorProvision(client, connections, appIdentifiers('floor_made'), await newAppCredential(), appRoleLimits(t.config));
+      const service = await objectFacts(t.superuser, appIdentifiers('service_made'));
+      const floor = await objectFacts(t.superuser, appIdentifiers('floor_made'));
+      assert.ok((service.loginRole as { rolcanlogin: boolean }).rolcanlogin, 'the facts are of a made app');
+      assert.deepEqual(floor, service);
+      assert.deepEqual(await catalog.registryStates('floor_made'), ['ready']);
+
+      assert.equal((await t.admin('DELETE', '/apps/service_made?backup=false')).status, 200);
+      await floorDelete(client, connections, appIdentifiers('floor_made'));
+      for (const name of ['service_made', 'floor_made']) assert.deepEqual(await catalog.app(name), { roles: [], databases: [], registry: [] }, name);
+    } finally {
+      await client.end();
+      await connections.close();
+    }
   });
 });

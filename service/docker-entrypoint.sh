@@ -3,7 +3,7 @@
 # init/setup/setup.sh keeps in the secrets volume), exports its text as POSTGRES_PASSWORD, the one setting the
 # service reads it from (src/config.ts), read as the postgres image reads the same file (its text, trailing
 # newlines dropped); then execs the command, node dist/server.js, which thus gets tini's signals directly.
-# Without POSTGRES_PASSWORD_FILE it changes nothing. service/test/compose.test.ts runs it for real.
+# Without POSTGRES_PASSWORD_FILE it changes nothing. service/test/stack/compose.test.ts runs it for real.
 set -eu
 
 fail() { printf 'docker-entrypoint: error: %s\n' "$*" >&2; exit 1; }

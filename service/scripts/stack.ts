@@ -2,86 +2,9 @@
 // the npm that started it is gone (npm passes a SIGTERM only to its shell, which dies without passing it on).
 // Settings come from the environment, then from the repo's .env (the environment wins): the stack's own
 // (STACK_*, PG_BIN_DIR, DISK_RESERVE_MB, POSTGRES_PASSWORD) and every setting of the service's (src/shared/config.ts).
-import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseEnv } from 'node:util';
-import { ConfigSchema } from '../src/shared/config.js';
-import { LocalStack, REPO_ROOT, StackError } from './local-stack.js';
-import { processStat } from './stack-lock.js';
-
-/** Service settings the stack sets itself so that the three parts find each other (README: Without Docker). */
-const SET_BY_THE_STACK = ['HOST', 'PORT', 'DATABASE_HOST', 'DATABASE_PORT', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'SYSTEM_DATABASE', 'PUBLIC_DB_HOST', 'PUBLIC_DB_PORT'];
-
-function settingsFromEnvironment(): Record<string, string | undefined> {
-  const envFile = join(REPO_ROOT, '.env');
-  const fromFile = existsSync(envFile) ? parseEnv(readFileSync(envFile, 'utf8')) : {};
-  return { ...fromFile, ...process.env };
-}
-
-function port(env: Record<string, string | undefined>, name: string, fallback: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < 1 || value > 65535) throw new StackError(`${name} must be a port number, got ${JSON.stringify(raw)}`);
-  return value;
-}
-
-/** Every setting of the service's schema that env holds, but those the stack sets itself. */
-function serviceSettings(env: Record<string, string | undefined>): Record<string, string> {
-  const names = Object.keys(ConfigSchema.shape).filter((name) => !SET_BY_THE_STACK.includes(name));
-  return Object.fromEntries(names.filter((name) => env[name] !== undefined).map((name) => [name, env[name]!]));
-}
-
-interface Starter {
-  pid: number;
-  started: string;
-  name: string;
-}
-
-function commandName(pid: number): string {
-  try {
-    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return 'npm';
-  }
-}
-
-function startedByNpmFor(pid: number, event: string): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(`npm_lifecycle_event=${event}`);
-  } catch {
-    return false;
-  }
-}
-
-/**
- * The processes npm put between itself and this script (its shell, tsx: they carry this script's
- * npm_lifecycle_event in their environment), and npm itself. Empty when npm did not start the script.
- */
-function npmAndItsLayers(): Starter[] {
-  const event = process.env.npm_lifecycle_event;
-  const chain: Starter[] = [];
-  for (let pid = process.ppid; event && pid > 1; ) {
-    const stat = processStat(pid);
-    if (!stat) break;
-    chain.push({ pid, started: stat.started, name: commandName(pid) });
-    if (!startedByNpmFor(pid, event)) break; // npm itself
-    pid = stat.ppid;
-  }
-  return chain;
-}
-
-/** Calls `onGone` once, when one of `starters` has exited. */
-function watchStarters(starters: Starter[], onGone: (starter: Starter) => void): void {
-  if (starters.length === 0) return;
-  const timer = setInterval(() => {
-    const gone = starters.find(({ pid, started }) => processStat(pid)?.started !== started);
-    if (!gone) return;
-    clearInterval(timer);
-    onGone(gone);
-  }, 250);
-  timer.unref();
-}
+import { LocalStack, REPO_ROOT, StackError } from './lib/local-stack.js';
+import { npmAndItsLayers, port, serviceSettings, SET_BY_THE_STACK, settingsFromEnvironment, watchStarters } from './lib/stack-environment.js';
 
 function printWhereEverythingIs(stack: LocalStack): void {
   const { paths, settings } = stack;

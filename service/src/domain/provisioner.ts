@@ -5,6 +5,7 @@
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
 // refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
@@ -37,6 +38,9 @@ export interface ProvisionerStatistics {
   readySets(): Promise<{ ready: number; preparing: number }>;
 }
 
+/** How long the start waits for the schema check and the server's setup before it starts regardless. */
+const START_CHECK_WAIT_MS = 2_000;
+
 export function appRoleLimits(config: Config): AppRoleLimits {
   return {
     connectionLimit: config.APP_CONNECTION_LIMIT,
@@ -44,6 +48,19 @@ export function appRoleLimits(config: Config): AppRoleLimits {
     statementTimeout: config.APP_STATEMENT_TIMEOUT,
     idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
   };
+}
+
+/**
+ * Today's wiring of the two seams: one Postgres server (DATABASE_HOST, DATABASE_PORT, the superuser), which also
+ * holds the system store (SYSTEM_DATABASE); both share one pool of superuser connections
+ * (PostgresServerOptions.sharedConnections). Closing the store closes that pool.
+ */
+export function openStoreAndServer(config: Config, log: Logger): { store: SystemStore; server: PostgresServer } {
+  const address: ServerAddress = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
+  const connections = new SuperuserConnections(address, config.SYSTEM_DATABASE, config, log);
+  const store = new SystemStore(connections, config);
+  const server = new PostgresServer({ id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT, sharedConnections: connections }, config, log);
+  return { store, server };
 }
 
 export class Provisioner {
@@ -65,16 +82,7 @@ export class Provisioner {
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.log = log;
-    // Today's one Postgres server, which also holds the system store (SYSTEM_DATABASE): two seams, one machine,
-    // one pool of superuser connections that both use (see PostgresServerOptions.sharedConnections).
-    const address: ServerAddress = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
-    const storeConnections = new SuperuserConnections(address, config.SYSTEM_DATABASE, config, log);
-    const store = new SystemStore(storeConnections, config);
-    const server = new PostgresServer(
-      { id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT, sharedConnections: storeConnections },
-      config,
-      log,
-    );
+    const { store, server } = openStoreAndServer(config, log);
     this.store = store;
     this.server = server;
     const limits = appRoleLimits(config);
@@ -112,18 +120,22 @@ export class Provisioner {
   }
 
   /**
-   * Checks the system's own schema (migrating it if need be) and sets the server up, then starts the background work: a reconcile now and
-   * then on a timer, the credential stock, the ready pool's refilling. Rejects, starting nothing, only when the
-   * database is at a schema version newer than this code knows (SchemaNewerThanCodeError): the service must not
-   * start against it. Postgres away is no reason not to start: the work tries again, and so does every operation.
+   * Checks the system's own schema (migrating it if need be) and sets the server up, then starts the background
+   * work: a reconcile now and then on a timer, the credential stock, the ready pool's refilling. Rejects, starting
+   * nothing, when the database is at a schema version newer than this code knows (SchemaNewerThanCodeError): the
+   * service must not start against it. Postgres away or not answering is no reason not to start: the check waits
+   * at most START_CHECK_WAIT_MS, and the work and every operation try again (each operation checks the schema
+   * first, so a newer one found later fails every operation instead).
    */
   async start(): Promise<void> {
-    await Promise.all([
+    const checked = Promise.all([
       this.store.ensureSchema().catch((err: unknown) => {
         if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
       }),
       this.server.ensureSetUp().catch(() => {}), // Postgres away: every operation tries again first
     ]);
+    const bound = new AbortController();
+    await Promise.race([checked, sleep(START_CHECK_WAIT_MS, undefined, { signal: bound.signal }).catch(() => {})]).finally(() => bound.abort());
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();

@@ -12,7 +12,7 @@ import { createAppRoles, createDatabase, dropAppRoles, dropDatabase, handDatabas
 import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { idsWithDatabase, idsWithObjects, renameReadySetToApp, setPreparedLogin, taintedIds } from '../db/postgres-server/ready-set-objects.js';
 import type { OwnConnection, Queryable } from '../db/queryable.js';
-import { addPreparing, claimReadySet, countEntries, endClaim, entriesIn, markPrepared, removeEntry } from '../db/system-store/ready-set-rows.js';
+import { addPreparing, claimReadySet, countEntries, endClaim, entriesIn, entryState, markPrepared, removeEntry } from '../db/system-store/ready-set-rows.js';
 import type { SystemStore } from '../db/system-store/system-store.js';
 import { AppBusyError } from '../shared/errors.js';
 import type { Config } from '../shared/config.js';
@@ -266,10 +266,18 @@ export class ReadyPool {
     const candidates = new Set([...preparing, ...orphans, ...ready.filter((id) => !withDatabase.has(id))]);
     for (const id of candidates) {
       try {
-        const done = await this.store.tryWithReadySetLock(id, async (storeClient) => {
-          await this.server.withClientBeside(this.store, storeClient, (serverClient) => this.removeSet({ store: storeClient, server: serverClient }, id));
-          return true;
-        });
+        const done = await this.store.tryWithReadySetLock(id, (storeClient) =>
+          this.server.withClientBeside(this.store, storeClient, async (serverClient) => {
+            // Looked at again under the set's lock: a hand-over that held it may have given the set back since.
+            const state = await entryState(storeClient, id);
+            const leftover =
+              state === 'preparing' ||
+              (state === 'ready' && (await idsWithDatabase(serverClient, [id])).length === 0) ||
+              (state === undefined && (await idsWithObjects(serverClient)).includes(id));
+            if (leftover) await this.removeSet({ store: storeClient, server: serverClient }, id);
+            return leftover;
+          }),
+        );
         if (done) removed.push(id);
       } catch (err) {
         this.log.warn({ err, ready_set: id }, 'ready pool: could not remove a set now; the next reconcile will');

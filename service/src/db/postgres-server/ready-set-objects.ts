@@ -87,10 +87,12 @@ export async function renameReadySetToApp(db: Queryable, id: string, app: Object
   return true;
 }
 
-/** Ids of the sets whose database exists. */
-export async function idsWithDatabase(db: Queryable): Promise<string[]> {
+/** Ids of the sets whose database exists (among `ids`, or all). */
+export async function idsWithDatabase(db: Queryable, ids?: string[]): Promise<string[]> {
   const { rows } = await db.query<{ id: string }>(
-    `SELECT substring(datname FROM '${READY_SET_SQL.databasePattern}') AS id FROM pg_database WHERE datname ~ '${READY_SET_SQL.databasePattern}'`,
+    `SELECT id FROM (SELECT substring(datname FROM '${READY_SET_SQL.databasePattern}') AS id FROM pg_database WHERE datname ~ '${READY_SET_SQL.databasePattern}') sets
+      WHERE $1::text[] IS NULL OR id = ANY ($1::text[])`,
+    [ids ?? null],
   );
   return rows.map((row) => row.id);
 }

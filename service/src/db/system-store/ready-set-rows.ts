@@ -20,6 +20,12 @@ export async function removeEntry(db: Queryable, id: string): Promise<void> {
   await db.query(`DELETE FROM ready_pool WHERE id = $1`, [id]);
 }
 
+/** The state of a set's entry; undefined when it has none. */
+export async function entryState(db: Queryable, id: string): Promise<ReadySetState | undefined> {
+  const { rows } = await db.query<{ state: ReadySetState }>(`SELECT state FROM ready_pool WHERE id = $1`, [id]);
+  return rows[0]?.state;
+}
+
 export async function countEntries(db: Queryable): Promise<{ ready: number; preparing: number }> {
   const { rows } = await db.query<{ ready: number; preparing: number }>(
     `SELECT count(*) FILTER (WHERE state = 'ready')::int AS ready, count(*) FILTER (WHERE state = 'preparing')::int AS preparing FROM ready_pool`,

@@ -1,0 +1,65 @@
+// The app lifecycle through nginx, where it needs the running stack: Postgres stopped under the service (every
+// route's 503, with nginx's request id, and the log line it finds); metrics and OpenAPI on the service's own port
+// only. Everything else of /apps, in process: test/app/apps-api.test.ts and test/app/rotate.test.ts.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
+import { request } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
+
+let t: TestStack;
+before(async () => {
+  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false' } });
+});
+after(async () => {
+  await t?.stop();
+});
+
+describe('failures', () => {
+  it('answers 503 on every lifecycle route while Postgres is down', async () => {
+    await t.provision('held');
+    await t.stack.stopPostgres();
+    try {
+      for (const [method, path] of [['GET', '/apps'], ['GET', '/apps/held'], ['POST', '/apps/held/rotate'], ['POST', '/apps/held/backups'], ['DELETE', '/apps/held']] as const) {
+        const response = await t.admin(method, path);
+        assert.equal(response.status, 503, `${method} ${path}`);
+        assert.equal(response.body.message, 'the database is unavailable, retry later');
+        // The request id nginx gave it, in the body and the header: the operator's way to the log line.
+        const requestId = response.headers.get('x-request-id');
+        assert.match(String(requestId), /^[0-9a-f]{32}$/, `${method} ${path}`);
+        assert.equal(response.body.request_id, requestId, `${method} ${path}`);
+        const logged = await t.waitForServiceLine(new RegExp(`"reqId":"${requestId}"[^\\n]*"level":50|"level":50[^\\n]*"reqId":"${requestId}"`));
+        assert.match(logged, /the database is unavailable/);
+      }
+    } finally {
+      await t.stack.startPostgres();
+    }
+    assert.equal((await t.admin('GET', '/apps/held')).status, 200);
+  });
+});
+
+describe('bookkeeping', () => {
+  it('serves Prometheus metrics and the OpenAPI document on the service port only', async () => {
+    await t.provision('measured');
+    const metrics = await fetch(`${t.stack.serviceUrl}/metrics`);
+    assert.equal(metrics.status, 200);
+    const text = await metrics.text();
+    for (const name of ['pgprov_operations_total{operation="provision",outcome="ok"}', 'pgprov_operation_duration_seconds_bucket', 'pgprov_http_requests_total', 'pgprov_http_request_duration_seconds_bucket', 'pgprov_db_pool_connections{state="total"}', 'pgprov_apps ', 'pgprov_process_resident_memory_bytes']) {
+      assert.ok(text.includes(name), name);
+    }
+    assert.equal((await t.get('/metrics')).status, 404, 'not through nginx');
+    assert.equal((await t.get('/docs/json')).status, 404, 'not through nginx');
+
+    const docs = (await request(`${t.stack.serviceUrl}/docs/json`)).body as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    assert.match(docs.openapi, /^3\./);
+    const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
+    assert.deepEqual(operations.sort(), [
+      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /backups', 'GET /health',
+      'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
+    ]);
+    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+    for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
+  });
+});

@@ -10,6 +10,8 @@ import type { PostgresServer } from '../../../src/db/postgres-server/postgres-se
 import { appendAudit } from '../../../src/db/system-store/audit-log.js';
 import { appLockKey, tryLock, unlock } from '../../../src/db/system-store/locks.js';
 import { findApp, registerApp, setAppState, unregisterApp } from '../../../src/db/system-store/registry.js';
+import { renameReadySetToApp } from '../../../src/db/postgres-server/ready-set-objects.js';
+import { claimReadySet, endClaim } from '../../../src/db/system-store/ready-set-rows.js';
 import { removeAppObjects } from '../../../src/domain/operations/delete.js';
 import type { AppIdentifiers } from '../../../src/shared/object-names.js';
 import type { AppCredential } from '../../../src/shared/secrets.js';
@@ -48,4 +50,18 @@ export async function floorDelete(client: pg.ClientBase, server: PostgresServer,
     await unregisterApp(client, app.appName);
   });
   await appendAudit(client, { action: 'delete', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
+}
+
+/**
+ * The hand-over's steps (ReadyPool.handOverTo), on one connection: the store claims the oldest of the ready sets
+ * `ids`, the server renames it to the app's names in one transaction, the store marks the app ready; then the
+ * audit row. False when no set could be claimed.
+ */
+export async function floorHandOver(client: pg.ClientBase, app: AppIdentifiers, ids: string[]): Promise<boolean> {
+  const claim = await claimReadySet(client, app.appName, ids);
+  if (!claim) return false;
+  if (!claim.appLocked || !claim.setLocked || !(await renameReadySetToApp(client, claim.id, app))) throw new Error(`floor: set ${claim.id} could not be handed over`);
+  await endClaim(client, app.appName, claim, 'ready');
+  await appendAudit(client, { action: 'provision', appName: app.appName, outcome: 'ok', requestId: 'floor', client: '127.0.0.1' });
+  return true;
 }

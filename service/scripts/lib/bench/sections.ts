@@ -9,7 +9,9 @@ import { compareProfiles, profileMinimalServer, profileServiceHealth } from '../
 import { HealthCeiling } from '../minimal-health-server.js';
 import { cpuTime, pssBytes, rssBytes, signalAll } from '../process-stats.js';
 import { wrk, type WrkResult } from '../wrk.js';
+import { appIdentifiers } from '../../../src/shared/object-names.js';
 import { CHECKPOINT, type BenchContext } from './context.js';
+import { floorHandOver } from './floor.js';
 import { summarize, timed, timedQueue, type Summary } from './statistics.js';
 
 /** Apps made by both sides (the floor's statements, and the service through nginx), for a later section to use. */
@@ -219,38 +221,72 @@ export async function readyPool(ctx: BenchContext, floor: Summary): Promise<{ re
 // --- 2b. As users meet it: the default pool; bursts, and /health while it refills -------------------------------------
 
 export interface BurstResults {
+  /** The hand-over's own steps straight to Postgres, 4 clients at once: the floor of a burst. */
+  floor: Summary;
   provision: Summary;
-  health: WrkResult;
+  /** GET /health with the pool full and idle; while it refills; and the ceiling (a minimal Node server behind the same nginx) while it refills. */
+  healthIdle: WrkResult;
+  healthRefilling: WrkResult;
+  ceilingRefilling: WrkResult;
   seconds: number;
 }
 
+/** Empties the pool of the default 5 sets through the service (the apps are added to `apps`). */
+async function emptyPool(ctx: BenchContext, apps: string[]): Promise<void> {
+  const names = Array.from({ length: 5 }, () => ctx.nextName('burst'));
+  apps.push(...names);
+  await Promise.all(names.map((name) => ctx.provisionHttp(name)));
+}
+
 /**
- * The default pool (5 sets, refilled in the background at the default pace). Two figures, each alone on the
- * machine: bursts of 4 provisions with the pool refilling between them; then GET /health under 60 connections
- * while the pool refills after a burst that emptied it. The apps are left (removeAfterPool).
+ * The default pool (5 sets, refilled in the background at the default pace), as users meet it; each figure beside
+ * its reference from the same run. Bursts of 4 provisions with the pool refilling between them, alternating with
+ * the floor's bursts (the hand-over's steps from 4 clients at once, on the sets the pool prepared). Then GET
+ * /health under 60 connections: with the pool full and idle; while it refills after 5 provisions emptied it; and,
+ * as the reference, the minimal server behind the same nginx while it refills. The apps are left (removeAfterPool).
  */
 export async function bursts(ctx: BenchContext): Promise<{ results: BurstResults; apps: string[] }> {
-  ctx.log('2b. default pool: bursts of 4; /health while the pool refills');
+  ctx.log('2b. default pool: bursts of 4 against the floor; /health while the pool refills against the ceiling');
   await ctx.restartService({ READY_POOL_SIZE: '5' });
   await poolFull(ctx, 5);
   const apps: string[] = [];
+  const floorClients = await Promise.all(Array.from({ length: 4 }, () => ctx.store.connections.connect()));
+  ctx.defer(async () => void (await Promise.all(floorClients.map((c) => c.end().catch(() => {})))));
+  const floorTimes: number[] = [];
   const burstTimes: number[] = [];
   const burstsStart = performance.now();
   for (let burst = 0; burst < ctx.sizes.bursts; burst++) {
+    const ids = (await ctx.floorClient.query<{ id: string }>(`SELECT id FROM ready_pool WHERE state = 'ready' ORDER BY created_at`)).rows.map((r) => r.id);
+    const floorNames = Array.from({ length: 4 }, () => ctx.nextName('fburst'));
+    apps.push(...floorNames);
+    floorTimes.push(
+      ...(await Promise.all(
+        floorNames.map(async (name, i) => {
+          const [elapsed, handed] = await timed(() => floorHandOver(floorClients[i]!, appIdentifiers(name), ids));
+          if (!handed) throw new Error('floor: the pool had no set for a burst');
+          return elapsed;
+        }),
+      )),
+    );
+    await poolFull(ctx, 5);
     const names = Array.from({ length: 4 }, () => ctx.nextName('burst'));
     apps.push(...names);
     burstTimes.push(...(await Promise.all(names.map((name) => ctx.provisionHttp(name)))));
     await poolFull(ctx, 5); // the pool refills between bursts
   }
   const seconds = (performance.now() - burstsStart) / 1000;
-  // Empty the pool (5 hand-overs), then measure /health while its CREATE DATABASEs run.
-  const emptying = Array.from({ length: 5 }, () => ctx.nextName('burst'));
-  apps.push(...emptying);
-  await Promise.all(emptying.map((name) => ctx.provisionHttp(name)));
+  const healthSeconds = ctx.tiny ? 2 : 5;
   // 60 connections: under the 64 nginx allows one client address (limit_conn per_client).
-  const health = await wrk(`${ctx.stack.httpUrl}/health`, ctx.tiny ? 2 : 5, 60);
+  const healthIdle = await wrk(`${ctx.stack.httpUrl}/health`, healthSeconds, 60);
+  const ceiling = await HealthCeiling.start();
+  ctx.defer(() => ceiling.stop());
+  await emptyPool(ctx, apps);
+  const ceilingRefilling = await wrk(ceiling.url, healthSeconds, 60);
   await poolFull(ctx, 5);
-  return { results: { provision: summarize(burstTimes), health, seconds }, apps };
+  await emptyPool(ctx, apps);
+  const healthRefilling = await wrk(`${ctx.stack.httpUrl}/health`, healthSeconds, 60);
+  await poolFull(ctx, 5);
+  return { results: { floor: summarize(floorTimes), provision: summarize(burstTimes), healthIdle, healthRefilling, ceilingRefilling, seconds }, apps };
 }
 
 /** After the pool's sections: the service without a pool again, and their apps deleted. */

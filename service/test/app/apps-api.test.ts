@@ -1,5 +1,5 @@
 // The app lifecycle in process, against a real Postgres: list, inspect, back up, restore, delete; every status code
-// and failure path; the audit log; OpenAPI and metrics. Rotation: rotate.test.ts. Through nginx, with Postgres
+// and failure path; the audit log; OpenAPI and metrics. Rotation: apps-rotation.test.ts. Through nginx, with Postgres
 // stopped under the service: test/stack/apps-api.test.ts.
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';

@@ -3,8 +3,8 @@
 // file builds its own app (and closes it); its log lines are kept, as the service would have written them.
 // buildApp returns the app before it is ready: a test may add routes of its own first (`beforeReady`), and they
 // run behind the same hooks and error handler as the service's own. Apps a file builds at once share its Postgres
-// as two services would: the second gets no ready pool (READY_POOL_SIZE=0), since each pool re-keys the sets whose
-// passwords it does not hold.
+// as two services would: build the second without a ready pool (READY_POOL_SIZE=0), since each pool gives new
+// passwords to the prepared sets whose passwords it does not hold, the other pool's included.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';

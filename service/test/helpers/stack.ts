@@ -23,7 +23,12 @@ export async function startTestStack(overrides: Partial<StackSettings> = {}): Pr
   });
   const { stackDir } = settings;
   const stack = new LocalStack(settings);
-  await stack.start();
+  try {
+    await stack.start(); // which stops whatever it started, when it fails
+  } catch (err) {
+    rmSync(stackDir, { recursive: true, force: true });
+    throw err;
+  }
 
   const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
     request(`${stack.httpUrl}${path}`, {

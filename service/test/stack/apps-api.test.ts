@@ -1,6 +1,6 @@
 // The app lifecycle through nginx, where it needs the running stack: Postgres stopped under the service (every
 // route's 503, with nginx's request id, and the log line it finds); metrics and OpenAPI on the service's own port
-// only. Everything else of /apps, in process: test/app/apps-api.test.ts and test/app/rotate.test.ts.
+// only. Everything else of /apps, in process: test/app/apps-api.test.ts and test/app/apps-rotation.test.ts.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';

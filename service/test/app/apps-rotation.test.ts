@@ -63,7 +63,7 @@ describe('POST /apps/:name/rotate, and operations on apps at once', { concurrenc
   it('answers 409 when another operation holds the app longer than the lock timeout', async () => {
     // A service of its own with a short lock timeout (the holder only needs to outlast it), on the same Postgres;
     // without a ready pool, so that it leaves the first one's prepared sets alone.
-    const short = await buildTestApp({ env: { DATABASE_LOCK_TIMEOUT_MS: '2000', READY_POOL_SIZE: '0' } });
+    const short = await buildTestApp({ env: { DATABASE_LOCK_TIMEOUT_MS: '1000', READY_POOL_SIZE: '0' } });
     try {
       await short.provision('held');
       const lockKey = "hashtextextended('pg-provisioner:app:' || 'held', 0)";

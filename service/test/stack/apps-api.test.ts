@@ -2,10 +2,7 @@
 // route's 503, with nginx's request id, and the log line it finds); metrics and OpenAPI on the service's own port
 // only. Everything else of /apps, in process: test/app/apps-api.test.ts and test/app/apps-rotation.test.ts.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { request } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
@@ -45,21 +42,11 @@ describe('bookkeeping', () => {
     await t.provision('measured');
     const metrics = await fetch(`${t.stack.serviceUrl}/metrics`);
     assert.equal(metrics.status, 200);
-    const text = await metrics.text();
-    for (const name of ['pgprov_operations_total{operation="provision",outcome="ok"}', 'pgprov_operation_duration_seconds_bucket', 'pgprov_http_requests_total', 'pgprov_http_request_duration_seconds_bucket', 'pgprov_db_pool_connections{state="total"}', 'pgprov_apps ', 'pgprov_process_resident_memory_bytes']) {
-      assert.ok(text.includes(name), name);
-    }
+    assert.ok((await metrics.text()).includes('pgprov_operations_total{operation="provision",outcome="ok"}'), 'the provision is counted');
     assert.equal((await t.get('/metrics')).status, 404, 'not through nginx');
     assert.equal((await t.get('/docs/json')).status, 404, 'not through nginx');
-
-    const docs = (await request(`${t.stack.serviceUrl}/docs/json`)).body as { openapi: string; paths: Record<string, Record<string, unknown>> };
+    // What the document holds, and every metric's name: test/app/apps-api.test.ts.
+    const docs = (await request(`${t.stack.serviceUrl}/docs/json`)).body as { openapi: string };
     assert.match(docs.openapi, /^3\./);
-    const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
-    assert.deepEqual(operations.sort(), [
-      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /backups', 'GET /health',
-      'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
-    ]);
-    const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
-    for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
   });
 });

@@ -149,34 +149,11 @@ describe('a crash with the ready pool on', () => {
     assert.deepEqual(sets, { entries: [], databases: [], roles: [] });
   });
 
-  it("between a hand-over's rename on the server and its confirmation in the system store: the app is absent after reconcile", async () => {
-    await t.stack.stopService();
-    await t.stack.startService(pool);
-    await t.waitForServiceLine(/"msg":"reconcile finished"/);
-    for (let i = 0; i < 100 && (await readySets()).entries.filter((e) => e.state === 'ready').length < 2; i++) await new Promise((r) => setTimeout(r, 100));
-    // As below: provision until one goes through a hand-over (the crash answers it with no 201).
-    let crashed = '';
-    await crashAt(
-      'provision:after-handover-rename',
-      async () => {
-        for (let i = 0; i < 100; i++) {
-          const response = await t.post('/provision', { app_name: `renamed_crash_${i}`, admin_key: t.stack.adminKey });
-          if (response.status !== 201) {
-            crashed = `renamed_crash_${i}`;
-            return response;
-          }
-          await new Promise((r) => setTimeout(r, 100));
-        }
-        throw new Error('no provision went through a hand-over');
-      },
-      pool,
-    );
-    assert.deepEqual(await stateOf(crashed), ABSENT);
-    const again = await t.provision(crashed);
-    await asApp(again.connection_string, (c) => c.query('SELECT 1'));
-  });
-
-  it('right after a handover commits: the app is complete and works', async () => {
+  /**
+   * Restarts the service with a ready pool, waits for two ready sets, then provisions new names (`prefix`_<i>)
+   * until one goes through a hand-over and the service dies at `point` in it; returns that name.
+   */
+  async function crashInHandOver(point: string, prefix: string): Promise<string> {
     await t.stack.stopService();
     await t.stack.startService(pool);
     await t.waitForServiceLine(/"msg":"reconcile finished"/);
@@ -185,12 +162,12 @@ describe('a crash with the ready pool on', () => {
     // takes the on-demand path (201, no crash). Provision new names until one goes through a hand-over.
     let crashed = '';
     await crashAt(
-      'provision:after-handover',
+      point,
       async () => {
         for (let i = 0; i < 100; i++) {
-          const response = await t.post('/provision', { app_name: `pooled_crash_${i}`, admin_key: t.stack.adminKey });
+          const response = await t.post('/provision', { app_name: `${prefix}_${i}`, admin_key: t.stack.adminKey });
           if (response.status !== 201) {
-            crashed = `pooled_crash_${i}`;
+            crashed = `${prefix}_${i}`;
             return response;
           }
           await new Promise((r) => setTimeout(r, 100));
@@ -199,6 +176,18 @@ describe('a crash with the ready pool on', () => {
       },
       pool,
     );
+    return crashed;
+  }
+
+  it("between a hand-over's rename on the server and its confirmation in the system store: the app is absent after reconcile", async () => {
+    const crashed = await crashInHandOver('provision:after-handover-rename', 'renamed_crash');
+    assert.deepEqual(await stateOf(crashed), ABSENT);
+    const again = await t.provision(crashed);
+    await asApp(again.connection_string, (c) => c.query('SELECT 1'));
+  });
+
+  it('right after a handover commits: the app is complete and works', async () => {
+    const crashed = await crashInHandOver('provision:after-handover', 'pooled_crash');
     assert.deepEqual(await stateOf(crashed), COMPLETE);
     const rotated = await t.admin('POST', `/apps/${crashed}/rotate`);
     await asApp(String(rotated.body.connection_string), (c) => c.query('SELECT 1'));

@@ -83,8 +83,19 @@ export async function endClaim(db: Queryable, appName: string, claim: ReadySetCl
       ? [`UPDATE apps SET state = 'ready', updated_at = now() WHERE app_name = ${app}`]
       : [`DELETE FROM apps WHERE app_name = ${app} AND state = 'creating'`];
   if (outcome === 'return') statements.push(`INSERT INTO ready_pool (id, state) VALUES (${literal(claim.id)}, 'ready')`);
-  if (claim.appLocked) statements.push(`SELECT pg_advisory_unlock(${appLockKeySql(app)})`);
-  if (claim.setLocked) statements.push(`SELECT pg_advisory_unlock(${readySetLockKeySql(literal(claim.id))})`);
-  await db.query(statements.join(';\n'));
+  // Committed before the locks are let go: a session-level advisory lock is released at once, not at commit, so
+  // an unlock inside the same transaction would let the reconciler take the app's lock and still read `creating`
+  // (and remove a just-handed-over app).
+  const unlocks: string[] = [];
+  if (claim.appLocked) unlocks.push(`SELECT pg_advisory_unlock(${appLockKeySql(app)})`);
+  if (claim.setLocked) unlocks.push(`SELECT pg_advisory_unlock(${readySetLockKeySql(literal(claim.id))})`);
+  try {
+    await db.query(['BEGIN', ...statements, 'COMMIT', ...unlocks].join(';\n'));
+  } catch (err) {
+    // The state could not be written: the locks go anyway (the reconciler repairs a `creating` app), and the
+    // connection goes back to its pool outside any transaction.
+    await db.query(['ROLLBACK', ...unlocks].join(';\n')).catch(() => {});
+    throw err;
+  }
 }
 

@@ -109,8 +109,10 @@ export class Provisioner {
     });
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
-    const answering = server.sharesConnectionsWith(store) ? [server.connections] : [server.connections, store.connections];
-    this.health = { check: async () => void (await Promise.all(answering.map(healthOf))) };
+    // One ping when the store lives on the server (the hot route pays for nothing more), else one each.
+    this.health = server.sharesConnectionsWith(store)
+      ? { check: () => healthOf(server.connections) }
+      : { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])) };
     const { pool } = server.connections;
     this.statistics = {
       connectionPool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),

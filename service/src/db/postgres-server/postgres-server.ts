@@ -63,12 +63,12 @@ export class PostgresServer implements DatabaseOpener {
    * one. Never two connections of one pool for one piece of work, which a burst could exhaust.
    */
   withClientBeside<T>(other: { connections: SuperuserConnections }, otherClient: Queryable, work: (client: Queryable) => Promise<T>): Promise<T> {
-    return other.connections === this.connections ? work(otherClient) : this.withClient(work);
+    return this.sharesConnectionsWith(other) ? work(otherClient) : this.withClient(work);
   }
 
   /** Like withClientBeside, with a connection of its own (the caller's `otherClient` is one too); ended after `work`. */
   async withOwnConnectionBeside<T>(other: { connections: SuperuserConnections }, otherClient: Queryable, work: (client: Queryable) => Promise<T>): Promise<T> {
-    if (other.connections === this.connections) return work(otherClient);
+    if (this.sharesConnectionsWith(other)) return work(otherClient);
     const client = await this.connect();
     try {
       return await work(client);

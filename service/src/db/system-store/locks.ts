@@ -5,7 +5,7 @@
 import type { Queryable } from '../queryable.js';
 
 /** A lock's key in SQL, from an SQL expression of its name (`app:<name>`, `ready:<id>`). */
-export const lockKeySql = (name: string) => `hashtextextended('pg-provisioner:' || ${name}, 0)`;
+const lockKeySql = (name: string) => `hashtextextended('pg-provisioner:' || ${name}, 0)`;
 const LOCK_KEY_SQL = lockKeySql('$1');
 
 const APP_LOCK_PREFIX = 'app:';

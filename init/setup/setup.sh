@@ -11,8 +11,12 @@
 #    root (how Postgres's root entrypoint reads it), mode 0440.
 # 2. The backup directory (./backups, bind-mounted at BACKUP_DIR) owned by the service's user, which then keeps
 #    it 0700 itself.
+# 3. The TLS certificate Postgres and PgBouncer serve, in TLS_DIR (init/setup/make-tls.sh: made on the first
+#    start, kept after), each server's copy of the key owned by its user.
+# 4. The directory of PgBouncer's auth_file (POOLER_AUTH_DIR): the service's to write, PgBouncer's group's to
+#    read (setgid: the files the service makes there get that group), nobody else's.
 #
-# Needs only CAP_CHOWN (compose drops every other capability). Never prints the password.
+# Needs only CAP_CHOWN and CAP_FOWNER (compose drops every other capability). Never prints the password.
 set -eu
 
 password_file=${PASSWORD_FILE:-/run/pgprov/postgres-password}
@@ -57,3 +61,12 @@ say "superuser password in $password_file: $origin"
 mkdir -p "$backup_dir"
 chown "$uid:$gid" "$backup_dir"
 say "backup directory $backup_dir owned by $uid:$gid"
+
+tls_dir=${TLS_DIR:-/run/pgprov-tls}
+TLS_DIR=$tls_dir sh "$(dirname "$0")/make-tls.sh"
+
+auth_dir=${POOLER_AUTH_DIR:-/run/pgprov-pooler}
+mkdir -p "$auth_dir"
+chown "$uid:${POOLER_GID:-1001}" "$auth_dir"
+chmod 2750 "$auth_dir"
+say "PgBouncer's auth_file directory $auth_dir: written by $uid, read by group ${POOLER_GID:-1001}"

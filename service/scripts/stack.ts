@@ -14,11 +14,13 @@ function printWhereEverythingIs(stack: LocalStack): void {
       'The local stack is up:',
       `  nginx (the public door)   ${stack.httpUrl}            POST /provision, GET /health`,
       `  service (direct)          ${stack.serviceUrl}`,
-      `  Postgres                  127.0.0.1:${settings.pgPort}     psql "postgres://postgres@127.0.0.1:${settings.pgPort}/postgres"`,
+      `  PgBouncer (apps' door)    127.0.0.1:${settings.poolerPort}     every connection_string names it (TLS required)`,
+      `  Postgres                  127.0.0.1:${settings.pgPort}     psql "postgres://postgres@127.0.0.1:${settings.pgPort}/postgres"${settings.directDoor ? '  (direct door on)' : ''}`,
+      `  TLS CA certificate        ${paths.dir}/tls/ca.crt  (also GET ${stack.httpUrl}/tls/ca.crt)`,
       `  superuser password        ${settings.postgresPassword ? 'POSTGRES_PASSWORD (environment or .env)' : paths.passwordFile}`,
-      `  logs                      ${paths.logs}/  (service.log, with the admin key; postgres.log; nginx-access.log, nginx-error.log)`,
+      `  logs                      ${paths.logs}/  (service.log, with the admin key; postgres.log; pgbouncer.log; nginx-access.log, nginx-error.log)`,
       `  data, backups             ${paths.dir}`,
-      'Ctrl-C stops all three.',
+      'Ctrl-C stops them all.',
       '',
     ].join('\n'),
   );
@@ -31,13 +33,13 @@ let starting: Promise<void> = Promise.resolve();
 let stack: LocalStack | undefined;
 
 /**
- * Stops the three parts in order (nginx, the service, Postgres) once they have started, then exits: 0 when
+ * Stops the parts in order (nginx, PgBouncer, the service, Postgres) once they have started, then exits: 0 when
  * asked to stop, 1 when a part failed (so that systemd's Restart=on-failure starts the stack again).
  */
 function stopAll(why: string, exitCode = 0): void {
   if (stopping) return;
   stopping = true;
-  say(`${why}: stopping nginx, the service and Postgres`);
+  say(`${why}: stopping nginx, PgBouncer, the service and Postgres`);
   starting
     .catch(() => {})
     .then(() => stack?.stop())
@@ -62,6 +64,8 @@ try {
     httpPort: port(env, 'STACK_HTTP_PORT', 8088),
     pgPort: port(env, 'STACK_PG_PORT', 54329),
     servicePort: port(env, 'STACK_SERVICE_PORT', 8080),
+    poolerPort: port(env, 'STACK_POOLER_PORT', 64329),
+    directDoor: env.STACK_DIRECT_DOOR === 'on',
     postgresPassword: env.POSTGRES_PASSWORD ?? '',
     pgBinDir: env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
     pgOsUser: env.STACK_PG_OS_USER || 'postgres',
@@ -73,7 +77,8 @@ try {
     onProgress: say,
     onPartExit: (part, how) => {
       if (!up) return; // a part that fails while starting fails the start itself, with its own message
-      const log = stack ? join(stack.paths.logs, part === 'service' ? 'service.log' : part === 'postgres' ? 'postgres.log' : 'nginx-error.log') : '';
+      const logs: Record<string, string> = { service: 'service.log', postgres: 'postgres.log', pgbouncer: 'pgbouncer.log', nginx: 'nginx-error.log' };
+      const log = stack ? join(stack.paths.logs, logs[part] ?? '') : '';
       stopAll(`${part} exited on its own (${how}; see ${log})`, 1);
     },
   });

@@ -5,12 +5,11 @@
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type WriteStream } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { osUser, ownerOnlyLog, spawnTied, StackError, stopChild, waitFor, type OsUser, type SpawnPart } from './parts.js';
+import { makeTls, type TlsFiles } from './local-tls.js';
+import { osUser, ownerOnlyLog, REPO_ROOT, SERVICE_DIR, spawnTied, StackError, stopChild, waitFor, type OsUser, type SpawnPart } from './parts.js';
 
-export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../../..');
-export const REPO_ROOT = resolve(SERVICE_DIR, '..');
+export { REPO_ROOT, SERVICE_DIR };
 
 export interface PostgresSettings {
   /** The directory Postgres's files live in: pgdata (unless pgDataDir says otherwise), pgconf, run (the socket), logs. */
@@ -62,9 +61,13 @@ export class LocalPostgres {
       socketDir: join(dir, 'run'),
       logs: join(dir, 'logs'),
       passwordFile: join(dir, 'postgres-password'),
+      tls: join(dir, 'tls'),
     };
     if (process.getuid?.() === 0) this.pgUser = osUser(settings.pgOsUser);
   }
+
+  /** The TLS certificate Postgres serves (and the stack's PgBouncer too): made by prepare(). */
+  tls?: TlsFiles;
 
   /** The running postmaster's process id. */
   get pid(): number | undefined {
@@ -119,6 +122,7 @@ export class LocalPostgres {
     chmodSync(logs, 0o700);
     this.ownForPostgres(socketDir);
     this.ownForPostgres(logs);
+    this.tls = makeTls(this.paths.tls, this.pgUser, this.settings.onProgress);
     for (const file of ['postgres.conf', 'pg_hba.conf']) {
       const copy = join(pgConf, file);
       copyFileSync(join(REPO_ROOT, file), copy);
@@ -151,6 +155,8 @@ export class LocalPostgres {
         '-c', 'listen_addresses=127.0.0.1',
         '-c', `port=${this.settings.pgPort}`,
         '-c', `unix_socket_directories=${socketDir}`,
+        '-c', `ssl_cert_file=${this.tlsFiles().serverCertificate}`,
+        '-c', `ssl_key_file=${this.tlsFiles().postgresKey}`,
         ...Object.entries(this.settings.extraPostgresSettings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
       ],
       { ...this.asPostgresUser(), stdio: ['ignore', 'pipe', 'pipe'], cwd: this.paths.dir },
@@ -168,6 +174,12 @@ export class LocalPostgres {
         throw err;
       }
     }
+  }
+
+  /** The TLS files prepare() made. */
+  tlsFiles(): TlsFiles {
+    if (!this.tls) throw new StackError('prepare() makes the TLS certificate before Postgres starts');
+    return this.tls;
   }
 
   /** Fast shutdown (SIGINT): in-flight transactions are rolled back, nothing committed is lost. False if it was not running. */

@@ -1,7 +1,9 @@
-// The local stack: the same three parts as docker-compose.yml, on this machine, without Docker.
+// The local stack: the same parts as docker-compose.yml, on this machine, without Docker.
 // Postgres 15 (the machine's binaries) with the repo's postgres.conf, pg_hba.conf and init/; the built service
-// started the way the Dockerfile starts it (node dist/server.js); nginx with the repo's nginx.conf, where only
-// the upstream address, the listen address and the file paths differ. Used by `npm run stack` and the tests.
+// started the way the Dockerfile starts it (node dist/server.js); PgBouncer, the apps' door, with the repo's
+// pgbouncer.ini (scripts/lib/local-pgbouncer.ts); nginx with the repo's nginx.conf, where only the upstream
+// address, the listen address and the file paths differ; and the TLS certificate both doors serve, made on the
+// first start by init/setup/make-tls.sh as compose's setup makes it. Used by `npm run stack` and the tests.
 // Each part runs in a session of its own (a Ctrl-C at the terminal reaches only the stack, which stops the parts
 // in order) and is tied to this process by the kernel (setpriv --pdeathsig): if this process dies, however it
 // dies, the parts are told to stop. $STACK_DIR/stack.lock (scripts/lib/stack-lock.ts) keeps one stack per directory.
@@ -14,6 +16,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { adminKeyInLogLine } from '../../src/shared/secrets.js';
+import { findPgBouncer, LocalPgBouncer } from './local-pgbouncer.js';
 import { checkPostgresBinaries, LocalPostgres, REPO_ROOT, SERVICE_DIR } from './local-postgres.js';
 import { findProgram, freePort, ownerOnlyLog, spawnTied, StackError, stopChild, stopWasRequested, waitFor } from './parts.js';
 import { portProblem, StackLock, type StackPart } from './stack-lock.js';
@@ -25,6 +28,16 @@ export interface StackSettings {
   httpPort: number;
   pgPort: number;
   servicePort: number;
+  /** PgBouncer, the apps' door: the port every connection string names (STACK_POOLER_PORT). */
+  poolerPort: number;
+  /**
+   * The direct door, opt-in (STACK_DIRECT_DOOR=on): answers also carry direct_connection_string, to Postgres's
+   * own port. On this one machine Postgres's port is on loopback either way (the service and PgBouncer use it);
+   * in compose, Postgres is then put on the apps' network (docker-compose.direct-postgres.yml).
+   */
+  directDoor?: boolean;
+  /** Benchmarks only: PgBouncer settings on top of pgbouncer.ini. */
+  extraPoolerSettings?: Record<string, string>;
   /** Empty: made on first start and kept in $STACK_DIR/postgres-password. */
   postgresPassword: string;
   pgBinDir: string;
@@ -61,6 +74,8 @@ export async function throwawayStackSettings(name: string, settings: Pick<StackS
     httpPort: await freePort(),
     pgPort: await freePort(),
     servicePort: await freePort(),
+    poolerPort: await freePort(),
+    directDoor: true,
     pgBinDir: process.env.PG_BIN_DIR || '/usr/lib/postgresql/15/bin',
     pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',
     ...settings,
@@ -75,6 +90,8 @@ export class LocalStack {
   adminKey = '';
   /** The Postgres part (scripts/lib/local-postgres.ts). */
   readonly postgres: LocalPostgres;
+  /** The apps' door (scripts/lib/local-pgbouncer.ts): made once Postgres has made the TLS certificate. */
+  pgbouncer?: LocalPgBouncer;
   private service?: ChildProcess;
   private nginx?: ChildProcess;
   private readonly logStreams: WriteStream[] = [];
@@ -133,16 +150,21 @@ export class LocalStack {
     return this.postgres.superuserConnection(database);
   }
 
-  /** Starts Postgres, the service and nginx; refuses at once, starting nothing, if STACK_DIR or a port is taken. */
+  /**
+   * Starts Postgres, the service, PgBouncer (which reads the logins the service writes) and nginx; refuses at
+   * once, starting nothing, if STACK_DIR or a port is taken.
+   */
   async start(): Promise<void> {
     checkPostgresBinaries(this.settings.pgBinDir);
     const nginxBin = findNginx();
+    findPgBouncer();
     this.takeLock();
     try {
       await this.checkPortsFree();
       this.prepareDirectories();
       await this.startPostgres();
       await this.startService();
+      await this.startPgBouncer();
       await this.startNginx(nginxBin);
     } catch (err) {
       await this.stop();
@@ -152,9 +174,9 @@ export class LocalStack {
 
   private takeLock(): void {
     const { dir } = this.paths;
-    const { httpPort: http, pgPort: pg, servicePort: service } = this.settings;
+    const { httpPort: http, pgPort: pg, servicePort: service, poolerPort: pooler } = this.settings;
     mkdirSync(dir, { recursive: true });
-    const lock = StackLock.take(dir, { http, pg, service });
+    const lock = StackLock.take(dir, { http, pg, service, pooler });
     if (!(lock instanceof StackLock)) {
       throw new StackError(
         `a local stack is already running on STACK_DIR=${dir} (pid ${lock.pid}; nginx on port ${lock.ports.http}, the service on ` +
@@ -169,6 +191,7 @@ export class LocalStack {
       [this.settings.httpPort, 'STACK_HTTP_PORT', 'nginx'],
       [this.settings.servicePort, 'STACK_SERVICE_PORT', 'the service'],
       [this.settings.pgPort, 'STACK_PG_PORT', 'Postgres'],
+      [this.settings.poolerPort, 'STACK_POOLER_PORT', 'PgBouncer'],
     ];
     const problems: string[] = [];
     for (const [port, setting, part] of ports) {
@@ -186,9 +209,10 @@ export class LocalStack {
     await stopChild(this.nginx, 'SIGQUIT');
   }
 
-  /** Stops nginx, then the service (which closes its connections), then Postgres (fast); says which were running. */
+  /** Stops nginx, PgBouncer, then the service (which closes its connections), then Postgres (fast); says which were running. */
   async stop(): Promise<void> {
     if (await stopChild(this.nginx, 'SIGQUIT')) this.progress('nginx stopped');
+    if (await this.pgbouncer?.stop()) this.progress('PgBouncer stopped');
     if (await stopChild(this.service, 'SIGTERM')) this.progress('the service stopped');
     if (await this.postgres.stop()) this.progress('Postgres stopped');
     this.postgres.closeLogs();
@@ -213,6 +237,18 @@ export class LocalStack {
   private prepareDirectories(): void {
     const { backups, nginx } = this.paths;
     this.postgres.prepare();
+    this.pgbouncer = new LocalPgBouncer(
+      {
+        dir: this.paths.dir,
+        port: this.settings.poolerPort,
+        pgPort: this.settings.pgPort,
+        osUser: this.settings.pgOsUser,
+        tls: this.postgres.tlsFiles(),
+        extraSettings: this.settings.extraPoolerSettings,
+      },
+      (command, args, options) => this.spawnPart('pgbouncer', 'SIGTERM', command, args, options),
+    );
+    this.pgbouncer.prepare();
     for (const sub of [backups, join(nginx, 'cache')]) mkdirSync(sub, { recursive: true });
     // Backups hold apps' data: their owner's only (the service also keeps its backup files 0600).
     chmodSync(backups, 0o700);
@@ -240,6 +276,9 @@ export class LocalStack {
       HOST: '127.0.0.1',
       PORT: String(this.settings.servicePort),
       ...this.postgres.serviceSettings(),
+      ...this.pgbouncer?.serviceSettings(),
+      ...(this.settings.directDoor ? { DIRECT_DB_HOST: '127.0.0.1', DIRECT_DB_PORT: String(this.settings.pgPort) } : {}),
+      TLS_CA_FILE: this.postgres.tlsFiles().caCertificate,
       BACKUP_DIR: this.paths.backups,
       ...this.settings.serviceEnv,
     };
@@ -272,6 +311,19 @@ export class LocalStack {
     const keyExpected = !env.ADMIN_KEY_FILE; // a pinned key is never written
     const ready = async () => (await fetch(`${this.serviceUrl}/health`)).status > 0 && (this.adminKey !== '' || !keyExpected);
     await waitFor('the service', ready, this.service, String(log.path));
+  }
+
+  /** Starts PgBouncer (after the service, whose auth_file it reads). */
+  async startPgBouncer(): Promise<void> {
+    if (!this.pgbouncer) throw new StackError('the stack is not prepared');
+    this.progress(`starting PgBouncer, the apps' door, on 127.0.0.1:${this.settings.poolerPort} (log: ${join(this.paths.logs, 'pgbouncer.log')})`);
+    await this.pgbouncer.start();
+    // Up means the parts answer each other: the service has found its door (it checks every 2 s).
+    if (this.service && this.service.exitCode === null) await waitFor("the service's view of PgBouncer", async () => ((await (await fetch(`${this.serviceUrl}/health`)).json()) as { pooler?: string }).pooler === 'ok', this.service, 'service.log');
+  }
+
+  async stopPgBouncer(signal?: NodeJS.Signals): Promise<void> {
+    await this.pgbouncer?.stop(signal);
   }
 
   async stopService(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {

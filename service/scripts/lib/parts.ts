@@ -6,8 +6,13 @@ import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:chi
 import { once } from 'node:events';
 import { chmodSync, createWriteStream, existsSync, type WriteStream } from 'node:fs';
 import { createServer } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+
+/** The service's directory (service/) and the repo's top, where the parts' configuration files are. */
+export const SERVICE_DIR = resolve(fileURLToPath(import.meta.url), '../../..');
+export const REPO_ROOT = resolve(SERVICE_DIR, '..');
 
 export class StackError extends Error {
   override name = 'StackError';

@@ -7,13 +7,13 @@ import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 
-export type StackPart = 'postgres' | 'service' | 'nginx';
+export type StackPart = 'postgres' | 'service' | 'pgbouncer' | 'nginx';
 
 export interface StackLockInfo {
   pid: number;
   /** The process's start time (/proc/<pid>/stat), which a later process reusing the pid does not share. */
   started: string;
-  ports: { http: number; pg: number; service: number };
+  ports: { http: number; pg: number; service: number; pooler?: number };
   parts: Partial<Record<StackPart, number>>;
 }
 

@@ -8,12 +8,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
+import { appLoginVerifiers } from '../db/postgres-server/app-objects.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
+import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../db/pooler/pgbouncer.js';
 import { SuperuserConnections, type ServerAddress } from '../db/superuser-connections.js';
 import { countReadyApps } from '../db/system-store/registry.js';
 import { SystemStore } from '../db/system-store/system-store.js';
 import type { Config } from '../shared/config.js';
 import { SchemaNewerThanCodeError } from '../shared/errors.js';
+import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles } from './backup-files.js';
@@ -28,6 +31,8 @@ import { Slots } from './slots.js';
 /** Whether Postgres answers (the system store and the server), for GET /health (see SuperuserConnections.checkHealth). */
 export interface HealthCheck {
   check(): Promise<void>;
+  /** Whether the apps' door answers: 'ok', 'unavailable', or 'none' (no pooler; apps reach Postgres directly). */
+  pooler(): 'ok' | 'unavailable' | 'none';
 }
 
 /** What the service tells about itself (GET /metrics). Each read may fail while Postgres is away. */
@@ -36,6 +41,9 @@ export interface ProvisionerStatistics {
   connectionPool(): { total: number; idle: number; waiting: number };
   readyApps(): Promise<number>;
   readySets(): Promise<{ ready: number; preparing: number }>;
+  /** The apps' door's pools, per app (empty without a pooler). */
+  poolerPools(): Promise<PoolUsage[]>;
+  poolerUp(): boolean | undefined;
 }
 
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
@@ -59,8 +67,25 @@ export function openStoreAndServer(config: Config, log: Logger): { store: System
   const address: ServerAddress = { host: config.DATABASE_HOST, port: config.DATABASE_PORT, user: config.POSTGRES_USER, password: config.POSTGRES_PASSWORD };
   const connections = new SuperuserConnections(address, config.SYSTEM_DATABASE, config, log);
   const store = new SystemStore(connections, config);
-  const server = new PostgresServer({ id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT, sharedConnections: connections }, config, log);
+  const pooler = poolerOf(config, log);
+  const server = new PostgresServer({ id: 'default', address, publicHost: config.PUBLIC_DB_HOST, publicPort: config.PUBLIC_DB_PORT, sharedConnections: connections, pooler }, config, log);
   return { store, server };
+}
+
+/** The apps' door in front of the server, when POOLER_AUTH_FILE is set: PgBouncer, fed the server's app logins. */
+function poolerOf(config: Config, log: Logger): ((server: PostgresServer) => Pooler) | undefined {
+  const authFile = config.POOLER_AUTH_FILE;
+  if (!authFile) return undefined;
+  const settings = {
+    authFile,
+    adminHost: config.POOLER_ADMIN_HOST,
+    adminPort: config.POOLER_ADMIN_PORT,
+    adminUser: POOLER_ADMIN_USER,
+    adminPassword: poolerAdminPassword(config.POSTGRES_PASSWORD),
+    poolMode: config.POOLER_POOL_MODE,
+    timeoutMs: config.POOLER_TIMEOUT_MS,
+  };
+  return (server) => new PgBouncer(settings, () => server.withClient(appLoginVerifiers), log);
 }
 
 export class Provisioner {
@@ -110,14 +135,17 @@ export class Provisioner {
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
     // One ping when the store lives on the server (the hot route pays for nothing more), else one each.
+    const pooler = () => (server.pooler.enabled ? (server.pooler.isUp() ? 'ok' : 'unavailable') : 'none');
     this.health = server.sharesConnectionsWith(store)
-      ? { check: () => healthOf(server.connections) }
-      : { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])) };
+      ? { check: () => healthOf(server.connections), pooler }
+      : { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])), pooler };
     const { pool } = server.connections;
     this.statistics = {
       connectionPool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
       readyApps: () => countReadyApps(store.pool),
       readySets: () => this.readyPool.counts(),
+      poolerPools: () => server.pooler.pools(),
+      poolerUp: () => (server.pooler.enabled ? server.pooler.isUp() : undefined),
     };
   }
 
@@ -135,7 +163,11 @@ export class Provisioner {
         if (err instanceof SchemaNewerThanCodeError) throw err; // any other failure: the first reconcile logs it
       }),
       this.server.ensureSetUp().catch(() => {}), // Postgres away: every operation tries again first
+      // The apps' door's list of logins, before PgBouncer starts (the stack and compose start it after the
+      // service); if Postgres or PgBouncer is away, it is tried again in the background until it holds.
+      this.server.pooler.loginsChanged().catch((err: unknown) => this.log.warn({ err }, 'the pooler has not taken the app logins yet; trying again')),
     ]);
+    this.server.pooler.start();
     const bound = new AbortController();
     await Promise.race([checked, sleep(START_CHECK_WAIT_MS, undefined, { signal: bound.signal }).catch(() => {})]).finally(() => bound.abort());
     void this.reconcileOnce();
@@ -159,6 +191,9 @@ export class Provisioner {
       .run()
       .then((report) => this.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy, failed: report.failed }, 'reconcile finished'))
       .then(() => this.listing.refreshSizes())
+      // A login changed outside the service (an app's own ALTER ROLE … PASSWORD) reaches the door here at the
+      // latest; a door that is away is tried again by itself (src/db/pooler/pgbouncer.ts), not counted here.
+      .then(() => this.server.pooler.loginsChanged().catch(() => {}))
       .catch((err) => this.log.warn({ err }, 'reconcile failed; it will run again'))
       .finally(() => {
         this.reconciling = undefined;

@@ -60,3 +60,8 @@ export const UnsupportedMediaTypeError = createError('UNSUPPORTED_MEDIA_TYPE', '
 // Where POST /provision looks for the key, said with the words its body schema uses for the same faults.
 export const BodyNotAnObjectError = createError('BODY_NOT_AN_OBJECT', 'the body must be a JSON object', 400);
 export const AdminKeyNotAStringError = createError('ADMIN_KEY_NOT_A_STRING', 'admin_key must be a string', 400);
+export const CaCertificateMissingError = createError(
+  'CA_CERTIFICATE_MISSING',
+  'this service has no CA certificate to give (TLS_CA_FILE is not set, or not readable): ask the operator for it',
+  404,
+);

@@ -76,9 +76,51 @@ export const ConfigSchema = z.object({
    */
   CRASH_AT: z.string().optional(),
 
-  /** Host and port written into the connection strings handed to apps. */
-  PUBLIC_DB_HOST: z.string().min(1).default('postgres'),
-  PUBLIC_DB_PORT: port.default(5432),
+  /**
+   * The apps' door: the host and port written into the connection strings handed to apps (connection_string).
+   * With the pooler (POOLER_AUTH_FILE), PgBouncer's; without it, Postgres's own.
+   */
+  PUBLIC_DB_HOST: z.string().min(1).default('pgbouncer'),
+  PUBLIC_DB_PORT: port.default(6432),
+  /**
+   * The sslmode every connection string carries. require (default): the door serves TLS (pgbouncer-hba.conf
+   * requires it), and libpq, psycopg, pgx and JDBC encrypt without checking the certificate; node-postgres reads
+   * require as verify-full and wants the CA (GET /tls/ca.crt). verify-full: when the certificate is one clients
+   * already trust. disable: only where the door serves no TLS.
+   */
+  PUBLIC_DB_SSLMODE: z.enum(['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full']).default('require'),
+  /**
+   * The direct door, an opt-in: Postgres's own port as apps reach it (docker-compose.direct-postgres.yml), for
+   * clients that need session features through a pooler in transaction mode cannot give (LISTEN, session
+   * advisory locks, migrations that SET things). Set: answers carry direct_connection_string too. Empty: off.
+   */
+  DIRECT_DB_HOST: z
+    .string()
+    .optional()
+    .transform((host) => (host === '' ? undefined : host)),
+  DIRECT_DB_PORT: port.default(5432),
+
+  // --- The pooler (src/db/pooler/pgbouncer.ts, pgbouncer.ini) -----------------------------------------------
+  /**
+   * PgBouncer's auth_file, which the service keeps (a volume both share in compose). Empty: no pooler; apps
+   * reach Postgres directly at PUBLIC_DB_HOST.
+   */
+  POOLER_AUTH_FILE: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
+  /** PgBouncer's admin console: its socket directory (unix_socket_dir) and port. */
+  POOLER_ADMIN_HOST: z.string().min(1).default('/var/run/pgbouncer'),
+  POOLER_ADMIN_PORT: port.default(6432),
+  /** pgbouncer.ini's pool_mode, which every answer states (pooling); a stack test checks the two agree. */
+  POOLER_POOL_MODE: z.enum(['session', 'transaction', 'statement']).default('transaction'),
+  POOLER_TIMEOUT_MS: durationMs.default(2_000),
+
+  /** The CA certificate that signed the doors' TLS certificate (init/setup/make-tls.sh), served at GET /tls/ca.crt. */
+  TLS_CA_FILE: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
 
   /** Wrong admin keys one client address may present per window before it is locked out (429). */
   AUTH_MAX_FAILED_ATTEMPTS: z.coerce.number().int().min(1).default(10),

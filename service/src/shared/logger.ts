@@ -4,7 +4,7 @@ import type { LoggerOptions } from 'pino';
 import type { Config } from './config.js';
 import { sqlState } from './sqlstate.js';
 
-const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'database_url', 'authorization', 'POSTGRES_PASSWORD'];
+const SECRET_FIELDS = ['admin_key', 'password', 'connection_string', 'direct_connection_string', 'database_url', 'authorization', 'POSTGRES_PASSWORD'];
 
 export const REDACTED_PATHS = [
   'req.headers.authorization',

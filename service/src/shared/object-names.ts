@@ -84,6 +84,9 @@ export const APP_SQL = {
 /** The group role every app login role belongs to; pg_hba.conf names it as +provisioned_apps. */
 export const APPS_GROUP_ROLE = 'provisioned_apps';
 
+/** PgBouncer's admin user (pgbouncer.ini admin_users): it exists in PgBouncer's auth_file only, never in Postgres. */
+export const POOLER_ADMIN_USER = 'pgprov_pooler_admin';
+
 /** The group role of the short-lived agent roles; pg_hba.conf names it as +pgprov_agents. */
 export const AGENTS_GROUP_ROLE = 'pgprov_agents';
 

@@ -39,6 +39,8 @@ describe('POST /apps/:name/rotate, and operations on apps at once', { concurrenc
         password,
         host: '127.0.0.1',
         port: t.postgres.port,
+        pooling: 'none',
+        sslmode: 'require',
         sessions_ended: 1,
       },
       'the new password, in the URL forms and in parts',

@@ -2,10 +2,11 @@
 // from the connection strings exactly as returned; and the basics of isolation. Without a ready pool:
 // provision-on-demand.test.ts. nginx, health, and the logs of the running stack: test/stack/provision.test.ts.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { buildTestApp, type TestApp } from '../helpers/app.js';
-import { asApp, withDatabase } from '../helpers/app-sessions.js';
+import { asApp, withAuthority, withDatabase } from '../helpers/app-sessions.js';
 import { catalogOf } from '../helpers/catalog.js';
 import { eventually, rejectionOf } from '../helpers/conditions.js';
 
@@ -23,16 +24,20 @@ describe('POST /provision', () => {
     const response = await t.post('/provision', { app_name: 'shop', admin_key: t.adminKey });
     assert.equal(response.status, 201);
     const { connection_string, database_url, database, username, password, host, port } = response.body as Record<string, string>;
-    assert.match(connection_string!, /^postgres:\/\/app_shop_user:[A-Za-z0-9]{32}@127\.0\.0\.1:\d+\/app_shop\?sslmode=disable$/);
+    // No pooler in this tier (test/stack/pooler.test.ts has it): the door is Postgres, over TLS.
+    assert.match(connection_string!, /^postgres:\/\/app_shop_user:[A-Za-z0-9]{32}@127\.0\.0\.1:\d+\/app_shop\?sslmode=require$/);
+    assert.equal(response.body.pooling, 'none');
+    assert.equal(response.body.sslmode, 'require');
     assert.equal(database, 'app_shop');
     assert.equal(username, 'app_shop_user');
     assert.equal(host, '127.0.0.1');
     assert.equal(Number(port), t.postgres.port);
     // The same login for SQLAlchemy (which refuses postgres://) and in parts, for drivers that take them so.
-    assert.deepEqual(Object.keys(response.body).sort(), ['app_name', 'connection_string', 'database', 'database_url', 'host', 'password', 'port', 'username']);
+    assert.deepEqual(Object.keys(response.body).sort(), ['app_name', 'connection_string', 'database', 'database_url', 'host', 'password', 'pooling', 'port', 'sslmode', 'username']);
     assert.equal(database_url, connection_string!.replace(/^postgres:\/\//, 'postgresql://'));
     assert.equal(password, new URL(connection_string!).password);
-    for (const login of [database_url!, { host, port: Number(port), database, user: username, password }]) {
+    const ssl = { ca: readFileSync(t.postgres.postgres.tlsFiles().caCertificate, 'utf8') };
+    for (const login of [withAuthority(database_url!), { host, port: Number(port), database, user: username, password, ssl }]) {
       const client = new pg.Client(typeof login === 'string' ? { connectionString: login } : login);
       await client.connect();
       try {

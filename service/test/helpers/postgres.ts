@@ -15,6 +15,7 @@ import { after } from 'node:test';
 import type pg from 'pg';
 import { checkPostgresBinaries, LocalPostgres, REPO_ROOT, SERVICE_DIR, type PostgresSettings } from '../../scripts/lib/local-postgres.js';
 import { freePort } from '../../scripts/lib/parts.js';
+import { trustAuthority } from './app-sessions.js';
 import { asSuperuser } from './service-client.js';
 
 export interface TestPostgres {
@@ -95,6 +96,7 @@ async function startPostgres(): Promise<TestPostgres> {
   const copied = spawnSync('cp', ['-a', await dataDirectoryTemplate(base), postgres.paths.pgData], { encoding: 'utf8' });
   if (copied.status !== 0) throw new Error(`could not copy the data directory template: ${copied.stderr}`);
   await postgres.start();
+  trustAuthority(postgres.tlsFiles().caCertificate);
   return {
     postgres,
     port: postgres.settings.pgPort,

@@ -3,6 +3,7 @@
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { LocalStack, throwawayStackSettings, type StackSettings } from '../../scripts/lib/local-stack.js';
+import { trustAuthority } from './app-sessions.js';
 import { lineMatching } from './conditions.js';
 import { asSuperuser, provisioned, request, type ServiceClient } from './service-client.js';
 
@@ -30,6 +31,8 @@ export async function startTestStack(overrides: Partial<StackSettings> = {}): Pr
     throw err;
   }
 
+  trustAuthority(stack.postgres.tlsFiles().caCertificate);
+
   const post = (path: string, body: unknown, headers: Record<string, string> = {}) =>
     request(`${stack.httpUrl}${path}`, {
       method: 'POST',
@@ -54,7 +57,7 @@ export async function startTestStack(overrides: Partial<StackSettings> = {}): Pr
     waitForServiceLine: (pattern, from = 0, timeoutMs = 20_000) => lineMatching(serviceLines, pattern, 'the service', from, timeoutMs),
     superuser: (work, database = 'postgres') => asSuperuser(stack.superuserConnection(database), work),
     allLogs() {
-      const files = ['postgres.log', 'nginx-access.log', 'nginx-error.log', 'nginx-stderr.log'];
+      const files = ['postgres.log', 'pgbouncer.log', 'nginx-access.log', 'nginx-error.log', 'nginx-stderr.log'];
       const fileText = files.map((file) => {
         try {
           return readFileSync(join(stack.paths.logs, file), 'utf8');

@@ -107,6 +107,12 @@ const CALL = config.DATABASE_CONNECT_TIMEOUT_MS + config.DATABASE_STATEMENT_TIME
 const DDL = DATABASE_DDL_TIMEOUT_MS;
 /** Dropping a role wherever it is named (dropAppRoles of both roles, or removeAgent): database calls. */
 const DROP_ROLES = 7;
+/** One command to the pooler's admin console (src/db/pooler/pgbouncer.ts). */
+const POOLER = config.POOLER_TIMEOUT_MS;
+/** The pooler told that logins changed: the catalog read, then RELOAD (doorTakesLogins). */
+const DOOR_LOGINS = CALL + POOLER;
+/** The pooler told to end an app's connections: KILL, RESUME (doorEndsConnections). */
+const DOOR_END = 2 * POOLER;
 
 /**
  * The longest the service may take to answer each route when every database call takes just under its bound
@@ -119,21 +125,26 @@ const longest = {
     11 * CALL + DDL,
     // the same until the hand-over fails, then the undo: DROP DATABASE, both roles, unregister; unlock
     (1 + 2 + 1 + 1 + 1 + 2 + DROP_ROLES + 1 + 1) * CALL + 2 * DDL,
-  ),
+  ) + DOOR_LOGINS, // the door takes the new login before the answer
   // ready(), the summaries, the sizes (GET /apps); ready(), the incarnations (GET /backups)
   lists: 3 * CALL,
   appRoutes: Math.max(
     // restore: ready(), lock, the app, the source app, DROP + CREATE DATABASE, hand-over (2), a leftover agent
     // removed, the agent made, pg_restore, the agent removed, the swap (and its 50 retries of 100 ms),
     // DROP DATABASE of the old one, unlock, audit
-    (1 + 1 + 1 + 1 + 2 + DROP_ROLES + 1 + DROP_ROLES + 1 + 1 + 1) * CALL + 3 * DDL + config.BACKUP_TIMEOUT_MS + 50 * 100,
+    // (and the door: the app's pooled connections ended before the swap, its login taken again after)
+    (1 + 1 + 1 + 1 + 2 + DROP_ROLES + 1 + DROP_ROLES + 1 + 1 + 1) * CALL + 3 * DDL + config.BACKUP_TIMEOUT_MS + 50 * 100 + DOOR_END + DOOR_LOGINS,
     // DELETE with its backup: ready(), lock, the app, the dump (agent removed, made, pg_dump, removed), deleting,
     // the app's objects, logins refused, sessions ended, DROP DATABASE, both roles, unregister, unlock, audit
-    (1 + 1 + 1 + DROP_ROLES + 1 + DROP_ROLES + 1 + 1 + 1 + 1 + DROP_ROLES + 1 + 1 + 1) * CALL + DDL + config.BACKUP_TIMEOUT_MS,
+    // (the door told after the logins are refused: logins, then connections ended)
+    (1 + 1 + 1 + DROP_ROLES + 1 + DROP_ROLES + 1 + 1 + 1 + 1 + DROP_ROLES + 1 + 1 + 1) * CALL + DDL + config.BACKUP_TIMEOUT_MS + DOOR_LOGINS + DOOR_END,
     // rotate: ready(), a rotation slot, lock, the app, NOLOGIN, authentication_timeout, sessions ended (2),
     // password, authentication_timeout (5 s) waited out, password checked, LOGIN, unlock, audit
-    12 * CALL + config.DATABASE_LOCK_TIMEOUT_MS + 5_000 + 250 + 50,
+    // (the door: logins and connections after NOLOGIN, logins after LOGIN)
+    12 * CALL + config.DATABASE_LOCK_TIMEOUT_MS + 5_000 + 250 + 50 + 2 * DOOR_LOGINS + DOOR_END,
   ),
+  /** The CA certificate: one small file read. */
+  caCertificate: 5_000,
 };
 
 describe("nginx.conf's bounds per route", () => {
@@ -149,6 +160,7 @@ describe("nginx.conf's bounds per route", () => {
     ['POST /provision', ['=', '/provision'], longest.provision],
     ['GET /apps', ['=', '/apps'], longest.lists],
     ['GET /backups', ['=', '/backups'], longest.lists],
+    ['GET /tls/ca.crt', ['=', '/tls/ca.crt'], longest.caCertificate],
     ['/apps/… (rotate, backups, restore, delete)', ['^~', '/apps/'], longest.appRoutes],
   ];
   for (const [route, args, needed] of routes) {
@@ -160,7 +172,7 @@ describe("nginx.conf's bounds per route", () => {
   }
 
   it('bounds every route nginx passes to the service (a new proxied location needs its line above)', () => {
-    const bounded = ['= /health', '= /provision', '= /apps', '^~ /apps/', '= /backups'];
+    const bounded = ['= /health', '= /provision', '= /apps', '^~ /apps/', '= /backups', '= /tls/ca.crt'];
     const proxied = locations.filter((l) => l.block!.some((d) => d.name === 'proxy_pass')).map((l) => l.args.join(' '));
     assert.deepEqual(proxied.sort(), bounded.sort());
   });

@@ -10,6 +10,7 @@ describe('local stack', () => {
       httpPort: 18088,
       pgPort: 15432,
       servicePort: 18080,
+      poolerPort: 16432,
       postgresPassword: 'x',
       pgBinDir: '/nonexistent',
       pgOsUser: process.env.STACK_PG_OS_USER || 'postgres',

@@ -417,3 +417,25 @@ export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Prom
   );
   return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
 }
+
+/**
+ * Every app login role on the server, with its SCRAM verifier when it may log in now (else null): what the apps'
+ * door (PgBouncer's auth_file) admits, and whom it must refuse. Direct members of provisioned_apps only (an agent
+ * is a member of an app's login role, never of the group itself), named as app login roles are. A role that cannot
+ * log in (a ready set's, or one whose rotation or delete is under way), has no SCRAM verifier, or whose verifier
+ * has expired gets null. Never a superuser.
+ */
+export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; verifier: string | null }>> {
+  const { rows } = await db.query<{ name: string; verifier: string | null }>(
+    `SELECT r.rolname AS name,
+            CASE WHEN r.rolcanlogin AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
+                 THEN r.rolpassword END AS verifier
+       FROM pg_auth_members m
+       JOIN pg_authid g ON g.oid = m.roleid AND g.rolname = $1
+       JOIN pg_authid r ON r.oid = m.member
+      WHERE NOT r.rolsuper AND r.rolname ~ '${APP_SQL.loginRolePattern}'
+      ORDER BY r.rolname`,
+    [APPS_GROUP_ROLE],
+  );
+  return rows;
+}

@@ -6,6 +6,7 @@
 // has one server (src/domain/provisioner.ts); nothing here knows of the system store.
 import type { Logger } from 'pino';
 import type { Config } from '../../shared/config.js';
+import { NO_POOLER, type Pooler } from '../pooler/pgbouncer.js';
 import type { DatabaseOpener, OwnConnection, Queryable } from '../queryable.js';
 import { SuperuserConnections, type ServerAddress } from '../superuser-connections.js';
 import { DumpAndRestore } from './dump-restore.js';
@@ -28,6 +29,8 @@ export interface PostgresServerOptions {
    * than one pool's. Without them, the server gets its own, to its maintenance database.
    */
   sharedConnections?: SuperuserConnections;
+  /** The pooler in front of the server, apps' door (pgbouncer.ini); none: apps reach the server directly. */
+  pooler?: (server: PostgresServer) => Pooler;
 }
 
 export class PostgresServer implements DatabaseOpener {
@@ -36,15 +39,21 @@ export class PostgresServer implements DatabaseOpener {
   readonly publicPort: number;
   readonly connections: SuperuserConnections;
   readonly dumpAndRestore: DumpAndRestore;
+  /** The apps' door in front of this server, or NO_POOLER. */
+  readonly pooler: Pooler;
+  /** The service's log, naming this server. */
+  readonly log: Logger;
   private readonly ownsConnections: boolean;
 
   constructor(options: PostgresServerOptions, config: Config, log: Logger) {
     this.id = options.id;
+    this.log = log.child({ server: options.id });
     this.publicHost = options.publicHost;
     this.publicPort = options.publicPort;
-    this.connections = options.sharedConnections ?? new SuperuserConnections(options.address, MAINTENANCE_DATABASE, config, log.child({ server: options.id }));
+    this.connections = options.sharedConnections ?? new SuperuserConnections(options.address, MAINTENANCE_DATABASE, config, this.log);
     this.ownsConnections = !options.sharedConnections;
     this.dumpAndRestore = new DumpAndRestore(options.address, config);
+    this.pooler = options.pooler?.(this) ?? NO_POOLER;
   }
 
   /** The server's connection pool, for single statements. */
@@ -107,7 +116,8 @@ export class PostgresServer implements DatabaseOpener {
   }
 
   /** Closes the server's connections, unless they are shared (their owner closes them). */
-  close(): Promise<void> {
-    return this.ownsConnections ? this.connections.close() : Promise.resolve();
+  async close(): Promise<void> {
+    await this.pooler.close();
+    if (this.ownsConnections) await this.connections.close();
   }
 }

@@ -7,6 +7,7 @@ import { setAppState, unregisterApp } from '../../db/system-store/registry.js';
 import { AppNotDeletedError, BackupBlockedError, BackupFailedError, BackupRefusedError } from '../../shared/errors.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
 import type { CrashPoint } from '../crash-points.js';
+import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot, dumpApp } from './backup.js';
 import type { OperationDeps } from './deps.js';
@@ -49,11 +50,13 @@ async function backupBeforeDelete(deps: OperationDeps, server: Queryable, app: A
   }
 }
 
-/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): login first refused, sessions ended, database, roles. */
+/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): login first refused (at the pooler too), sessions ended (pooled ones too), database, roles. */
 export async function removeAppObjects(server: PostgresServer, crashPoint: CrashPoint, client: Queryable, app: AppIdentifiers): Promise<void> {
   const objects = await appObjects(client, app);
   if (objects.loginRole) {
     await disableLogin(client, app.username);
+    await doorTakesLogins(server, app);
+    await doorEndsConnections(server, app);
     await endSessionsOfRole(client, app);
   }
   await crashPoint('delete:after-end-sessions');

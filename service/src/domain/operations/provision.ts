@@ -8,6 +8,7 @@ import { AppExistsError, AppNameConflictError } from '../../shared/errors.js';
 import { appIdentifiers, collidingAppNames, type AppIdentifiers } from '../../shared/object-names.js';
 import type { AppCredential } from '../../shared/secrets.js';
 import { DUPLICATE_ROLE_SQLSTATES, SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import { doorTakesLogins } from '../apps-door.js';
 import type { AppSession, RequestContext } from '../operation-envelope.js';
 import type { Credentials, OperationDeps } from './deps.js';
 
@@ -22,12 +23,17 @@ export function provision(deps: OperationDeps, appName: string, request: Request
   return deps.envelope.audited('provision', appName, request, async () => {
     const app = appIdentifiers(appName);
     const handed = deps.readyPool.enabled ? await handOverReadySet(deps, app) : undefined;
+    let made: Credentials;
     if (handed) {
       await deps.crashPoint('provision:after-handover');
-      return { app, password: handed.password };
+      made = { app, password: handed.password };
+    } else {
+      const { password, verifier } = await deps.credentials.take();
+      made = await provisionOnDemand(deps, app, password, verifier);
     }
-    const { password, verifier } = await deps.credentials.take();
-    return provisionOnDemand(deps, app, password, verifier);
+    // The app connects through the pooler the moment the answer reaches it.
+    await doorTakesLogins(deps.server, app);
+    return made;
   });
 }
 

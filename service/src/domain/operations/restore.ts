@@ -8,6 +8,7 @@ import { findApp } from '../../db/system-store/registry.js';
 import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
 import type { OperationDeps } from './deps.js';
@@ -52,6 +53,8 @@ export async function restore(deps: OperationDeps, appName: string, file: string
         }
       }
       await crashPoint('restore:after-restore');
+      // The app's pooled connections end with its direct ones: none sees the old database after the swap.
+      await doorEndsConnections(server, app);
       await swapWithRetries(client, app, restoring, retired);
       await crashPoint('restore:after-swap');
     } catch (err) {
@@ -60,6 +63,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       throw err;
     }
     await dropDatabase(client, retired);
+    if (source.login_role_put_back) await doorTakesLogins(server, app);
   });
 }
 

@@ -5,6 +5,7 @@ import { authenticationTimeoutMs, disableLogin, enableLogin, endSessionsOfRole, 
 import type { Queryable } from '../../db/queryable.js';
 import { DatabaseUnavailableError } from '../../shared/errors.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
+import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import type { Credentials, OperationDeps } from './deps.js';
 
@@ -13,12 +14,16 @@ const LOGIN_SETTLE_MS = 250;
 
 /**
  * Postgres reads a role's password when a login's exchange begins and checks LOGIN when it ends, and a login may
- * take up to the server's authentication_timeout. So: the login role is refused first (NOLOGIN), its sessions are
+ * take up to the server's authentication_timeout. The apps' door (PgBouncer) reads the verifier when a login
+ * begins too, and a login there may take up to its client_login_timeout. So: the login role is refused first
+ * (NOLOGIN; at the door, a verifier no password matches, and its pooled connections ended), its sessions are
  * ended until none is left (none can come back: no login completes while NOLOGIN), the new password is set while
- * no session exists that could change it again, authentication_timeout is waited out so that every login whose
- * exchange began before (with the old password, or one a session set) has ended, refused; then LOGIN. If the
- * password changed during the wait (only a session that slipped in could), the steps run again. Waiting out
- * logins holds a connection of its own: in one of the rotation slots, waited for up to DATABASE_LOCK_TIMEOUT_MS.
+ * no session exists that could change it again, the longer login timeout is waited out so that every login whose
+ * exchange began before (with the old password, or one a session set) has ended, refused; the door's pooled
+ * connections are ended once more (a login it finished meanwhile); then LOGIN, and the door takes the new
+ * verifier. If the password changed during the wait (only a session that slipped in could), the steps run again.
+ * Waiting out logins holds a connection of its own: in one of the rotation slots, waited for up to
+ * DATABASE_LOCK_TIMEOUT_MS.
  */
 export function rotate(deps: OperationDeps, appName: string, request: RequestContext): Promise<Credentials & { sessionsEnded: number }> {
   const { crashPoint } = deps;
@@ -31,7 +36,11 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
       const { password, verifier } = await deps.credentials.take();
       await disableLogin(client, app.username);
       await crashPoint('rotate:after-disable-login');
-      const waitMs = (await authenticationTimeoutMs(client)) + LOGIN_SETTLE_MS;
+      // The pooler refuses the old password from now on, and its sessions end with the app's own.
+      await doorTakesLogins(deps.server, app);
+      await doorEndsConnections(deps.server, app);
+      // Logins begun before now end within the longer of Postgres's and the door's login timeouts.
+      const waitMs = Math.max(await authenticationTimeoutMs(client), await deps.server.pooler.loginTimeoutMs()) + LOGIN_SETTLE_MS;
       let sessionsEnded = 0;
       for (let attempt = 1; ; attempt++) {
         sessionsEnded += await endAllSessions(client, app);
@@ -41,7 +50,11 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
         if (await passwordIs(client, app, verifier)) break;
         if (attempt >= 3) throw new Error('the password kept changing during rotation'); // the reconciler lets the app log in again
       }
+      // A login the door began with the old password before the rotation and finished since sits in its pool,
+      // where it would be served by server connections the new password opens: ended before LOGIN.
+      await doorEndsConnections(deps.server, app);
       await enableLogin(client, app);
+      await doorTakesLogins(deps.server, app);
       return { app, password, sessionsEnded };
     },
   );

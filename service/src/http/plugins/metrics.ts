@@ -57,6 +57,51 @@ export default fp(
       },
     });
 
+    new Gauge({
+      name: 'pgprov_pooler_up',
+      help: "Whether the apps' door (PgBouncer) answers its admin console: 1 or 0 (absent without a pooler)",
+      registers: [register],
+      collect() {
+        const up = app.statistics.poolerUp();
+        if (up !== undefined) this.set(up ? 1 : 0);
+      },
+    });
+    // Per app (database), from the door's SHOW POOLS: clients using or waiting for a server connection, and the
+    // server connections the door holds to Postgres for it.
+    new Gauge({
+      name: 'pgprov_pooler_connections',
+      help: "The apps' door's connections per app database: clients active and waiting, servers active and idle",
+      labelNames: ['database', 'state'],
+      registers: [register],
+      async collect() {
+        this.reset();
+        try {
+          for (const pool of await app.statistics.poolerPools()) {
+            this.set({ database: pool.database, state: 'client_active' }, pool.clientsActive);
+            this.set({ database: pool.database, state: 'client_waiting' }, pool.clientsWaiting);
+            this.set({ database: pool.database, state: 'server_active' }, pool.serversActive);
+            this.set({ database: pool.database, state: 'server_idle' }, pool.serversIdle);
+          }
+        } catch {
+          // The pooler away: no pools to show; pgprov_pooler_up says so.
+        }
+      },
+    });
+    new Gauge({
+      name: 'pgprov_pooler_client_max_wait_seconds',
+      help: "How long the oldest client of each app database has waited for a server connection at the apps' door",
+      labelNames: ['database'],
+      registers: [register],
+      async collect() {
+        this.reset();
+        try {
+          for (const pool of await app.statistics.poolerPools()) this.set({ database: pool.database }, pool.maxWaitSeconds);
+        } catch {
+          // as above
+        }
+      },
+    });
+
     app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });
       operationSeconds.observe({ operation }, seconds);

@@ -1,14 +1,19 @@
 // GET /health: 200 when Postgres answers within HEALTH_TIMEOUT_MS, 503 otherwise. Never slower than that;
-// concurrent checks share one ping (see SuperuserConnections.checkHealth).
+// concurrent checks share one ping (see SuperuserConnections.checkHealth). `pooler` says whether the apps' door
+// (PgBouncer) answers, from a check the service makes in the background: a pooler that is down does not make the
+// service unhealthy (it provisions; the door reads its logins when it is back), but it is reported here and in
+// /metrics (pgprov_pooler_up).
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 
-const HealthSchema = z.object({ status: z.literal('ok') });
+const PoolerStateSchema = z.enum(['ok', 'unavailable', 'none']);
+const HealthSchema = z.object({ status: z.literal('ok'), pooler: PoolerStateSchema });
 const UnhealthySchema = z.object({
   statusCode: z.literal(503),
   error: z.string(),
   status: z.literal('unavailable'),
   message: z.string(),
+  pooler: PoolerStateSchema,
   /** The request's id, which finds the log line of the failed check. */
   request_id: z.string(),
 });
@@ -28,7 +33,7 @@ const healthRoutes: FastifyPluginAsyncZod = async (app) => {
     async (request, reply) => {
       try {
         await app.health.check();
-        return { status: 'ok' as const };
+        return { status: 'ok' as const, pooler: app.health.pooler() };
       } catch (err) {
         request.log.warn({ err }, 'health check: database not answering');
         return reply.code(503).send({
@@ -36,6 +41,7 @@ const healthRoutes: FastifyPluginAsyncZod = async (app) => {
           error: 'Service Unavailable',
           status: 'unavailable',
           message: 'the database is not answering',
+          pooler: app.health.pooler(),
           request_id: request.id,
         });
       }

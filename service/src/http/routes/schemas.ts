@@ -38,32 +38,41 @@ export const AppNameParamsSchema = z.object({ name: AppNameSchema });
  * What an app needs to connect; returned by provisioning and rotation, and nowhere else. One login in three
  * forms: connection_string (postgres://, as the original README has it), database_url (the same with the
  * postgresql:// scheme, the only one SQLAlchemy takes), and the parts, for drivers and tools that take them so.
+ * All name the apps' door (the pooler, when there is one: `pooling` says in which mode); direct_connection_string,
+ * where the operator opened the direct door, names Postgres itself, for what needs a session of its own.
  */
 export const CredentialsSchema = z.object({
   connection_string: z.string(),
   database_url: z.string(),
+  /** transaction (or session, statement): through PgBouncer in that mode; none: straight to Postgres. */
+  pooling: z.enum(['transaction', 'session', 'statement', 'none']),
+  direct_connection_string: z.string().optional(),
   app_name: z.string(),
   database: z.string(),
   username: z.string(),
   password: z.string(),
   host: z.string(),
   port: z.number().int(),
+  sslmode: z.string(),
 });
 
 export function credentialsBody(config: Config, app: AppIdentifiers, password: string): z.infer<typeof CredentialsSchema> {
   const user = encodeURIComponent(app.username);
   const secret = encodeURIComponent(password);
-  const { PUBLIC_DB_HOST: host, PUBLIC_DB_PORT: port } = config;
-  const location = `${user}:${secret}@${host}:${port}/${app.database}?sslmode=disable`;
+  const { PUBLIC_DB_HOST: host, PUBLIC_DB_PORT: port, PUBLIC_DB_SSLMODE: sslmode, DIRECT_DB_HOST: directHost, DIRECT_DB_PORT: directPort } = config;
+  const location = (at: string, atPort: number) => `${user}:${secret}@${at}:${atPort}/${app.database}?sslmode=${sslmode}`;
   return {
-    connection_string: `postgres://${location}`,
-    database_url: `postgresql://${location}`,
+    connection_string: `postgres://${location(host, port)}`,
+    database_url: `postgresql://${location(host, port)}`,
+    pooling: config.POOLER_AUTH_FILE ? config.POOLER_POOL_MODE : 'none',
+    ...(directHost ? { direct_connection_string: `postgres://${location(directHost, directPort)}` } : {}),
     app_name: app.appName,
     database: app.database,
     username: app.username,
     password,
     host,
     port,
+    sslmode,
   };
 }
 

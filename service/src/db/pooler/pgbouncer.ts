@@ -1,0 +1,348 @@
+// Owns the apps' door as the service sees it: PgBouncer (pgbouncer.ini at the top of the repo), in front of one
+// Postgres server. Two things: the auth_file PgBouncer checks app logins against, which the service keeps (one
+// line per app login role, with the SCRAM verifier Postgres holds, rewritten from Postgres's catalog on every
+// change), and PgBouncer's admin console, over its socket (RELOAD after each rewrite, KILL to end an app's pooled
+// connections, SHOW POOLS for metrics). SECURITY.md ("The apps' door") says why an auth_file and not auth_query.
+import { createHmac, randomBytes } from 'node:crypto';
+import { chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import { scramSha256Verifier } from '../../shared/secrets.js';
+
+/** An app login as PgBouncer's auth_file holds it: the role's name and its SCRAM verifier, or null: refused. */
+export interface PoolerLogin {
+  name: string;
+  verifier: string | null;
+}
+
+/** One of PgBouncer's pools (an app's database and role), from SHOW POOLS. */
+export interface PoolUsage {
+  database: string;
+  user: string;
+  clientsActive: number;
+  clientsWaiting: number;
+  serversActive: number;
+  serversIdle: number;
+  /** How long the oldest waiting client has waited, in seconds. */
+  maxWaitSeconds: number;
+}
+
+export interface PoolerSettings {
+  /** The auth_file pgbouncer.ini names; the service writes it (the directory must be the service's to write). */
+  authFile: string;
+  /** PgBouncer's admin console: its socket directory (or a host) and port, the admin user and its password. */
+  adminHost: string;
+  adminPort: number;
+  adminUser: string;
+  adminPassword: string;
+  /** pgbouncer.ini's pool_mode, which every connection string's answer states. */
+  poolMode: string;
+  /** How long an admin command may take before the console is given up as unreachable. */
+  timeoutMs: number;
+}
+
+/** The door apps use, as the operations need it; NO_POOLER when there is none (Postgres is the apps' only door). */
+export interface Pooler {
+  readonly enabled: boolean;
+  readonly poolMode: string | undefined;
+  /**
+   * App logins changed on the server (an app made, its password changed, its login refused or removed): the
+   * door's list is brought up to date and in force before this resolves. Calls made while one is under way
+   * share the next rewrite, which reads the catalog after all of them began.
+   */
+  loginsChanged(): Promise<void>;
+  /** Ends every pooled connection to `database`, clients' and the server's, at once (KILL, then RESUME). */
+  endConnections(database: string): Promise<void>;
+  /** The door's pools (for /metrics). */
+  pools(): Promise<PoolUsage[]>;
+  /**
+   * The longest a login at the door may take (its client_login_timeout, and the third of a second in which
+   * PgBouncer looks): a login begun before a password change has finished or been ended once this has passed.
+   * 0 without a door.
+   */
+  loginTimeoutMs(): Promise<number>;
+  /** Whether the door answers (for /health): the last check's result, refreshed in the background. */
+  isUp(): boolean;
+  start(): void;
+  close(): Promise<void>;
+}
+
+export const NO_POOLER: Pooler = {
+  enabled: false,
+  poolMode: undefined,
+  loginsChanged: () => Promise.resolve(),
+  endConnections: () => Promise.resolve(),
+  pools: () => Promise.resolve([]),
+  loginTimeoutMs: () => Promise.resolve(0),
+  isUp: () => true,
+  start: () => {},
+  close: () => Promise.resolve(),
+};
+
+/**
+ * The admin console's password, derived from the superuser's: nothing more for the operator to make or keep,
+ * and the superuser's own password (or its SCRAM key, which a login through PgBouncer would hand it) never
+ * reaches PgBouncer. The admin user exists only in PgBouncer, never in Postgres.
+ */
+export function poolerAdminPassword(superuserPassword: string): string {
+  return createHmac('sha256', superuserPassword).update('pg-provisioner: PgBouncer admin console').digest('hex');
+}
+
+/** How often the background check asks the admin console whether it answers. */
+const CHECK_INTERVAL_MS = 2_000;
+/** PgBouncer ends logins older than client_login_timeout in its maintenance pass, every third of a second. */
+const LOGIN_CHECK_SLACK_MS = 1_000;
+/** After a failed rewrite or reload, how soon it is tried again (the file is derived state: always safe to redo). */
+const RETRY_MS = 1_000;
+
+export class PgBouncer implements Pooler {
+  readonly enabled = true;
+  readonly poolMode: string;
+  private readonly settings: PoolerSettings;
+  private readonly readLogins: () => Promise<PoolerLogin[]>;
+  private readonly log: Logger;
+  private console?: Promise<pg.Client>;
+  private current?: Promise<void>;
+  private next?: Promise<void>;
+  private up = false;
+  private timer?: NodeJS.Timeout;
+  private retry?: NodeJS.Timeout;
+  private closed = false;
+
+  /** `readLogins` reads every app login role's verifier from the server's catalog (appLoginVerifiers). */
+  constructor(settings: PoolerSettings, readLogins: () => Promise<PoolerLogin[]>, log: Logger) {
+    this.settings = settings;
+    this.poolMode = settings.poolMode;
+    this.readLogins = readLogins;
+    this.log = log.child({ part: 'pooler' });
+  }
+
+  /** Checks the console now and every CHECK_INTERVAL_MS, and writes the auth_file once (before PgBouncer may start). */
+  start(): void {
+    void this.check();
+    this.timer = setInterval(() => void this.check(), CHECK_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.timer);
+    clearTimeout(this.retry);
+    await this.current?.catch(() => {});
+    await this.dropConsole();
+  }
+
+  isUp(): boolean {
+    return this.up;
+  }
+
+  loginsChanged(): Promise<void> {
+    this.next ??= (this.current ?? Promise.resolve())
+      .catch(() => {})
+      .then(() => {
+        this.next = undefined;
+        const run = this.rewriteAndReload();
+        this.current = run;
+        run.then(
+          () => {
+            if (this.current === run) this.current = undefined;
+          },
+          () => {
+            if (this.current === run) this.current = undefined;
+          },
+        );
+        return run;
+      });
+    return this.next;
+  }
+
+  async endConnections(database: string): Promise<void> {
+    const name = adminArgument(database);
+    await this.command(`KILL ${name}`);
+    await this.command(`RESUME ${name}`);
+  }
+
+  async pools(): Promise<PoolUsage[]> {
+    const { rows } = await this.command('SHOW POOLS');
+    return rows
+      .filter((row) => row.database !== 'pgbouncer')
+      .map((row) => ({
+        database: String(row.database),
+        user: String(row.user),
+        clientsActive: Number(row.cl_active),
+        clientsWaiting: Number(row.cl_waiting),
+        serversActive: Number(row.sv_active),
+        serversIdle: Number(row.sv_idle) + Number(row.sv_used ?? 0),
+        maxWaitSeconds: Number(row.maxwait) + Number(row.maxwait_us ?? 0) / 1e6,
+      }));
+  }
+
+  private loginTimeout?: number;
+
+  async loginTimeoutMs(): Promise<number> {
+    try {
+      const { rows } = await this.command('SHOW CONFIG');
+      const seconds = Number(rows.find((row) => row.key === 'client_login_timeout')?.value);
+      if (Number.isFinite(seconds) && seconds > 0) this.loginTimeout = seconds * 1000 + LOGIN_CHECK_SLACK_MS;
+    } catch (err) {
+      this.log.warn({ err }, "could not read the pooler's client_login_timeout; using the last one read");
+    }
+    // Never read (the door has not answered since the service started): PgBouncer's own default, 60 s.
+    return this.loginTimeout ?? 60_000 + LOGIN_CHECK_SLACK_MS;
+  }
+
+  /**
+   * Writes the auth_file from the catalog (a new file renamed over the old: PgBouncer reads the old list or the
+   * new one, never half of either), then RELOAD. If either fails, it is tried again in the background until it
+   * holds, and the caller is told (the operation it follows has committed; the door catches up).
+   */
+  private async rewriteAndReload(): Promise<void> {
+    try {
+      await this.writeAuthFile(await this.readLogins());
+      await this.command('RELOAD');
+      clearTimeout(this.retry);
+      this.retry = undefined;
+    } catch (err) {
+      this.retryLater();
+      throw err;
+    }
+  }
+
+  private retryLater(): void {
+    if (this.closed || this.retry) return;
+    this.retry = setTimeout(() => {
+      this.retry = undefined;
+      this.loginsChanged().catch((err: unknown) => this.log.warn({ err }, 'the pooler has not taken the app logins yet; trying again'));
+    }, RETRY_MS);
+    this.retry.unref();
+  }
+
+  /**
+   * Every name PgBouncer may know gets a line: a login that may not log in (NOLOGIN, mid-rotation, deleted) gets
+   * a verifier no password matches, never no line. PgBouncer 1.18 keeps a user it once read after the user leaves
+   * the file, with an empty password, which a client sending an empty password then passes (src/loader.c,
+   * disable_users); and it never forgets a name until it restarts. So names of the file before, gone from the
+   * catalog since, stay in it as refused (tombstones).
+   */
+  private async writeAuthFile(logins: PoolerLogin[]): Promise<void> {
+    const { authFile, adminUser } = this.settings;
+    const known = new Set(logins.map((login) => login.name));
+    const gone = (await namesIn(authFile)).filter((name) => name !== adminUser && !known.has(name));
+    const entries = [{ name: adminUser, verifier: await this.adminVerifier() }, ...logins, ...gone.map((name) => ({ name, verifier: null }))];
+    const lines = entries.map((login) => `${quoted(login.name)} ${quoted(login.verifier ?? refusedVerifier())}`);
+    const header = '; Written by the provisioning service from Postgres\'s catalog: every change is overwritten.\n';
+    const temporary = join(dirname(authFile), `.${basename(authFile)}.${process.pid}.tmp`);
+    try {
+      // 0640: PgBouncer reads it through the directory's group (the stack and compose's setup see to that).
+      await writeFile(temporary, header + lines.join('\n') + '\n', { mode: 0o640 });
+      await chmod(temporary, 0o640);
+      await rename(temporary, authFile);
+    } catch (err) {
+      await rm(temporary, { force: true });
+      throw err;
+    }
+  }
+
+  private adminVerifierMemo?: Promise<string>;
+
+  /** One verifier per process: PgBouncer keeps whichever the file holds, and any verifier of the password works. */
+  private adminVerifier(): Promise<string> {
+    this.adminVerifierMemo ??= scramSha256Verifier(this.settings.adminPassword);
+    return this.adminVerifierMemo;
+  }
+
+  private async check(): Promise<void> {
+    await this.command('SHOW VERSION').catch(() => {});
+  }
+
+  /** Whether the console answered the last command; a change is logged once. */
+  private markUp(up: boolean, err?: unknown): void {
+    if (up && !this.up) this.log.info('the pooler answers');
+    if (!up && this.up) this.log.warn({ err }, 'the pooler does not answer');
+    this.up = up;
+  }
+
+  /** One admin command (simple query protocol, which the console speaks), on the one console connection. */
+  private async command(sql: string): Promise<pg.QueryResult<Record<string, unknown>>> {
+    let client: pg.Client;
+    try {
+      client = await this.openConsole();
+    } catch (err) {
+      this.markUp(false, err);
+      throw err;
+    }
+    try {
+      const result = await client.query({ text: sql, queryMode: 'simple' } as pg.QueryConfig);
+      this.markUp(true);
+      return result;
+    } catch (err) {
+      // A timeout or a broken connection: the next command opens a new one. An error PgBouncer sent leaves it sound.
+      if (!(err instanceof Error && 'severity' in err)) {
+        this.markUp(false, err);
+        await this.dropConsole();
+      }
+      throw err;
+    }
+  }
+
+  private openConsole(): Promise<pg.Client> {
+    this.console ??= (async () => {
+      const { adminHost, adminPort, adminUser, adminPassword, timeoutMs } = this.settings;
+      const client = new pg.Client({
+        host: adminHost,
+        port: adminPort,
+        user: adminUser,
+        password: adminPassword,
+        database: 'pgbouncer',
+        connectionTimeoutMillis: timeoutMs,
+        query_timeout: timeoutMs,
+      });
+      client.on('error', () => void this.dropConsole());
+      client.on('end', () => void this.dropConsole(client));
+      try {
+        await client.connect();
+      } catch (err) {
+        this.console = undefined;
+        throw err;
+      }
+      return client;
+    })();
+    return this.console;
+  }
+
+  private async dropConsole(only?: pg.Client): Promise<void> {
+    const pending = this.console;
+    if (!pending) return;
+    const client = await pending.catch(() => undefined);
+    if (only && client !== only) return;
+    if (this.console === pending) this.console = undefined;
+    await client?.end().catch(() => {});
+  }
+}
+
+/** The names an auth_file holds (none when there is none yet). */
+async function namesIn(authFile: string): Promise<string[]> {
+  const text = await readFile(authFile, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return '';
+    throw err;
+  });
+  return [...text.matchAll(/^"((?:[^"]|"")*)"/gm)].map((match) => match[1]!.replaceAll('""', '"'));
+}
+
+/** A well-formed SCRAM verifier of random keys: no password's proof matches it (it would take SHA-256 preimages). */
+function refusedVerifier(): string {
+  const b64 = (bytes: number) => randomBytes(bytes).toString('base64');
+  return `SCRAM-SHA-256$4096:${b64(16)}$${b64(32)}:${b64(32)}`;
+}
+
+/** A value as the auth_file takes it: in double quotes, a double quote doubled. */
+function quoted(value: string): string {
+  return `"${value.replaceAll('"', '""')}"`;
+}
+
+/** A database name as an admin command's argument: app databases are [a-z0-9_] (object-names.ts); anything else is refused. */
+function adminArgument(name: string): string {
+  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a database name the pooler's console can be given: ${name}`);
+  return name;
+}

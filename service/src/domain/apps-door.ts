@@ -1,0 +1,24 @@
+// Owns what the operations tell the apps' door (the pooler in front of a server, src/db/pooler/pgbouncer.ts) after
+// they change an app: its logins changed, or its pooled connections must end. The change itself has committed on
+// the server by then, and Postgres enforces it whatever the door knows (a refused login is refused by Postgres
+// too): so a door that cannot be told now is logged and catches up in the background, and the operation stands.
+import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
+import type { AppIdentifiers } from '../shared/object-names.js';
+
+/** The door admits the app's logins as they now are on `server` (a new app, a new password, a refused login). */
+export async function doorTakesLogins(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  try {
+    await server.pooler.loginsChanged();
+  } catch (err) {
+    server.log.warn({ err, app: app.appName }, 'the pooler has not taken the change to app logins yet; it is tried again in the background');
+  }
+}
+
+/** Every pooled connection to the app's database ends now, clients' and the server's (rotate, delete, restore). */
+export async function doorEndsConnections(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  try {
+    await server.pooler.endConnections(app.database);
+  } catch (err) {
+    server.log.warn({ err, app: app.appName }, "the pooler could not end the app's pooled connections; Postgres ends their sessions");
+  }
+}

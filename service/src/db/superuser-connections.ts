@@ -210,6 +210,19 @@ export class SuperuserConnections implements DatabaseOpener {
     return client;
   }
 
+  /**
+   * A connection of its own for one job done again and again, one call at a time (the apps' door reading the
+   * catalog). Like the health check's, it never waits behind requests queued on the pool, nor takes a pool
+   * connection from an operation that holds one and waits for this job. Ended with the others by close().
+   */
+  dedicated(): DedicatedConnection {
+    const connection = new DedicatedConnection(() => this.connect());
+    this.dedicatedConnections.push(connection);
+    return connection;
+  }
+
+  private readonly dedicatedConnections: DedicatedConnection[] = [];
+
   /** Runs `work` on a short-lived superuser connection to another database (DDL that must run inside it). */
   async inDatabase<T>(database: string, work: (client: Queryable) => Promise<T>): Promise<T> {
     const client = await this.connect(database);
@@ -222,6 +235,35 @@ export class SuperuserConnections implements DatabaseOpener {
 
   async close(): Promise<void> {
     await this.healthClient?.end().catch(() => {});
+    for (const connection of this.dedicatedConnections) await connection.close();
     await this.pool.end();
+  }
+}
+
+/** One connection, opened when first needed and replaced after any failure (see SuperuserConnections.dedicated). */
+export class DedicatedConnection {
+  private client?: Promise<pg.Client>;
+  private readonly open: () => Promise<pg.Client>;
+
+  constructor(open: () => Promise<pg.Client>) {
+    this.open = open;
+  }
+
+  async run<T>(work: (client: Queryable) => Promise<T>): Promise<T> {
+    const pending = (this.client ??= this.open());
+    try {
+      return await work(await pending);
+    } catch (err) {
+      // Whatever failed (the connection, or the statement on it), the next call starts on a new one.
+      if (this.client === pending) this.client = undefined;
+      await (await pending.catch(() => undefined))?.end().catch(() => {});
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    const pending = this.client;
+    this.client = undefined;
+    await (await pending?.catch(() => undefined))?.end().catch(() => {});
   }
 }

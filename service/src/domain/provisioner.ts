@@ -85,7 +85,12 @@ function poolerOf(config: Config, log: Logger): ((server: PostgresServer) => Poo
     poolMode: config.POOLER_POOL_MODE,
     timeoutMs: config.POOLER_TIMEOUT_MS,
   };
-  return (server) => new PgBouncer(settings, () => server.withClient(appLoginVerifiers), log);
+  return (server) => {
+    // The door's catalog reads run on a connection of their own: an operation holding a pool connection waits
+    // for them, and must not wait for a second one from the same pool.
+    const catalog = server.connections.dedicated();
+    return new PgBouncer(settings, () => catalog.run(appLoginVerifiers), log);
+  };
 }
 
 export class Provisioner {

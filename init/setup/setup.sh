@@ -14,7 +14,8 @@
 # 3. The TLS certificate Postgres and PgBouncer serve, in TLS_DIR (init/setup/make-tls.sh: made on the first
 #    start, kept after), each server's copy of the key owned by its user.
 # 4. The directory of PgBouncer's auth_file (POOLER_AUTH_DIR): the service's to write, PgBouncer's group's to
-#    read (setgid: the files the service makes there get that group), nobody else's.
+#    read (setgid: the files the service makes there get that group), nobody else's; and PgBouncer's socket
+#    directory (POOLER_SOCKET_DIR), PgBouncer's.
 #
 # Needs only CAP_CHOWN and CAP_FOWNER (compose drops every other capability). Never prints the password.
 set -eu
@@ -70,3 +71,11 @@ mkdir -p "$auth_dir"
 chown "$uid:${POOLER_GID:-1001}" "$auth_dir"
 chmod 2750 "$auth_dir"
 say "PgBouncer's auth_file directory $auth_dir: written by $uid, read by group ${POOLER_GID:-1001}"
+
+# PgBouncer's socket directory (its admin console, for the service): PgBouncer's own. Made here because the
+# service, which starts first, would otherwise be the first to mount the volume and leave it root's.
+socket_dir=${POOLER_SOCKET_DIR:-/var/run/pgbouncer}
+mkdir -p "$socket_dir"
+chown "${POOLER_UID:-1001}:${POOLER_GID:-1001}" "$socket_dir"
+chmod 0755 "$socket_dir"
+say "PgBouncer's socket directory $socket_dir owned by ${POOLER_UID:-1001}"

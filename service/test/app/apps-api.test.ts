@@ -230,9 +230,17 @@ describe('bookkeeping', () => {
     const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
     assert.deepEqual(operations.sort(), [
       'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /backups', 'GET /health',
-      'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
+      'GET /tls/ca.crt', 'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
+  });
+
+  it('answers GET /tls/ca.crt with 404 and a message for the operator when it was given no CA (TLS_CA_FILE)', async () => {
+    // This in-process service has no TLS_CA_FILE; the certificate served through nginx: test/stack/apps-api.test.ts.
+    assert.equal(t.config.TLS_CA_FILE, undefined);
+    const response = await t.get('/tls/ca.crt');
+    assert.equal(response.status, 404);
+    assert.match(String(response.body.message), /no CA certificate to give/);
   });
 });

@@ -1,7 +1,9 @@
 // The app lifecycle through nginx, where it needs the running stack: Postgres stopped under the service (every
 // route's 503, with nginx's request id, and the log line it finds); metrics and OpenAPI on the service's own port
-// only. Everything else of /apps, in process: test/app/apps-api.test.ts and test/app/apps-rotation.test.ts.
+// only; the CA certificate through nginx. Everything else of /apps, in process: test/app/apps-api.test.ts and
+// test/app/apps-rotation.test.ts.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { request } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
@@ -48,5 +50,21 @@ describe('bookkeeping', () => {
     // What the document holds, and every metric's name: test/app/apps-api.test.ts.
     const docs = (await request(`${t.stack.serviceUrl}/docs/json`)).body as { openapi: string };
     assert.match(docs.openapi, /^3\./);
+  });
+
+  it('serves the CA certificate the stack made through nginx, to anyone, as PEM (GET and HEAD only)', async () => {
+    const served = await t.get('/tls/ca.crt');
+    assert.equal(served.status, 200);
+    assert.equal(served.headers.get('content-type'), 'application/x-pem-file');
+    assert.equal(served.text, readFileSync(t.stack.postgres.tlsFiles().caCertificate, 'utf8'), 'the very certificate that signed the doors\'');
+    assert.match(served.text, /^-----BEGIN CERTIFICATE-----\n/);
+    assert.doesNotMatch(served.text, /PRIVATE KEY/);
+    assert.equal((await fetch(`${t.stack.httpUrl}/tls/ca.crt`, { method: 'HEAD' })).status, 200);
+    const posted = await t.post('/tls/ca.crt', {});
+    assert.equal(posted.status, 405);
+    assert.equal(posted.headers.get('allow'), 'GET, HEAD');
+    const direct = await request(`${t.stack.serviceUrl}/tls/ca.crt`, { method: 'POST' });
+    assert.equal(direct.status, 405, 'the service answers as nginx does');
+    assert.equal(direct.headers.get('allow'), 'GET, HEAD');
   });
 });

@@ -1,5 +1,6 @@
 // Faults the service must survive, each against the real local stack: Postgres frozen, restarted, its
-// backends terminated, its connection slots taken by one tenant; the service down behind nginx.
+// backends terminated, its connection slots sought by one tenant (through the pooler, and through the direct
+// door); the service down behind nginx.
 // (Crashes of the service at each step of an operation: test/crash.test.ts. Stack restarts: lifecycle.test.ts.)
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
@@ -177,15 +178,53 @@ describe('the service down behind nginx', () => {
   });
 });
 
-describe("one tenant takes every connection slot", () => {
-  it('the service opens new connections through its reserved slots, and everything works again once the tenant lets go', async () => {
-    const hog = await t.provision('hog');
+// A tenant that opens connection after connection. Through the apps' door (connection_string, PgBouncer in
+// transaction mode) its clients cost Postgres nothing beyond the app's pool: they all connect, and Postgres serves
+// them with at most default_pool_size (2) sessions of its own. Only the direct door (direct_connection_string, an
+// opt-in: docker-compose.direct-postgres.yml; the test stacks have it on) gives each client a Postgres slot, so
+// that one tenant can take every slot; the superuser's reserved slots are then the service's way back in.
+describe('one tenant takes every connection slot', () => {
+  const TENANT_CLIENTS = 60; // more than Postgres's 47 non-reserved slots
+  const POOL_SIZE = 2; // pgbouncer.ini's default_pool_size and max_db_connections
+
+  it("through the pooler: its 60 clients all connect and are served, by at most 2 of Postgres's sessions; other apps are not held up", async () => {
+    const tenant = await t.provision('pooled_hog');
+    assert.equal(new URL(tenant.connection_string).port, String(t.stack.settings.poolerPort), 'connection_string names the pooler');
+    const clients: pg.Client[] = [];
+    try {
+      for (let i = 0; i < TENANT_CLIENTS; i++) clients.push(await connectAs(tenant.connection_string));
+      // Every client at once, each in a transaction that outlasts a moment, so that they queue for the pool.
+      const servedBy = await Promise.all(
+        clients.map(async (client) => (await client.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, pg_sleep(0.05)')).rows[0]!.pid),
+      );
+      assert.equal(servedBy.length, TENANT_CLIENTS, 'every client was served');
+      const sessions = new Set(servedBy);
+      assert.ok(sessions.size >= 1 && sessions.size <= POOL_SIZE, `served by ${sessions.size} Postgres sessions`);
+      // What Postgres sees of the tenant while its 60 clients are all connected: the pool's sessions, no more.
+      const seen = await t.superuser(async (db) => (await db.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE usename = 'app_pooled_hog_user'")).rows.map((r) => r.pid));
+      assert.ok(seen.length <= POOL_SIZE, `Postgres has ${seen.length} sessions of the tenant's role`);
+      for (const pid of seen) assert.ok(sessions.has(pid), `session ${pid} is one of the pool's`);
+      // Postgres's slots are not the tenant's to take: another app still gets in, and the service still works.
+      assert.equal(await asApp(apps[0]!.connection_string, async (c) => (await c.query<{ one: number }>('SELECT 1 AS one')).rows[0]?.one), 1);
+      assert.equal((await t.admin('GET', '/apps/pooled_hog')).status, 200);
+    } finally {
+      await Promise.all(clients.map((c) => c.end().catch(() => {})));
+    }
+    apps.push(tenant);
+    await everythingWorks();
+  });
+
+  it('through the direct door: the service opens new connections through its reserved slots, and everything works again once the tenant lets go', async () => {
+    const hog = (await t.provision('hog')) as ProvisionedApp & { direct_connection_string?: string };
+    const direct = hog.direct_connection_string;
+    assert.ok(direct, 'the test stack has the direct door on: answers carry direct_connection_string');
+    assert.equal(new URL(direct).port, String(t.stack.settings.pgPort), "direct_connection_string names Postgres's own port");
     const held: pg.Client[] = [];
-    /** Connects as the tenant until Postgres refuses it; returns the refusal. */
+    /** Connects to Postgres directly as the tenant until Postgres refuses it; returns the refusal. */
     const takeEverySlot = async () => {
-      for (let i = 0; i < 60; i++) {
+      for (let i = 0; i < TENANT_CLIENTS; i++) {
         try {
-          held.push(await connectAs(hog.connection_string));
+          held.push(await connectAs(direct));
         } catch (err) {
           return err as Error & { code?: string };
         }

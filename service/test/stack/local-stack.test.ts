@@ -25,6 +25,7 @@ interface Ports {
   http: number;
   pg: number;
   service: number;
+  pooler: number;
 }
 
 interface UserStack {
@@ -42,7 +43,12 @@ const started: UserStack[] = [];
 async function freshDir(name: string): Promise<{ dir: string; ports: Ports }> {
   const dir = mkdtempSync(join(tmpdir(), `pgprov-${name}-`));
   chmodSync(dir, 0o755); // the unprivileged Postgres user must reach it
-  return { dir, ports: { http: await freePort(), pg: await freePort(), service: await freePort() } };
+  return { dir, ports: await freePorts() };
+}
+
+/** Every port a stack listens on, each free (none the defaults of .env, which a developer's own stack may hold). */
+async function freePorts(): Promise<Ports> {
+  return { http: await freePort(), pg: await freePort(), service: await freePort(), pooler: await freePort() };
 }
 
 /**
@@ -56,6 +62,7 @@ function runStack(how: 'npm' | 'script', dir: string, ports: Ports, env: Record<
     STACK_HTTP_PORT: String(ports.http),
     STACK_PG_PORT: String(ports.pg),
     STACK_SERVICE_PORT: String(ports.service),
+    STACK_POOLER_PORT: String(ports.pooler),
     POSTGRES_PASSWORD: PASSWORD,
     DISK_RESERVE_MB: '0',
     ...env,
@@ -149,6 +156,15 @@ async function assertNothingLeft(stack: UserStack): Promise<void> {
   assert.deepEqual({ ...left, processes: described }, { processes: [], openPorts: [] }, 'nothing of the stack is left running');
 }
 
+/** A process's command line, its arguments joined by spaces ('' once it is gone). */
+function commandLine(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return '';
+  }
+}
+
 function adminKeyOf(stack: UserStack): string | undefined {
   return stack.lines.map(adminKeyInLogLine).find((key) => key !== undefined);
 }
@@ -211,9 +227,20 @@ describe('a first start, then a second stack beside it, then Ctrl-C', () => {
     const naming = ownLines.filter((line) => /\blogs?\b/i.test(line));
     assert.ok(naming.length > 0, 'the stack says where its logs are');
     for (const line of naming) assert.ok(line.includes(join(stack.dir, 'logs')), `a line naming a log names its path: ${line}`);
-    for (const log of ['postgres.log', 'service.log', 'nginx-error.log']) {
+    for (const log of ['postgres.log', 'service.log', 'pgbouncer.log', 'nginx-error.log']) {
       assert.ok(ownLines.some((line) => line.includes(join(stack.dir, 'logs', log))), `${log} is named by its path`);
     }
+  });
+
+  it("makes the doors' TLS certificate on the first start, says so, and names the CA file apps need", () => {
+    const upAt = stack.lines.findIndex((line) => /The local stack is up/.test(line));
+    const progress = stack.lines.slice(0, upAt);
+    const ca = join(stack.dir, 'tls', 'ca.crt');
+    assert.ok(progress.some((line) => line.includes('certificate authority made') && line.includes(ca)), `the CA is announced:\n${progress.join('\n')}`);
+    assert.match(readFileSync(ca, 'utf8'), /^-----BEGIN CERTIFICATE-----/);
+    const after = stack.lines.slice(upAt);
+    assert.ok(after.some((line) => /TLS CA certificate/.test(line) && line.includes(ca)), 'where the CA is, among where everything is');
+    assert.ok(after.some((line) => /PgBouncer/.test(line) && line.includes(`127.0.0.1:${stack.ports.pooler}`)), "the apps' door and its port");
   });
 
   it('logs no warning on a first start', async () => {
@@ -224,7 +251,13 @@ describe('a first start, then a second stack beside it, then Ctrl-C', () => {
       STARTUP_MS,
     );
     assert.ok(sets > 0, 'the ready pool prepared a set');
+    // Nor the service about its door: PgBouncer starts after the service (it reads the auth_file the service
+    // writes), here and in compose, so a door not up yet at the service's start is expected, not a warning.
     assert.deepEqual(warnings(stack.lines), []);
+    // PgBouncer warns of what it skips (a line of pgbouncer-hba.conf or pgbouncer.ini it cannot parse).
+    const pgbouncerLog = readFileSync(join(stack.dir, 'logs', 'pgbouncer.log'), 'utf8');
+    assert.match(pgbouncerLog, /process up: PgBouncer 1\.18/);
+    assert.deepEqual(pgbouncerLog.split('\n').filter((line) => /\b(WARNING|ERROR|FATAL)\b/.test(line)), []);
   });
 
   it('keeps the service log in $STACK_DIR/logs/service.log (0600), so the admin key is never lost', () => {
@@ -241,7 +274,7 @@ describe('a first start, then a second stack beside it, then Ctrl-C', () => {
   });
 
   it('refuses a second stack on the same STACK_DIR at once, naming what runs there, with no key', async () => {
-    const second = runStack('script', stack.dir, { http: await freePort(), pg: await freePort(), service: await freePort() });
+    const second = runStack('script', stack.dir, await freePorts());
     const code = await second.closed;
     const output = second.lines.join('\n');
     assert.notEqual(code, 0, output);
@@ -279,7 +312,7 @@ describe('a first start, then a second stack beside it, then Ctrl-C', () => {
     const printed = stack.lines.slice(from);
     assert.ok(printed.length <= 10, `a few lines after Ctrl-C, not ${printed.length}:\n${printed.join('\n')}`);
     assert.deepEqual(warnings(printed), []);
-    for (const part of [/nginx/, /service/, /Postgres/]) {
+    for (const part of [/nginx/, /PgBouncer/, /service/, /Postgres/]) {
       assert.ok(printed.some((line) => part.test(line) && /stopped/.test(line)), `says that ${part.source} stopped:\n${printed.join('\n')}`);
     }
     await assertNothingLeft(stack);
@@ -314,36 +347,44 @@ describe("settings, then SIGTERM to npm's process", () => {
     assert.equal((await provision('sk_wrong')).status, 429, 'AUTH_MAX_FAILED_ATTEMPTS=1 reached the service');
   });
 
-  it("stops nginx, the service and Postgres on SIGTERM to npm's process", async () => {
-    assert.ok(processesOf(stack.dir).length >= 4, 'npm and the three parts are running');
+  it("stops nginx, PgBouncer, the service and Postgres on SIGTERM to npm's process", async () => {
+    const running = processesOf(stack.dir).map(commandLine);
+    for (const part of [/nginx/, /pgbouncer/, /dist\/server\.js/, /postgres/]) assert.ok(running.some((line) => part.test(line)), `${part.source} is running:\n${running.join('\n')}`);
     process.kill(stack.child.pid!, 'SIGTERM');
     await assertNothingLeft(stack);
   });
 });
 
 describe('the stack script killed outright, a failed start', () => {
-  it('takes nginx, the service and Postgres with it when SIGKILLed, and starts again on the same STACK_DIR', async () => {
+  it('takes nginx, PgBouncer, the service and Postgres with it when SIGKILLed, and starts again on the same STACK_DIR', async () => {
     const stack = await startStack('script', 'killed');
+    assert.ok(processesOf(stack.dir).map(commandLine).some((line) => /pgbouncer/.test(line)), 'PgBouncer is running');
+    const ca = readFileSync(join(stack.dir, 'tls', 'ca.crt'), 'utf8');
     process.kill(stack.child.pid!, 'SIGKILL');
     await assertNothingLeft(stack);
     const again = runStack('script', stack.dir, stack.ports);
     await waitForLine(again, /The local stack is up/);
+    // Apps keep the CA they were given: the certificate is kept from one start to the next.
+    assert.equal(readFileSync(join(stack.dir, 'tls', 'ca.crt'), 'utf8'), ca, 'the same CA after a restart');
+    assert.ok(again.lines.some((line) => /certificate kept/.test(line)), again.lines.join('\n'));
     process.kill(again.child.pid!, 'SIGTERM');
     assert.equal(await again.closed, 0, again.lines.join('\n'));
     await assertNothingLeft(again);
   });
 
-  it('stops the other parts and exits non-zero when one dies on its own, so a supervisor can restart it', { timeout: 120_000 }, async () => {
-    const stack = await startStack('script', 'part-dies');
-    const commandLine = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-    const service = processesOf(stack.dir).find((pid) => commandLine(pid).includes('dist/server.js'));
-    assert.ok(service, 'the service is running');
-    process.kill(service, 'SIGKILL');
-    assert.equal(await stack.closed, 1, stack.lines.join('\n'));
-    const said = stack.lines.find((line) => line.includes('service exited on its own'));
-    assert.ok(said?.includes('killed by SIGKILL') && said.includes(join(stack.dir, 'logs', 'service.log')), stack.lines.join('\n'));
-    await assertNothingLeft(stack);
-  });
+  // The service, and PgBouncer: without its door the stack hands out strings nobody can use.
+  for (const [part, command, log] of [['service', 'dist/server.js', 'service.log'], ['pgbouncer', 'pgbouncer.ini', 'pgbouncer.log']] as const) {
+    it(`stops the other parts and exits non-zero when one (${part}) dies on its own, so a supervisor can restart it`, { timeout: 120_000 }, async () => {
+      const stack = await startStack('script', `${part}-dies`);
+      const pid = processesOf(stack.dir).find((p) => commandLine(p).includes(command));
+      assert.ok(pid, `${part} is running`);
+      process.kill(pid, 'SIGKILL');
+      assert.equal(await stack.closed, 1, stack.lines.join('\n'));
+      const said = stack.lines.find((line) => line.includes(`${part} exited on its own`));
+      assert.ok(said?.includes('killed by SIGKILL') && said.includes(join(stack.dir, 'logs', log)), stack.lines.join('\n'));
+      await assertNothingLeft(stack);
+    });
+  }
 
   it('names the log to read, by its path, when a part fails to start', async () => {
     const { dir, ports } = await freshDir('failing');

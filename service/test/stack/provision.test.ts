@@ -3,8 +3,9 @@
 // stack. What provisioning makes, in process: test/app/provision.test.ts.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { asApp } from '../helpers/app-sessions.js';
 import { eventually } from '../helpers/conditions.js';
-import { request } from '../helpers/service-client.js';
+import { request, type ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let t: TestStack;
@@ -23,10 +24,11 @@ describe('nginx and health', () => {
     assert.match(response.headers.get('content-type') ?? '', /application\/json/);
   });
 
-  it('reports health as ok while Postgres answers', async () => {
+  it('reports health as ok while Postgres answers, and the apps\' door (PgBouncer) as ok', async () => {
     const response = await t.get('/health');
     assert.equal(response.status, 200);
-    assert.deepEqual(response.body, { status: 'ok' });
+    // The stack is up once the service has found its door (LocalStack.startPgBouncer waits for it).
+    assert.deepEqual(response.body, { status: 'ok', pooler: 'ok' });
   });
 
   it('hides versions and sends nosniff on every answer', async () => {
@@ -97,6 +99,28 @@ describe('health when Postgres is away', () => {
     }
     assert.equal((await eventually(() => t.get('/health'), (r) => r.status === 200)).status, 200);
     assert.equal((await t.post('/provision', { app_name: 'after_outage', admin_key: t.stack.adminKey })).status, 201);
+  });
+});
+
+describe('health when the pooler is away', () => {
+  it('stays ok and says the pooler is unavailable; an app made meanwhile logs in through it once it is back', async () => {
+    await t.stack.stopPgBouncer();
+    let made: ProvisionedApp | undefined;
+    try {
+      // The service checks its door every 2 s: a pooler that is down is reported, not a reason to be unhealthy.
+      const away = await eventually(() => t.get('/health'), (r) => r.body.pooler === 'unavailable');
+      assert.equal(away.status, 200);
+      assert.deepEqual(away.body, { status: 'ok', pooler: 'unavailable' });
+      // Provisioning goes on: the login is in Postgres, and in the auth_file PgBouncer reads when it starts.
+      made = await t.provision('door_away');
+    } finally {
+      await t.stack.startPgBouncer(); // which waits until the service sees its door again
+    }
+    assert.deepEqual((await t.get('/health')).body, { status: 'ok', pooler: 'ok' });
+    assert.ok(made);
+    assert.equal(new URL(made.connection_string).port, String(t.stack.settings.poolerPort), 'the string names the pooler');
+    const role = await asApp(made.connection_string, async (db) => (await db.query<{ user: string }>('SELECT current_user AS user')).rows[0]?.user);
+    assert.equal(role, 'app_door_away_user');
   });
 });
 

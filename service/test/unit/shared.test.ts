@@ -38,9 +38,34 @@ describe('config', () => {
     const config = loadConfig({ POSTGRES_PASSWORD: 'pw' });
     assert.equal(config.PORT, 8080);
     assert.equal(config.DATABASE_HOST, '/var/run/postgresql');
-    assert.equal(config.PUBLIC_DB_HOST, 'postgres');
-    assert.equal(config.PUBLIC_DB_PORT, 5432);
+    // The apps' door is PgBouncer as compose names it, over TLS; no direct door and no pooler unless told.
+    assert.equal(config.PUBLIC_DB_HOST, 'pgbouncer');
+    assert.equal(config.PUBLIC_DB_PORT, 6432);
+    assert.equal(config.PUBLIC_DB_SSLMODE, 'require');
+    assert.equal(config.DIRECT_DB_HOST, undefined);
+    assert.equal(config.DIRECT_DB_PORT, 5432);
+    assert.equal(config.POOLER_AUTH_FILE, undefined);
+    assert.equal(config.POOLER_ADMIN_HOST, '/var/run/pgbouncer');
+    assert.equal(config.POOLER_ADMIN_PORT, 6432);
+    assert.equal(config.POOLER_POOL_MODE, 'transaction');
+    assert.equal(config.TLS_CA_FILE, undefined);
     assert.equal(config.LOG_PRETTY, undefined);
+  });
+
+  it('takes an empty DIRECT_DB_HOST, POOLER_AUTH_FILE or TLS_CA_FILE as none (compose passes empty ones)', () => {
+    const empty = loadConfig({ POSTGRES_PASSWORD: 'pw', DIRECT_DB_HOST: '', POOLER_AUTH_FILE: '', TLS_CA_FILE: '' });
+    assert.equal(empty.DIRECT_DB_HOST, undefined);
+    assert.equal(empty.POOLER_AUTH_FILE, undefined);
+    assert.equal(empty.TLS_CA_FILE, undefined);
+    const set = loadConfig({ POSTGRES_PASSWORD: 'pw', DIRECT_DB_HOST: 'postgres', POOLER_AUTH_FILE: '/run/pgprov-pooler/userlist.txt', TLS_CA_FILE: '/run/pgprov-tls/ca.crt' });
+    assert.equal(set.DIRECT_DB_HOST, 'postgres');
+    assert.equal(set.POOLER_AUTH_FILE, '/run/pgprov-pooler/userlist.txt');
+    assert.equal(set.TLS_CA_FILE, '/run/pgprov-tls/ca.crt');
+  });
+
+  it('refuses an sslmode libpq does not know, and a pool mode PgBouncer does not have', () => {
+    assert.throws(() => loadConfig({ POSTGRES_PASSWORD: 'pw', PUBLIC_DB_SSLMODE: 'required' }), /PUBLIC_DB_SSLMODE is invalid/);
+    assert.throws(() => loadConfig({ POSTGRES_PASSWORD: 'pw', POOLER_POOL_MODE: 'pooled' }), /POOLER_POOL_MODE is invalid/);
   });
 
   it('names a missing required setting', () => {
@@ -283,8 +308,8 @@ describe("the service's own errors", () => {
 });
 
 describe('logging', () => {
-  it('redacts the admin key, passwords, connection strings and the Authorization header', () => {
-    for (const path of ['req.headers.authorization', 'admin_key', '*.admin_key', '*.password', '*.connection_string']) {
+  it('redacts the admin key, passwords, connection strings (pooled and direct) and the Authorization header', () => {
+    for (const path of ['req.headers.authorization', 'admin_key', '*.admin_key', '*.password', '*.connection_string', '*.direct_connection_string']) {
       assert.ok(REDACTED_PATHS.includes(path), path);
     }
   });

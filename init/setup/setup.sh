@@ -1,5 +1,5 @@
 #!/bin/sh
-# Run by compose's one-shot "setup" container (docker-compose.yml), as root in the postgres image, at every
+# Run by compose's one-shot "setup" container (docker-compose.yml), as root in the pgbouncer image (pgbouncer-image/: it has openssl), at every
 # `docker compose up`, before Postgres and the service start; so a fresh clone needs nothing set by hand.
 # Not one of Postgres's init scripts: it sits in a subdirectory of init/, which the postgres image's
 # entrypoint ("ignoring") and the local stack both skip.
@@ -17,7 +17,7 @@
 #    read (setgid: the files the service makes there get that group), nobody else's; and PgBouncer's socket
 #    directory (POOLER_SOCKET_DIR), PgBouncer's.
 #
-# Needs only CAP_CHOWN and CAP_FOWNER (compose drops every other capability). Never prints the password.
+# Needs only CAP_CHOWN (compose drops every other capability). Never prints the password.
 set -eu
 
 password_file=${PASSWORD_FILE:-/run/pgprov/postgres-password}
@@ -68,14 +68,18 @@ TLS_DIR=$tls_dir sh "$(dirname "$0")/make-tls.sh"
 
 auth_dir=${POOLER_AUTH_DIR:-/run/pgprov-pooler}
 mkdir -p "$auth_dir"
-chown "$uid:${POOLER_GID:-1001}" "$auth_dir"
+# Back to root first: a chmod by whoever is not the owner would need CAP_FOWNER, and without CAP_FSETID it
+# would silently drop the setgid bit. chown keeps a directory's setgid bit.
+chown 0:0 "$auth_dir"
 chmod 2750 "$auth_dir"
+chown "$uid:${POOLER_GID:-1001}" "$auth_dir"
 say "PgBouncer's auth_file directory $auth_dir: written by $uid, read by group ${POOLER_GID:-1001}"
 
 # PgBouncer's socket directory (its admin console, for the service): PgBouncer's own. Made here because the
 # service, which starts first, would otherwise be the first to mount the volume and leave it root's.
 socket_dir=${POOLER_SOCKET_DIR:-/var/run/pgbouncer}
 mkdir -p "$socket_dir"
-chown "${POOLER_UID:-1001}:${POOLER_GID:-1001}" "$socket_dir"
+chown 0:0 "$socket_dir"
 chmod 0755 "$socket_dir"
+chown "${POOLER_UID:-1001}:${POOLER_GID:-1001}" "$socket_dir"
 say "PgBouncer's socket directory $socket_dir owned by ${POOLER_UID:-1001}"

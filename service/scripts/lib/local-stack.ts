@@ -180,7 +180,7 @@ export class LocalStack {
     if (!(lock instanceof StackLock)) {
       throw new StackError(
         `a local stack is already running on STACK_DIR=${dir} (pid ${lock.pid}; nginx on port ${lock.ports.http}, the service on ` +
-          `${lock.ports.service}, Postgres on ${lock.ports.pg}): use it, stop it (Ctrl-C where it runs, or kill ${lock.pid}), or choose another STACK_DIR`,
+          `${lock.ports.service}, Postgres on ${lock.ports.pg}${lock.ports.pooler ? `, PgBouncer on ${lock.ports.pooler}` : ''}): use it, stop it (Ctrl-C where it runs, or kill ${lock.pid}), or choose another STACK_DIR`,
       );
     }
     this.lock = lock;

@@ -169,8 +169,9 @@ export class Provisioner {
       }),
       this.server.ensureSetUp().catch(() => {}), // Postgres away: every operation tries again first
       // The apps' door's list of logins, before PgBouncer starts (the stack and compose start it after the
-      // service); if Postgres or PgBouncer is away, it is tried again in the background until it holds.
-      this.server.pooler.loginsChanged().catch((err: unknown) => this.log.warn({ err }, 'the pooler has not taken the app logins yet; trying again')),
+      // service); if Postgres or PgBouncer is away, it is tried again in the background until it holds. At a
+      // start PgBouncer is not up yet by design (its RELOAD fails): not a warning; the retries warn once it has answered.
+      this.server.pooler.loginsChanged().catch((err: unknown) => this.log.info({ err }, 'the pooler has not taken the app logins yet (it starts after the service); trying again')),
     ]);
     this.server.pooler.start();
     const bound = new AbortController();

@@ -139,11 +139,18 @@ interface SetupPaths {
   backupDir: string;
   tlsDir: string;
   authDir: string;
+  socketDir: string;
 }
 
 function setupPaths(dir: string): SetupPaths {
-  const paths = { passwordFile: join(dir, 'secrets', 'postgres-password'), backupDir: join(dir, 'backups'), tlsDir: join(dir, 'tls'), authDir: join(dir, 'pooler-auth') };
-  for (const volume of [dirname(paths.passwordFile), paths.tlsDir, paths.authDir]) mkdirSync(volume, { mode: 0o755 });
+  const paths = {
+    passwordFile: join(dir, 'secrets', 'postgres-password'),
+    backupDir: join(dir, 'backups'),
+    tlsDir: join(dir, 'tls'),
+    authDir: join(dir, 'pooler-auth'),
+    socketDir: join(dir, 'pooler-socket'),
+  };
+  for (const volume of [dirname(paths.passwordFile), paths.tlsDir, paths.authDir, paths.socketDir]) mkdirSync(volume, { mode: 0o755 });
   mkdirSync(paths.backupDir, { mode: 0o755 }); // as a fresh clone has it: the cloning user's (here: this process's)
   return paths;
 }
@@ -152,12 +159,14 @@ function setupPaths(dir: string): SetupPaths {
  * The ids setup gives things to, as compose sets them when this process is root; otherwise this process's own
  * (only root may give a file away), in the same places.
  */
-function setupIds(): { service: { uid: number; gid: number }; poolerGid: number; keys: Array<{ file: string; uid: number; gid: number }> } {
+function setupIds(): { service: { uid: number; gid: number }; poolerUid: number; poolerGid: number; keys: Array<{ file: string; uid: number; gid: number }> } {
   const env = setup.environment!;
   const copies = keyCopies(env.KEY_COPIES!);
-  if (isRoot) return { service: { uid: Number(env.SERVICE_UID), gid: Number(env.SERVICE_GID) }, poolerGid: Number(env.POOLER_GID), keys: copies };
+  if (isRoot) {
+    return { service: { uid: Number(env.SERVICE_UID), gid: Number(env.SERVICE_GID) }, poolerUid: Number(env.POOLER_UID), poolerGid: Number(env.POOLER_GID), keys: copies };
+  }
   const own = { uid: process.getuid!(), gid: process.getgid!() };
-  return { service: own, poolerGid: own.gid, keys: copies.map(({ file }) => ({ file, ...own })) };
+  return { service: own, poolerUid: own.uid, poolerGid: own.gid, keys: copies.map(({ file }) => ({ file, ...own })) };
 }
 
 /**
@@ -177,6 +186,8 @@ function runSetup(paths: SetupPaths, options: { password?: string; given?: Recor
     TLS_HOSTS: composeValue(setup.environment!.TLS_HOSTS!, options.given),
     KEY_COPIES: ids.keys.map(({ file, uid, gid }) => `${file}=${uid}:${gid}`).join(','),
     POOLER_AUTH_DIR: paths.authDir,
+    POOLER_SOCKET_DIR: paths.socketDir,
+    POOLER_UID: String(ids.poolerUid),
     POOLER_GID: String(ids.poolerGid),
     ...(options.password !== undefined ? { POSTGRES_PASSWORD: options.password } : {}),
   };
@@ -344,8 +355,12 @@ describe("docker-compose.yml: the apps' door (PgBouncer), its networks, its file
     assert.equal(service.environment?.POOLER_ADMIN_PORT, pgbouncerIni.get('listen_port'));
     assert.deepEqual(mountAt(pgbouncer, socketDir), ['pooler_socket', socketDir, 'rw']);
     assert.deepEqual(mountAt(service, socketDir), ['pooler_socket', socketDir, 'rw']);
+    // Beside setup, which gives the directory to PgBouncer's user before either starts.
+    assert.deepEqual(mountAt(setup, socketDir), ['pooler_socket', socketDir, 'rw']);
+    assert.equal(setup.environment?.POOLER_SOCKET_DIR, socketDir);
+    assert.equal(Number(setup.environment?.POOLER_UID), pgbouncerImageUser().uid);
     const sharing = Object.entries(compose.services).filter(([, s]) => mounts(s).some(([source]) => source === 'pooler_socket')).map(([name]) => name);
-    assert.deepEqual(sharing.sort(), ['pgbouncer', 'service']);
+    assert.deepEqual(sharing.sort(), ['pgbouncer', 'service', 'setup']);
     for (const volume of ['pooler_auth', 'pooler_socket', 'tls']) assert.ok(volume in compose.volumes, `a named volume ${volume}`);
   });
 
@@ -496,7 +511,7 @@ describe('init/setup/setup.sh, run for real', () => {
     }
   });
 
-  it("gives the auth_file's directory to the service, for PgBouncer's group to read (2750, setgid)", () => {
+  it("gives the auth_file's directory to the service, for PgBouncer's group to read (2750, setgid), and PgBouncer its socket's", () => {
     const dir = tempDir();
     try {
       const paths = setupPaths(dir);
@@ -515,6 +530,9 @@ describe('init/setup/setup.sh, run for real', () => {
       assert.equal(again.status, 0, again.stderr);
       assert.deepEqual(authDir(), expected, 'and again at every `up`');
       assert.match(readFileSync(join(paths.authDir, 'userlist.txt'), 'utf8'), /app_kept_user/, "the service's file is left as it is");
+      // PgBouncer's socket directory: PgBouncer's own (the service, which mounts it first, would leave it root's).
+      const socket = statSync(paths.socketDir);
+      assert.deepEqual({ uid: socket.uid, gid: socket.gid, mode: socket.mode & 0o7777 }, { uid: ids.poolerUid, gid: ids.poolerGid, mode: 0o755 });
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -106,6 +106,8 @@ export class PgBouncer implements Pooler {
   private current?: Promise<void>;
   private next?: Promise<void>;
   private up = false;
+  /** Whether the console has answered since this service started. */
+  private answered = false;
   private timer?: NodeJS.Timeout;
   private retry?: NodeJS.Timeout;
   private closed = false;
@@ -213,7 +215,12 @@ export class PgBouncer implements Pooler {
     if (this.closed || this.retry) return;
     this.retry = setTimeout(() => {
       this.retry = undefined;
-      this.loginsChanged().catch((err: unknown) => this.log.warn({ err }, 'the pooler has not taken the app logins yet; trying again'));
+      this.loginsChanged().catch((err: unknown) => {
+        // Before the door has ever answered, it is still starting: it starts after the service (compose's
+        // depends_on, the local stack) and reads the auth_file just written when it does. Not a warning.
+        if (this.answered) this.log.warn({ err }, 'the pooler has not taken the app logins yet; trying again');
+        else this.log.info({ err }, 'the pooler is not up yet: it reads the app logins when it starts; trying again');
+      });
     }, RETRY_MS);
     this.retry.unref();
   }
@@ -258,6 +265,7 @@ export class PgBouncer implements Pooler {
 
   /** Whether the console answered the last command; a change is logged once. */
   private markUp(up: boolean, err?: unknown): void {
+    if (up) this.answered = true;
     if (up && !this.up) this.log.info('the pooler answers');
     if (!up && this.up) this.log.warn({ err }, 'the pooler does not answer');
     this.up = up;

@@ -144,11 +144,31 @@ export class BenchContext {
     return elapsed;
   }
 
-  /** POST /provision through nginx, untimed: the new app's connection string. */
-  async provisionForConnection(name: string): Promise<string> {
+  /** POST /provision through nginx, untimed: the new app's connection strings (the pooler's, and the direct door's). */
+  async provisionForStrings(name: string): Promise<{ connection_string: string; direct_connection_string: string }> {
     const response = await this.adminRequest('POST', '/provision', { app_name: name });
     if (response.status !== 201) throw new Error(`provision ${name}: ${response.status}`);
-    return ((await response.json()) as { connection_string: string }).connection_string;
+    return (await response.json()) as { connection_string: string; direct_connection_string: string };
+  }
+
+  /** POST /provision through nginx, untimed: the new app's connection string, as an app using node-postgres gives it (withAuthority). */
+  async provisionForConnection(name: string): Promise<string> {
+    return this.withAuthority((await this.provisionForStrings(name)).connection_string);
+  }
+
+  /** The stack's CA certificate (a file): what apps check both doors' TLS certificate against. */
+  get caFile(): string {
+    return this.stack.postgres.tlsFiles().caCertificate;
+  }
+
+  /**
+   * A connection string the service returned, with sslrootcert= the stack's CA, as the README tells apps using
+   * node-postgres to give it: node-postgres reads sslmode=require as verify-full, and the CA is the stack's own.
+   */
+  withAuthority(connectionString: string): string {
+    const url = new URL(connectionString);
+    url.searchParams.set('sslrootcert', this.caFile);
+    return url.toString();
   }
 
   /** DELETE /apps/:name?backup=false through nginx; the elapsed ms. */

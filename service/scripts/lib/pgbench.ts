@@ -28,6 +28,8 @@ export interface PgbenchRunOptions {
   connectPerTransaction?: boolean;
   /** -l --log-prefix: a line per transaction in files `<logPrefix>.<pid>`, read back into transactions. */
   logPrefix?: string;
+  /** Told pgbench's process id once it runs (to read its CPU while it runs). */
+  onStart?: (pid: number) => void;
 }
 
 /** One transaction of the per-transaction log (-l). */
@@ -76,11 +78,18 @@ const CHILDREN_TIMES = /(\d+)m([\d.]+)s (\d+)m([\d.]+)s\s*$/;
  * Runs pgbench with `args`, the target last, under sh (for `times`), in a process group of its own; kills that
  * group (this process's own children) if it outlives `boundMs`.
  */
-function runPgbench(target: PgbenchTarget, args: string[], boundMs: number): Promise<{ code: number | null; stdout: string; stderr: string; cpuUs: number }> {
+function runPgbench(target: PgbenchTarget, args: string[], boundMs: number, onStart?: (pid: number) => void): Promise<{ code: number | null; stdout: string; stderr: string; cpuUs: number }> {
   const { uri, env } = connection(target);
-  const script = '"$@"; status=$?; times >&2; exit $status';
+  // pgbench in the background so that sh can say its process id first (the first line on stdout).
+  const script = '"$@" & echo "pgbench pid $!"; wait $!; status=$?; times >&2; exit $status';
   return new Promise((resolve, reject) => {
     const child = spawn('sh', ['-c', script, 'sh', pgbenchBinary(), ...args, uri], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    if (onStart) {
+      child.stdout.once('data', (chunk: Buffer) => {
+        const pid = /^pgbench pid (\d+)/.exec(chunk.toString())?.[1];
+        if (pid) onStart(Number(pid));
+      });
+    }
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
@@ -141,7 +150,7 @@ export async function pgbenchRun(target: PgbenchTarget, options: PgbenchRunOptio
     ...(options.connectPerTransaction ? ['-C'] : []),
     ...(options.logPrefix ? ['-l', `--log-prefix=${options.logPrefix}`] : []),
   ];
-  const { code, stdout, stderr, cpuUs } = await runPgbench(target, args, (options.seconds + 60) * 1000);
+  const { code, stdout, stderr, cpuUs } = await runPgbench(target, args, (options.seconds + 60) * 1000, options.onStart);
   // A client that cannot connect at the start ends the whole run ("could not create connection for client N"):
   // none of its clients ran. Later, each client that loses its session is "client N aborted ...".
   const setupFailed = /could not create connection/.test(stderr);

@@ -23,6 +23,21 @@ import { summarize, type Summary } from './statistics.js';
 /** pgbench's protocol on both doors: extended, with unnamed statements, as drivers send parameters (named prepared statements do not survive transaction pooling in PgBouncer 1.18). */
 export const PGBENCH_PROTOCOL = 'extended';
 
+/**
+ * Where the CPU went during a run's measured stretch, per transaction, in microseconds: the clients (every app's
+ * pgbench), PgBouncer, Postgres (all its processes), the kernel's interrupt work (irq and softirq: loopback
+ * networking among it), and the rest of the machine's busy time (other processes: the service, and whatever else
+ * this shared machine runs); and how busy its cores were (1 = all of them).
+ */
+export interface TransactionCpu {
+  clients: number;
+  pgbouncer: number;
+  postgres: number;
+  interrupts: number;
+  rest: number;
+  machineBusy: number;
+}
+
 /** One door's run of (a): every app's pgbench at once. */
 export interface DoorRun {
   apps: number;
@@ -42,6 +57,7 @@ export interface DoorRun {
   failedTransactions: number;
   /** What pgbench said when an app's run failed. */
   errors: string[];
+  cpu: TransactionCpu;
 }
 
 /** CPU time per connection, in microseconds: the client's (pgbench), PgBouncer's, Postgres's (its processes, those that ended included). */
@@ -134,6 +150,33 @@ function postgresCpuUs(stack: LocalStack): number {
   return total;
 }
 
+/** The machine's CPU time, busy, in interrupts, and in all (every core), in microseconds (/proc/stat). */
+function machineCpuUs(): { busy: number; interrupts: number; total: number } {
+  // user nice system idle iowait irq softirq steal
+  const ticks = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((sum, x) => sum + x, 0);
+  const idle = ticks[3]! + ticks[4]!;
+  const us = (n: number) => (n * 1_000_000) / 100; // USER_HZ
+  return { busy: us(total - idle), interrupts: us(ticks[5]! + ticks[6]!), total: us(total) };
+}
+
+interface CpuSample {
+  atUs: number;
+  clients: number;
+  pgbouncer: number;
+  postgres: number;
+  machine: { busy: number; interrupts: number; total: number };
+}
+
+/** The CPU used so far by the pgbench processes `pids`, PgBouncer, Postgres and the machine. */
+function cpuSample(stack: LocalStack, pids: number[]): CpuSample {
+  const total = (pid: number | undefined) => {
+    const t = cpuTime(pid);
+    return t.userUs + t.systemUs;
+  };
+  return { atUs: Date.now() * 1000, clients: pids.reduce((sum, pid) => sum + total(pid), 0), pgbouncer: total(stack.pgbouncer?.pid), postgres: postgresCpuUs(stack), machine: machineCpuUs() };
+}
+
 /** PgBouncer's admin console, as the service opens it (its socket, the admin user, the password derived from the superuser's). */
 async function adminConsole(stack: LocalStack): Promise<pg.Client> {
   const client = new pg.Client({
@@ -170,12 +213,30 @@ const lowest = (values: number[]) => values.reduce((a, b) => Math.min(a, b), Inf
 const highest = (values: number[]) => values.reduce((a, b) => Math.max(a, b), -Infinity);
 
 /** Every app's pgbench at once, through one door, for seconds + rampSeconds; the figures over the stretch when all of them ran. */
-async function doorRun(targets: PgbenchTarget[], clientsPerApp: number, seconds: number, logDir: string, label: string): Promise<DoorRun> {
+async function doorRun(stack: LocalStack, targets: PgbenchTarget[], clientsPerApp: number, seconds: number, logDir: string, label: string): Promise<DoorRun> {
   mkdirSync(logDir, { recursive: true });
   const startedUs = Date.now() * 1000;
-  const runs: PgbenchResult[] = await Promise.all(
-    targets.map((target, i) => pgbenchRun(target, { script: 'tpcb-like', clients: clientsPerApp, seconds, protocol: PGBENCH_PROTOCOL, logPrefix: join(logDir, `${label}_${i}`) })),
-  );
+  // The CPU of each part, sampled while the run lasts (every pgbench process's, read while it runs).
+  const pids: number[] = [];
+  const samples: CpuSample[] = [];
+  const sampling = { done: false };
+  const sampler = (async () => {
+    while (!sampling.done) {
+      samples.push(cpuSample(stack, pids));
+      await sleep(250);
+    }
+  })();
+  let runs: PgbenchResult[];
+  try {
+    runs = await Promise.all(
+      targets.map((target, i) =>
+        pgbenchRun(target, { script: 'tpcb-like', clients: clientsPerApp, seconds, protocol: PGBENCH_PROTOCOL, logPrefix: join(logDir, `${label}_${i}`), onStart: (pid) => pids.push(pid) }),
+      ),
+    );
+  } finally {
+    sampling.done = true;
+    await sampler;
+  }
   // From the moment every app's pgbench had finished a transaction (one thread connects all of an app's clients
   // before any of them runs, so all were connected by then) to the moment the first of them stopped.
   const ran = runs.map((run) => run.transactions.map((t) => t.endUs)).filter((ends) => ends.length > 0);
@@ -189,6 +250,24 @@ async function doorRun(targets: PgbenchTarget[], clientsPerApp: number, seconds:
   }
   const inWindow = runs.flatMap((run) => run.transactions.filter((t) => t.latencyUs !== null && t.endUs >= from && t.endUs <= to));
   const windowSeconds = (to - from) / 1e6;
+  // CPU per transaction between the first and the last sample inside the stretch (while every pgbench still ran).
+  const inside = samples.filter((x) => x.atUs >= from && x.atUs <= to);
+  const first = inside[0];
+  const last = inside.at(-1);
+  const between = first && last ? inWindow.filter((t) => t.endUs > first.atUs && t.endUs <= last.atUs).length : 0;
+  const per = (value: (x: CpuSample) => number) => (first && last && between > 0 ? (value(last) - value(first)) / between : NaN);
+  const pgbouncer = per((x) => x.pgbouncer);
+  const postgres = per((x) => x.postgres);
+  const clients = per((x) => x.clients);
+  const interrupts = per((x) => x.machine.interrupts);
+  const cpu: TransactionCpu = {
+    clients,
+    pgbouncer,
+    postgres,
+    interrupts,
+    rest: per((x) => x.machine.busy) - clients - pgbouncer - postgres - interrupts,
+    machineBusy: first && last ? (last.machine.busy - first.machine.busy) / (last.machine.total - first.machine.total) : NaN,
+  };
   return {
     apps: targets.length,
     clientsPerApp,
@@ -200,6 +279,7 @@ async function doorRun(targets: PgbenchTarget[], clientsPerApp: number, seconds:
     served: runs.reduce((sum, run) => sum + new Set(run.transactions.filter((t) => t.latencyUs !== null).map((t) => t.client)).size, 0),
     failedTransactions: runs.reduce((sum, run) => sum + (Number.isFinite(run.failedTransactions) ? run.failedTransactions : 0), 0),
     errors: runs.flatMap((run, i) => run.errors.map((line) => `app ${i}: ${line}`)).slice(0, 5),
+    cpu,
   };
 }
 
@@ -278,7 +358,7 @@ export async function pooler(ctx: BenchContext): Promise<PoolerResults> {
   for (let round = 0; round < sizes.poolerRounds; round++) {
     await freeAppSlots(ctx);
     ctx.log(`   round ${round + 1}: direct, ${apps} × ${perApp} clients, ${runSeconds} s`);
-    const directRun = await doorRun(direct, perApp, runSeconds, logDir, `direct_${round}`);
+    const directRun = await doorRun(stack, direct, perApp, runSeconds, logDir, `direct_${round}`);
     ctx.log(`   round ${round + 1}: pooler, ${apps} × ${clientsPerApp} clients, ${runSeconds} s`);
     // PgBouncer's memory and its clients, sampled while the pooler's run lasts.
     const sampling = { done: false };
@@ -292,7 +372,7 @@ export async function pooler(ctx: BenchContext): Promise<PoolerResults> {
       }
     })();
     try {
-      rounds.push({ direct: directRun, pooler: await doorRun(pooled, clientsPerApp, runSeconds, logDir, `pooler_${round}`) });
+      rounds.push({ direct: directRun, pooler: await doorRun(stack, pooled, clientsPerApp, runSeconds, logDir, `pooler_${round}`) });
     } finally {
       sampling.done = true;
       await sampler;

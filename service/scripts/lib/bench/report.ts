@@ -3,7 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { cpus, freemem, release, totalmem } from 'node:os';
 import type { Sizes } from './context.js';
-import type { ConnectRun, DoorRun, PoolerResults } from './pooler.js';
+import type { ConnectRun, DoorRun, PoolerResults, TransactionCpu } from './pooler.js';
 import type { BurstResults, ConcurrencyResults, DeprovisionResults, HealthResults, LoadRound, PoolResults, RotationResults, ScaleResults, SequentialResults } from './sections.js';
 import { median, type Summary } from './statistics.js';
 import type { WrkResult } from '../wrk.js';
@@ -220,6 +220,10 @@ function poolerReport(p: PoolerResults): string[] {
   const cpuMs = (us: number) => ms(us / 1000);
   const doorRow = (label: string, x: DoorRun) =>
     `| ${label} | ${x.apps * x.clientsPerApp} | ${seconds(x.connectedAfterSeconds)} | ${seconds(x.windowSeconds)} | ${count(x.tps)} | ${ms(x.latency.p50)} | ${ms(x.latency.p99)} | ${x.refused} | ${x.served} | ${x.failedTransactions} |`;
+  const us = (value: number) => (Number.isFinite(value) ? `${value.toFixed(0)} µs` : 'n/a');
+  const percent = (value: number) => (Number.isFinite(value) ? `${(value * 100).toFixed(0)}%` : 'n/a');
+  const cpuRow = (label: string, x: DoorRun) =>
+    `| ${label} | ${us(x.cpu.clients)} | ${us(x.cpu.pgbouncer)} | ${us(x.cpu.postgres)} | ${us(x.cpu.interrupts)} | ${us(x.cpu.rest)} | ${us(x.cpu.clients + x.cpu.pgbouncer + x.cpu.postgres + x.cpu.interrupts + x.cpu.rest)} | ${percent(x.cpu.machineBusy)} |`;
   const connectRow = (label: string, x: ConnectRun) =>
     `| ${label} | ${count(x.tps)} | ${ms(x.connectionMs)} | ${ms(x.latencyAverageMs)} | ${x.refused} | ${cpuMs(x.cpu.client)} | ${cpuMs(x.cpu.pgbouncer)} | ${cpuMs(x.cpu.postgres)} |`;
   // Over all rounds: each door's transactions in its measured stretches over those stretches' length.
@@ -229,6 +233,8 @@ function poolerReport(p: PoolerResults): string[] {
   const leastServed = Math.min(...p.rounds.map((round) => round.pooler.served));
   const slowestRamp = Math.max(...p.rounds.map((round) => round.pooler.connectedAfterSeconds));
   const shortest = Math.min(...p.rounds.map((round) => round.pooler.windowSeconds));
+  const doorCpu = (door: 'direct' | 'pooler', part: keyof TransactionCpu) => mean(p.rounds.map((round) => round[door].cpu[part]));
+  const doorCpuTotal = (door: 'direct' | 'pooler') => doorCpu(door, 'clients') + doorCpu(door, 'pgbouncer') + doorCpu(door, 'postgres') + doorCpu(door, 'interrupts') + doorCpu(door, 'rest');
   const directTps = rate(p.rounds.map((round) => round.direct));
   const poolerTps = rate(p.rounds.map((round) => round.pooler));
   const connects = (door: 'direct' | 'pooler') => p.connect.rounds.map((round) => round[door]);
@@ -250,11 +256,23 @@ function poolerReport(p: PoolerResults): string[] {
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     ...p.rounds.flatMap((round, i) => [doorRow(`round ${i + 1}: direct`, round.direct), doorRow(`round ${i + 1}: through PgBouncer`, round.pooler)]),
     '',
-    `Through the pooler, **${refused} of ${poolerClients}** clients refused or aborted in ${p.rounds.length} round(s) (target 0: ${verdict(refused === 0)}); in every round at least ${leastServed} of them finished a transaction. Throughput over all rounds: ${count(poolerTps)} transactions/s through the pooler against ${count(directTps)} direct: **${ratio(poolerTps, directTps)}** (target ≥ 0.8×: ${verdict(poolerTps >= 0.8 * directTps)}). Through the pooler each app's ${p.clientsPerApp} clients take turns on its 2 server connections, so a transaction's latency there includes its wait for a turn.${
+    `Through the pooler, **${refused} of ${poolerClients}** clients refused or aborted in ${p.rounds.length} round(s) (target 0: ${verdict(refused === 0)}); in every round at least ${leastServed} of them finished a transaction. Throughput over all rounds: ${count(poolerTps)} transactions/s through the pooler against ${count(directTps)} direct: **${ratio(poolerTps, directTps)}** (target ≥ 0.8×: ${verdict(poolerTps >= 0.8 * directTps)}). Through the pooler each app's ${p.clientsPerApp} clients take turns on its 2 server connections, and pgbench's clients never pause between transactions, so a transaction's latency there is mostly its wait for a turn: by Little's law, ${poolerClients} clients at ${count(poolerTps)} transactions/s spend ${ms((poolerClients / poolerTps) * 1000)} per transaction on average.${
       shortest < p.seconds
         ? ` The measured stretch was shorter than the ${p.seconds} s asked for: the ${poolerClients} clients took up to ${seconds(slowestRamp)} to connect, more than the ${p.rampSeconds} s allowed (poolerRampSeconds).`
         : ''
     }`,
+    '',
+    "Where the CPU went during each measured stretch, per transaction (read from /proc every 250 ms): every app's pgbench, PgBouncer, Postgres's processes, the kernel's interrupt work (irq and softirq, loopback networking among it: a transaction through the pooler crosses two connections), and the rest of the machine's busy time (the service, and whatever else runs on this shared machine); and how busy the machine's cores were.",
+    '',
+    '| CPU per transaction | clients (pgbench) | PgBouncer | Postgres | kernel interrupts | rest of the machine | in all | cores busy |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...p.rounds.flatMap((round, i) => [cpuRow(`round ${i + 1}: direct`, round.direct), cpuRow(`round ${i + 1}: through PgBouncer`, round.pooler)]),
+    ...(poolerTps < 0.8 * directTps
+      ? [
+          '',
+          `Why the throughput target is missed: the cores were ${percent(doorCpu('direct', 'machineBusy'))} busy during the direct runs and ${percent(doorCpu('pooler', 'machineBusy'))} during the pooler's, so both are bound by this machine's CPU, which the clients, PgBouncer and Postgres share; a transaction through the pooler cost ${us(doorCpuTotal('pooler'))} of CPU in all against ${us(doorCpuTotal('direct'))} direct. Of that, PgBouncer ${us(doorCpu('pooler', 'pgbouncer'))}; the ${poolerClients} clients ${us(doorCpu('pooler', 'clients'))} against the ${directClients} direct clients' ${us(doorCpu('direct', 'clients'))}; Postgres ${us(doorCpu('pooler', 'postgres'))} against ${us(doorCpu('direct', 'postgres'))}; the kernel's interrupts ${us(doorCpu('pooler', 'interrupts'))} against ${us(doorCpu('direct', 'interrupts'))}; the rest of the machine ${us(doorCpu('pooler', 'rest'))} against ${us(doorCpu('direct', 'rest'))}. Here the load generator runs on the same cores as what it measures, so what the clients cost themselves counts against the servers too.`,
+        ]
+      : []),
     ...(errors.length > 0 ? ['', 'pgbench reported:', '', ...errors.map((line) => `    ${line}`)] : []),
     '',
     `### Connection setup: a new connection (TLS, SCRAM) for every transaction (\`pgbench -C -S -M ${p.protocol}\`, ${p.connect.clients} clients, ${p.connect.seconds} s per door and round)`,
@@ -267,7 +285,7 @@ function poolerReport(p: PoolerResults): string[] {
     '',
     `Over all rounds: through the pooler **${ratio(poolerConnect, directConnect)}** the direct door's rate (target ≥ 3×: ${verdict(poolerConnect >= 3 * directConnect)}). Both doors do the TLS handshake and SCRAM with every client; through the pooler no Postgres backend is started per connection (PgBouncer lends one of its open server connections). CPU per connection: direct, the client ${cpuMs(cpuOf('direct', 'client'))} and Postgres ${cpuMs(cpuOf('direct', 'postgres'))}; through the pooler, the client ${cpuMs(cpuOf('pooler', 'client'))}, PgBouncer ${cpuMs(cpuOf('pooler', 'pgbouncer'))} and Postgres ${cpuMs(cpuOf('pooler', 'postgres'))}.${
       poolerConnect < 3 * directConnect
-        ? ` Why the target is missed: the client's own share of a login (the TLS handshake, and SCRAM's key derivation, which the client computes for every connection) is paid on both doors, and here the client runs on the same 2 cores as the servers. The pooler saves Postgres's share (a backend's start, its side of the login) and adds PgBouncer's; with every process on the same cores, the CPU per connection above allows the pooler at most ${ratio(cpuOf('direct', 'client') + cpuOf('direct', 'postgres'), cpuOf('pooler', 'client') + cpuOf('pooler', 'pgbouncer') + cpuOf('pooler', 'postgres'))} the direct rate.`
+        ? ` Why the target is missed: the client's own share of a login (the TLS handshake, and SCRAM's key derivation, which the client computes for every connection) is paid on both doors, and here the client runs on the same 2 cores as the servers. The pooler saves Postgres's share (a backend's start, its side of the login) and adds PgBouncer's, but the client's remains: in CPU, a connection costs ${cpuMs(cpuOf('pooler', 'client') + cpuOf('pooler', 'pgbouncer') + cpuOf('pooler', 'postgres'))} through the pooler against ${cpuMs(cpuOf('direct', 'client') + cpuOf('direct', 'postgres'))} direct (${ratio(cpuOf('direct', 'client') + cpuOf('direct', 'postgres'), cpuOf('pooler', 'client') + cpuOf('pooler', 'pgbouncer') + cpuOf('pooler', 'postgres'))} less).`
         : ''
     }`,
     '',

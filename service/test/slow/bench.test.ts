@@ -1,5 +1,5 @@
-// The benchmark, run tiny, so that it cannot rot: every section is produced and every figure is a number; and one
-// section run alone from the command line (--only), as for profiling.
+// The benchmark, run tiny, so that it cannot rot: every section is produced and every figure is a number (through
+// the apps' door, no client is refused); and one section run alone from the command line (--only), as for profiling.
 // No speed is asserted here; speed is measured by `npm run bench` and recorded in BENCHMARKS.md.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -17,6 +17,9 @@ const HEADINGS = [
   '## 5. Scale',
   '## 6. Deprovisioning',
   '## 7. Rotation',
+  "## 8. The apps' door",
+  '### Connection setup',
+  "### PgBouncer's memory",
 ];
 
 /** scripts/bench.ts as a person runs it (tsx, from the service's directory). */
@@ -34,6 +37,16 @@ describe('benchmark (tiny run)', () => {
     assert.match(report, /\| self time by origin \| minimal server \| service \|\n\| --- \| --- \| --- \|\n\| \S/, 'both CPU profiles were taken');
     assert.match(report, /reported by \/health after \*\*\d/);
     assert.match(report, /Service RSS at the end: \*\*\d+\.\d MB\*\*/);
+    // The apps' door: every figure there, and no client refused (2 apps × 5 clients through the pooler).
+    assert.match(report, /\| round 1: direct \| \d+ \| [\d.]+ s \| [\d.]+ s \| [1-9]\d* \| [\d.]+ ms \| [\d.]+ ms \| 0 \| [1-9]\d* \| \d+ \|/);
+    assert.match(report, /\| round 1: through PgBouncer \| 10 \| [\d.]+ s \| [\d.]+ s \| [1-9]\d* \| [\d.]+ ms \| [\d.]+ ms \| 0 \| [1-9]\d* \| \d+ \|/);
+    assert.match(report, /Through the pooler, \*\*0 of 10\*\* clients refused or aborted/);
+    assert.match(report, /Throughput over all rounds: \d+ transactions\/s through the pooler against \d+ direct: \*\*\d+\.\d+×\*\*/);
+    for (const door of ['direct', 'through PgBouncer']) {
+      assert.match(report, new RegExp(`\\| round 1: ${door} \\| [1-9]\\d* \\| [\\d.]+ ms \\| [\\d.]+ ms \\| 0 \\| [\\d.]+ ms \\| [\\d.]+ ms \\| [\\d.]+ ms \\|`), `connection setup, ${door}`);
+    }
+    assert.match(report, /at most \*\*\d+\.\d MB\*\* during the pooler's runs, with \d+ clients logged in/);
+    assert.match(report, /compose's memory limits: .* = \*\*\d+\.\d MB\*\*/);
   });
 
   it('runs the sections --only names, alone, from the command line', () => {
@@ -48,7 +61,16 @@ describe('benchmark (tiny run)', () => {
   it('refuses a section it does not have, naming those it has', () => {
     const run = benchCli(['--only', 'sequential,warp']);
     assert.equal(run.status, 2);
-    assert.match(run.stderr, /--only takes sections among sequential, pool, bursts, concurrent, health, scale, deprovision, rotation; not warp/);
+    assert.match(run.stderr, /--only takes sections among sequential, pool, bursts, concurrent, health, scale, deprovision, rotation, pooler; not warp/);
     assert.equal(run.stdout, '');
+  });
+
+  it('refuses a size it does not have, or a size that is not a positive integer', () => {
+    for (const sizes of ['warp=1', 'poolerApps=0', 'poolerSeconds=ten']) {
+      const run = benchCli(['--only', 'pooler', '--sizes', sizes]);
+      assert.equal(run.status, 2, sizes);
+      assert.match(run.stderr, new RegExp(`--sizes takes name=positive integer pairs, names among sequential, .*poolerApps.*; not ${sizes}`));
+      assert.equal(run.stdout, '');
+    }
   });
 });

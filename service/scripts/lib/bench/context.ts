@@ -26,10 +26,39 @@ export interface Sizes {
   rotations: number;
   /** Bursts of 4 provisions with the default ready pool, /health under load meanwhile. */
   bursts: number;
+  /**
+   * The apps' door (section 8): apps, each with this many pgbench clients through the pooler, in rounds; pgbench runs
+   * for the seconds plus the ramp, the time allowed for every client to connect (TLS, SCRAM) before the measured stretch.
+   */
+  poolerApps: number;
+  poolerClientsPerApp: number;
+  poolerSeconds: number;
+  poolerRampSeconds: number;
+  poolerRounds: number;
+  /** Connection setup (section 8): pgbench -C clients, seconds per door, rounds. */
+  connectClients: number;
+  connectSeconds: number;
+  connectRounds: number;
 }
 
-export const FULL: Sizes = { sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100, rotations: 5, bursts: 10 };
-export const TINY: Sizes = { sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3, rotations: 1, bursts: 1 };
+export const FULL: Sizes = {
+  sequential: 200, poolWarm: 100, poolDry: 100, concurrentApps: 160, healthSeconds: 5, healthWarmupSeconds: 2, healthRounds: 3, scale: 2000, deletes: 100, rotations: 5, bursts: 10,
+  poolerApps: 20, poolerClientsPerApp: 50, poolerSeconds: 30, poolerRampSeconds: 30, poolerRounds: 2, connectClients: 4, connectSeconds: 10, connectRounds: 3,
+};
+export const TINY: Sizes = {
+  sequential: 3, poolWarm: 2, poolDry: 2, concurrentApps: 4, healthSeconds: 1, healthWarmupSeconds: 1, healthRounds: 1, scale: 6, deletes: 3, rotations: 1, bursts: 1,
+  poolerApps: 2, poolerClientsPerApp: 5, poolerSeconds: 2, poolerRampSeconds: 2, poolerRounds: 1, connectClients: 2, connectSeconds: 1, connectRounds: 1,
+};
+
+export interface ContextOptions {
+  /** Sizes on top of the run's (FULL or TINY): a section at other sizes (--sizes). */
+  sizes?: Partial<Sizes>;
+  /**
+   * The repo's postgres.conf as is (max_connections = 50), for the apps' door; otherwise max_connections = 100,
+   * which the floors at 32 clients need.
+   */
+  productionConnections?: boolean;
+}
 
 /** A checkpoint after thousands of databases can outlast the service's statement timeout the clients carry. */
 export const CHECKPOINT = { text: 'CHECKPOINT', query_timeout: 300_000 } as pg.QueryConfig;
@@ -54,9 +83,9 @@ export class BenchContext {
   private counter = 0;
   private readonly cleanups: Array<() => Promise<void>> = [];
 
-  private constructor(tiny: boolean, log: (line: string) => void, stack: LocalStack, serviceLines: string[], seams: { store: SystemStore; server: PostgresServer }, floorClient: pg.Client, limits: AppRoleLimits) {
+  private constructor(tiny: boolean, sizes: Sizes, log: (line: string) => void, stack: LocalStack, serviceLines: string[], seams: { store: SystemStore; server: PostgresServer }, floorClient: pg.Client, limits: AppRoleLimits) {
     this.tiny = tiny;
-    this.sizes = tiny ? TINY : FULL;
+    this.sizes = sizes;
     this.log = log;
     this.stack = stack;
     this.serviceLines = serviceLines;
@@ -67,7 +96,7 @@ export class BenchContext {
   }
 
   /** Starts the stack (ready pool off, reconciling rarely) and opens the floor's connection. */
-  static async start(tiny: boolean, log: (line: string) => void): Promise<BenchContext> {
+  static async start(tiny: boolean, log: (line: string) => void, options: ContextOptions = {}): Promise<BenchContext> {
     const serviceLines: string[] = [];
     const settings = await throwawayStackSettings('bench', {
       postgresPassword: 'bench-superuser-password',
@@ -75,7 +104,7 @@ export class BenchContext {
       onServiceLine: (line) => serviceLines.push(line),
       // The floor at 32 clients holds 32 sessions, each opening one more into the database it just made:
       // more than postgres.conf's 50. The service itself never needs more than its pool (5) plus one each.
-      extraPostgresSettings: { max_connections: '100' },
+      ...(options.productionConnections ? {} : { extraPostgresSettings: { max_connections: '100' } }),
     });
     const stack = new LocalStack(settings);
     const removeStack = async () => {
@@ -89,7 +118,8 @@ export class BenchContext {
       try {
         await seams.store.ensureSchema();
         const floorClient = await seams.store.connections.connect();
-        const context = new BenchContext(tiny, log, stack, serviceLines, seams, floorClient, appRoleLimits(config));
+        const sizes = { ...(tiny ? TINY : FULL), ...options.sizes };
+        const context = new BenchContext(tiny, sizes, log, stack, serviceLines, seams, floorClient, appRoleLimits(config));
         context.cleanups.push(removeStack, () => seams.store.close(), () => floorClient.end());
         return context;
       } catch (err) {
@@ -144,11 +174,31 @@ export class BenchContext {
     return elapsed;
   }
 
-  /** POST /provision through nginx, untimed: the new app's connection string. */
-  async provisionForConnection(name: string): Promise<string> {
+  /** POST /provision through nginx, untimed: the new app's connection strings (the pooler's, and the direct door's). */
+  async provisionForStrings(name: string): Promise<{ connection_string: string; direct_connection_string: string }> {
     const response = await this.adminRequest('POST', '/provision', { app_name: name });
     if (response.status !== 201) throw new Error(`provision ${name}: ${response.status}`);
-    return ((await response.json()) as { connection_string: string }).connection_string;
+    return (await response.json()) as { connection_string: string; direct_connection_string: string };
+  }
+
+  /** POST /provision through nginx, untimed: the new app's connection string, as an app using node-postgres gives it (withAuthority). */
+  async provisionForConnection(name: string): Promise<string> {
+    return this.withAuthority((await this.provisionForStrings(name)).connection_string);
+  }
+
+  /** The stack's CA certificate (a file): what apps check both doors' TLS certificate against. */
+  get caFile(): string {
+    return this.stack.postgres.tlsFiles().caCertificate;
+  }
+
+  /**
+   * A connection string the service returned, with sslrootcert= the stack's CA, as the README tells apps using
+   * node-postgres to give it: node-postgres reads sslmode=require as verify-full, and the CA is the stack's own.
+   */
+  withAuthority(connectionString: string): string {
+    const url = new URL(connectionString);
+    url.searchParams.set('sslrootcert', this.caFile);
+    return url.toString();
   }
 
   /** DELETE /apps/:name?backup=false through nginx; the elapsed ms. */

@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process';
 import { cpus, freemem, release, totalmem } from 'node:os';
 import type { Sizes } from './context.js';
+import type { ConnectRun, DoorRun, PoolerResults, TransactionCpu } from './pooler.js';
 import type { BurstResults, ConcurrencyResults, DeprovisionResults, HealthResults, LoadRound, PoolResults, RotationResults, ScaleResults, SequentialResults } from './sections.js';
 import { median, type Summary } from './statistics.js';
 import type { WrkResult } from '../wrk.js';
@@ -18,6 +19,7 @@ export interface Results {
   bursts?: BurstResults;
   rotation?: RotationResults;
   scale?: ScaleResults;
+  pooler?: PoolerResults;
 }
 
 const ms = (value: number) => (Number.isFinite(value) ? `${value.toFixed(value < 10 ? 2 : 1)} ms` : 'n/a');
@@ -33,7 +35,7 @@ const latencyTable = (...rows: Array<[string, Summary]>) => [
 
 // --- machine and process facts ---------------------------------------------------------------------------
 
-function machine(): string[] {
+function machine(floorsRan: boolean): string[] {
   const version = (cmd: string, args: string[]) => spawnSync(cmd, args, { encoding: 'utf8' }).stdout?.trim() || spawnSync(cmd, args, { encoding: 'utf8' }).stderr?.trim() || 'n/a';
   return [
     `- CPU: ${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
@@ -41,7 +43,9 @@ function machine(): string[] {
     `- Kernel: Linux ${release()}`,
     `- Node ${process.version}; ${version('/usr/lib/postgresql/15/bin/postgres', ['--version'])}; ${version('nginx', ['-v'])}; ${version('wrk', ['--version']).split('\n')[0]}`,
     '- A shared, noisy virtual machine: absolute times vary between runs; the ratios against references measured in the same run are the figures to read.',
-    "- Postgres runs with the repo's postgres.conf except `max_connections = 100` (50 in production): the floor at 32 clients holds 32 sessions plus the one each provisioning opens into its new database.",
+    ...(floorsRan
+      ? ["- Postgres runs with the repo's postgres.conf except `max_connections = 100` (50 in production): the floor at 32 clients holds 32 sessions plus the one each provisioning opens into its new database."]
+      : []),
   ];
 }
 
@@ -206,29 +210,118 @@ function rotationReport(rot: RotationResults): string[] {
   ];
 }
 
-function header(r: Results, tiny: boolean, only: readonly string[] | undefined): string[] {
+function poolerReport(p: PoolerResults): string[] {
+  const { admission: a, memory: m } = p;
+  const poolerClients = p.apps * p.clientsPerApp;
+  const directClients = p.apps * a.perApp;
+  const admitted = a.maxConnections - a.reserved - a.superuserOpen;
+  const count = (value: number) => (Number.isFinite(value) ? value.toFixed(0) : 'n/a');
+  const seconds = (value: number) => (Number.isFinite(value) ? `${value.toFixed(1)} s` : 'n/a');
+  const cpuMs = (us: number) => ms(us / 1000);
+  const doorRow = (label: string, x: DoorRun) =>
+    `| ${label} | ${x.apps * x.clientsPerApp} | ${seconds(x.connectedAfterSeconds)} | ${seconds(x.windowSeconds)} | ${count(x.tps)} | ${ms(x.latency.p50)} | ${ms(x.latency.p99)} | ${x.refused} | ${x.served} | ${x.failedTransactions} |`;
+  const us = (value: number) => (Number.isFinite(value) ? `${value.toFixed(0)} µs` : 'n/a');
+  const percent = (value: number) => (Number.isFinite(value) ? `${(value * 100).toFixed(0)}%` : 'n/a');
+  const cpuRow = (label: string, x: DoorRun) =>
+    `| ${label} | ${us(x.cpu.clients)} | ${us(x.cpu.pgbouncer)} | ${us(x.cpu.postgres)} | ${us(x.cpu.interrupts)} | ${us(x.cpu.rest)} | ${us(x.cpu.clients + x.cpu.pgbouncer + x.cpu.postgres + x.cpu.interrupts + x.cpu.rest)} | ${percent(x.cpu.machineBusy)} |`;
+  const connectRow = (label: string, x: ConnectRun) =>
+    `| ${label} | ${count(x.tps)} | ${ms(x.connectionMs)} | ${ms(x.latencyAverageMs)} | ${x.refused} | ${cpuMs(x.cpu.client)} | ${cpuMs(x.cpu.pgbouncer)} | ${cpuMs(x.cpu.postgres)} |`;
+  // Over all rounds: each door's transactions in its measured stretches over those stretches' length.
+  const rate = (runs: DoorRun[]) => runs.reduce((sum, x) => sum + x.tps * x.windowSeconds, 0) / runs.reduce((sum, x) => sum + x.windowSeconds, 0);
+  const mean = (values: number[]) => values.reduce((sum, x) => sum + x, 0) / values.length;
+  const refused = p.rounds.reduce((sum, round) => sum + round.pooler.refused, 0);
+  const leastServed = Math.min(...p.rounds.map((round) => round.pooler.served));
+  const slowestRamp = Math.max(...p.rounds.map((round) => round.pooler.connectedAfterSeconds));
+  const shortest = Math.min(...p.rounds.map((round) => round.pooler.windowSeconds));
+  const doorCpu = (door: 'direct' | 'pooler', part: keyof TransactionCpu) => mean(p.rounds.map((round) => round[door].cpu[part]));
+  const doorCpuTotal = (door: 'direct' | 'pooler') => doorCpu(door, 'clients') + doorCpu(door, 'pgbouncer') + doorCpu(door, 'postgres') + doorCpu(door, 'interrupts') + doorCpu(door, 'rest');
+  const directTps = rate(p.rounds.map((round) => round.direct));
+  const poolerTps = rate(p.rounds.map((round) => round.pooler));
+  const connects = (door: 'direct' | 'pooler') => p.connect.rounds.map((round) => round[door]);
+  const directConnect = mean(connects('direct').map((x) => x.tps));
+  const poolerConnect = mean(connects('pooler').map((x) => x.tps));
+  const cpuOf = (door: 'direct' | 'pooler', part: keyof ConnectRun['cpu']) => mean(connects(door).map((x) => x.cpu[part]));
+  const limits = Object.entries(m.composeLimits);
+  const composeTotal = limits.reduce((sum, [, bytes]) => sum + bytes, 0);
+  const pgbouncerLimit = m.composeLimits.pgbouncer ?? NaN;
+  const errors = p.rounds.flatMap((round, i) => [...round.direct.errors.map((e) => `round ${i + 1}, direct: ${e}`), ...round.pooler.errors.map((e) => `round ${i + 1}, pooler: ${e}`)]);
+  return [
+    "## 8. The apps' door: PgBouncer against Postgres direct (pgbench)",
+    '',
+    `On a second stack of its own, with the repo's postgres.conf (max_connections = ${a.maxConnections}, ${a.reserved} reserved for the superuser) and pgbouncer.ini (transaction pooling, 2 server connections per app) unchanged: the 1 GB settings. ${p.apps} apps, each with pgbench's tables (\`pgbench -i -s 1\`, through the direct door). In each round every app's pgbench runs at once, one process per app, its built-in TPC-B-like script with \`-M ${p.protocol}\` (unnamed statements, as drivers send parameters; named prepared statements do not survive transaction pooling in PgBouncer 1.18), over TLS and SCRAM on both doors (\`sslmode=require\`, the stack's CA), for ${p.seconds + p.rampSeconds} s: ${p.rampSeconds} s allowed for every client to connect, then at least ${p.seconds} s measured. ${p.rounds.length} round(s), each the direct door, then the pooler. Throughput and latency count the transactions that ended from the moment every app's clients were all connected and running until the first app's pgbench stopped (pgbench's per-transaction log, \`-l\`); "refused or aborted" counts the clients pgbench reported unable to connect or cut off.`,
+    '',
+    `Straight to Postgres, as many clients as it admits: ${a.maxConnections} slots − ${a.reserved} reserved − ${a.superuserOpen} superuser connections open before the run (the service's own and this benchmark's one) = ${admitted} for apps; over ${p.apps} apps (each role's CONNECTION LIMIT is ${a.connectionLimit}), **${a.perApp} per app, ${directClients} clients**. Through the pooler: **${p.apps} × ${p.clientsPerApp} = ${poolerClients} clients**, served by at most ${p.apps * 2} server connections.`,
+    '',
+    '| | clients | all connected after | measured over | transactions/s | p50 | p99 | refused or aborted | clients served | failed transactions |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...p.rounds.flatMap((round, i) => [doorRow(`round ${i + 1}: direct`, round.direct), doorRow(`round ${i + 1}: through PgBouncer`, round.pooler)]),
+    '',
+    `Through the pooler, **${refused} of ${poolerClients}** clients refused or aborted in ${p.rounds.length} round(s) (target 0: ${verdict(refused === 0)}); in every round at least ${leastServed} of them finished a transaction. Throughput over all rounds: ${count(poolerTps)} transactions/s through the pooler against ${count(directTps)} direct: **${ratio(poolerTps, directTps)}** (target ≥ 0.8×: ${verdict(poolerTps >= 0.8 * directTps)}). Through the pooler each app's ${p.clientsPerApp} clients take turns on its 2 server connections, and pgbench's clients never pause between transactions, so a transaction's latency there is mostly its wait for a turn: by Little's law, ${poolerClients} clients at ${count(poolerTps)} transactions/s spend ${ms((poolerClients / poolerTps) * 1000)} per transaction on average.${
+      shortest < p.seconds
+        ? ` The measured stretch was shorter than the ${p.seconds} s asked for: the ${poolerClients} clients took up to ${seconds(slowestRamp)} to connect, more than the ${p.rampSeconds} s allowed (poolerRampSeconds).`
+        : ''
+    }`,
+    '',
+    "Where the CPU went during each measured stretch, per transaction (read from /proc every 250 ms): every app's pgbench, PgBouncer, Postgres's processes, the kernel's interrupt work (irq and softirq, loopback networking among it: a transaction through the pooler crosses two connections), and the rest of the machine's busy time (the service, and whatever else runs on this shared machine); and how busy the machine's cores were.",
+    '',
+    '| CPU per transaction | clients (pgbench) | PgBouncer | Postgres | kernel interrupts | rest of the machine | in all | cores busy |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...p.rounds.flatMap((round, i) => [cpuRow(`round ${i + 1}: direct`, round.direct), cpuRow(`round ${i + 1}: through PgBouncer`, round.pooler)]),
+    ...(poolerTps < 0.8 * directTps
+      ? [
+          '',
+          `Why the throughput target is missed: the cores were ${percent(doorCpu('direct', 'machineBusy'))} busy during the direct runs and ${percent(doorCpu('pooler', 'machineBusy'))} during the pooler's, so both are bound by this machine's CPU, which the clients, PgBouncer and Postgres share; a transaction through the pooler cost ${us(doorCpuTotal('pooler'))} of CPU in all against ${us(doorCpuTotal('direct'))} direct. Of that, PgBouncer ${us(doorCpu('pooler', 'pgbouncer'))}; the ${poolerClients} clients ${us(doorCpu('pooler', 'clients'))} against the ${directClients} direct clients' ${us(doorCpu('direct', 'clients'))}; Postgres ${us(doorCpu('pooler', 'postgres'))} against ${us(doorCpu('direct', 'postgres'))}; the kernel's interrupts ${us(doorCpu('pooler', 'interrupts'))} against ${us(doorCpu('direct', 'interrupts'))}; the rest of the machine ${us(doorCpu('pooler', 'rest'))} against ${us(doorCpu('direct', 'rest'))}. Here the load generator runs on the same cores as what it measures, so what the clients cost themselves counts against the servers too.`,
+        ]
+      : []),
+    ...(errors.length > 0 ? ['', 'pgbench reported:', '', ...errors.map((line) => `    ${line}`)] : []),
+    '',
+    `### Connection setup: a new connection (TLS, SCRAM) for every transaction (\`pgbench -C -S -M ${p.protocol}\`, ${p.connect.clients} clients, ${p.connect.seconds} s per door and round)`,
+    '',
+    "CPU per connection, read from /proc: the client's is pgbench's own (sh's `times`), PgBouncer's its process's, Postgres's all of its processes' (backends that ended included, through the postmaster's reaped children).",
+    '',
+    '| | transactions/s, each with its own connection | average connection time | latency average | refused or aborted | CPU per connection: client | PgBouncer | Postgres |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...p.connect.rounds.flatMap((round, i) => [connectRow(`round ${i + 1}: direct`, round.direct), connectRow(`round ${i + 1}: through PgBouncer`, round.pooler)]),
+    '',
+    `Over all rounds: through the pooler **${ratio(poolerConnect, directConnect)}** the direct door's rate (target ≥ 3×: ${verdict(poolerConnect >= 3 * directConnect)}). Both doors do the TLS handshake and SCRAM with every client; through the pooler no Postgres backend is started per connection (PgBouncer lends one of its open server connections). CPU per connection: direct, the client ${cpuMs(cpuOf('direct', 'client'))} and Postgres ${cpuMs(cpuOf('direct', 'postgres'))}; through the pooler, the client ${cpuMs(cpuOf('pooler', 'client'))}, PgBouncer ${cpuMs(cpuOf('pooler', 'pgbouncer'))} and Postgres ${cpuMs(cpuOf('pooler', 'postgres'))}.${
+      poolerConnect < 3 * directConnect
+        ? ` Why the target is missed: the client's own share of a login (the TLS handshake, and SCRAM's key derivation, which the client computes for every connection) is paid on both doors, and here the client runs on the same 2 cores as the servers. The pooler saves Postgres's share (a backend's start, its side of the login) and adds PgBouncer's, but the client's remains: in CPU, a connection costs ${cpuMs(cpuOf('pooler', 'client') + cpuOf('pooler', 'pgbouncer') + cpuOf('pooler', 'postgres'))} through the pooler against ${cpuMs(cpuOf('direct', 'client') + cpuOf('direct', 'postgres'))} direct (${ratio(cpuOf('direct', 'client') + cpuOf('direct', 'postgres'), cpuOf('pooler', 'client') + cpuOf('pooler', 'pgbouncer') + cpuOf('pooler', 'postgres'))} less).`
+        : ''
+    }`,
+    '',
+    "### PgBouncer's memory, and compose's limits",
+    '',
+    `PgBouncer's resident set (VmRSS, /proc): ${mb(m.idleRss)} before any app connected; at most **${mb(m.peakRss)}** during the pooler's runs, with ${m.clientsAtPeak} clients logged in at that moment (SHOW POOLS; most at once: ${m.mostClients}; max_client_conn = ${m.maxClientConn}). docker-compose.yml gives it mem_limit ${mb(pgbouncerLimit)}: ${m.peakRss <= pgbouncerLimit ? 'it holds' : '**it does not hold**'} (${verdict(m.peakRss <= pgbouncerLimit)}). RSS is the process's own memory; under cgroup v2 a container's limit also charges its sockets' kernel buffers, not measured here. PgBouncer's open-files limit in this run: ${m.openFilesLimit} (compose sets nofile ${m.composeOpenFiles}).`,
+    `compose's memory limits: ${limits.map(([name, bytes]) => `${name} ${mb(bytes)}`).join(' + ')} = **${mb(composeTotal)}** (target ≤ 1 GB: ${verdict(composeTotal <= 2 ** 30)}).`,
+    '',
+  ];
+}
+
+function header(r: Results, tiny: boolean, only: readonly string[] | undefined, sizes: Partial<Sizes> | undefined): string[] {
+  const floorsRan = Object.keys(r).some((key) => key !== 'pooler' && key !== 'postgresIncidents');
+  const changed = Object.entries(sizes ?? {}).map(([name, value]) => `${name}=${value}`);
   return [
     '# Benchmarks',
     '',
-    `Run of \`npm --prefix service run bench\`${tiny ? ' (tiny: a smoke run, not a measurement)' : ''}${only ? ` (only: ${only.join(', ')})` : ''}, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, on the local stack`,
+    `Run of \`npm --prefix service run bench\`${tiny ? ' (tiny: a smoke run, not a measurement)' : ''}${only ? ` (only: ${only.join(', ')})` : ''}${changed.length > 0 ? ` (sizes: ${changed.join(', ')})` : ''}, ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC, on the local stack`,
     '(Postgres 15 with the repo\'s postgres.conf, the built service, nginx with the repo\'s nginx.conf), loopback only.',
     'Every figure stands next to its reference, measured in the same run. Floors send the service\'s own SQL',
     'statements (the functions of service/src/db/) straight to Postgres over one open superuser connection per client.',
     '',
     '## Machine',
     '',
-    ...machine(),
+    ...machine(floorsRan),
     '',
     ...(r.postgresIncidents?.length ? ['Postgres logged during the run:', '', ...r.postgresIncidents.map((line) => `    ${line}`), ''] : []),
   ];
 }
 
 /** The whole report: the header, then every section that ran, in BENCHMARKS.md's order. */
-export function renderReport(r: Results, sizes: Sizes, tiny: boolean, only?: readonly string[]): string[] {
+export function renderReport(r: Results, sizes: Sizes, tiny: boolean, only?: readonly string[], changedSizes?: Partial<Sizes>): string[] {
   const floorLabel = r.sequential ? 'floor (on demand, from 1.)' : 'floor (on demand, measured for this section)';
   const sequentialAtP50 = { service: r.sequential?.service.p50 ?? NaN, floor: r.sequential?.floor.p50 ?? NaN };
   return [
-    ...header(r, tiny, only),
+    ...header(r, tiny, only, changedSizes),
     ...(r.sequential ? sequentialReport(r.sequential) : []),
     ...(r.pool ? poolReport(r.pool, sizes, floorLabel) : []),
     ...(r.bursts ? burstsReport(r.bursts, sizes) : []),
@@ -237,5 +330,6 @@ export function renderReport(r: Results, sizes: Sizes, tiny: boolean, only?: rea
     ...(r.scale ? scaleReport(r.scale, sizes) : []),
     ...(r.deletes ? deprovisionReport(r.deletes) : []),
     ...(r.rotation ? rotationReport(r.rotation) : []),
+    ...(r.pooler ? poolerReport(r.pooler) : []),
   ];
 }

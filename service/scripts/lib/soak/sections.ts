@@ -413,12 +413,23 @@ export async function settleAtEnd(run: SoakRun): Promise<void> {
 /** The apps the clients were told exist (but those whose password no client knows). */
 const expectedApps = (run: SoakRun) => new Set(run.clientApps.flatMap(({ mine }) => mine));
 
-/** Connects to every app a client holds, with the connection string it was last given. */
+/**
+ * A connection string the service returned, with sslrootcert= the stack's CA, as the README tells apps using
+ * node-postgres to give it (node-postgres reads sslmode=require as verify-full).
+ */
+function withAuthority(connectionString: string, caFile: string): string {
+  const url = new URL(connectionString);
+  url.searchParams.set('sslrootcert', caFile);
+  return url.toString();
+}
+
+/** Connects to every app a client holds, with the connection string it was last given (and the stack's CA, as an app adds it). */
 export async function checkAppsConnect(run: SoakRun): Promise<void> {
+  const caFile = run.stack.postgres.tlsFiles().caCertificate;
   for (const name of expectedApps(run)) {
     if (run.passwordUnknown.has(name)) continue;
     run.result.appsChecked++;
-    const app = new pg.Client({ connectionString: run.known.get(name), connectionTimeoutMillis: 5_000 });
+    const app = new pg.Client({ connectionString: withAuthority(run.known.get(name)!, caFile), connectionTimeoutMillis: 5_000 });
     app.on('error', () => {});
     try {
       await app.connect();

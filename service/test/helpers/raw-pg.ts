@@ -1,14 +1,16 @@
-// A minimal PostgreSQL wire-protocol client (node:net only) that performs a SCRAM-SHA-256 login in two
-// explicit steps: beginLogin() stops right after the server's SCRAM server-first message, and finish()
+// A minimal PostgreSQL wire-protocol client (node:net and node:tls only) that performs a SCRAM-SHA-256 login in
+// two explicit steps: beginLogin() stops right after the server's SCRAM server-first message, and finish()
 // completes the exchange later. Lets a test pause a login mid-handshake, e.g. to prove that a password
-// rotation locks out a login whose handshake began before the rotation and finishes after it.
+// rotation locks out a login whose handshake began before the rotation and finishes after it. Over TLS when
+// asked (SSLRequest first, as libpq does): PgBouncer admits app logins over TLS only (pgbouncer-hba.conf).
 import { createHash, createHmac, pbkdf2, randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { connect, isIP, type Socket } from 'node:net';
+import { connect as connectTls } from 'node:tls';
 import { promisify } from 'node:util';
 
 const pbkdf2Async = promisify(pbkdf2);
 
-type FinishResult = { ok: true } | { ok: false; code: string; message: string };
+export type FinishResult = { ok: true } | { ok: false; code: string; message: string };
 
 export interface PausedLogin {
   /** Sends the client-final message (proof from the password given to beginLogin) and reads until
@@ -22,12 +24,14 @@ export interface PausedLogin {
   close(): void;
 }
 
-interface LoginOptions {
+export interface LoginOptions {
   host: string;
   port: number;
   user: string;
   password: string;
   database: string;
+  /** TLS, the server's certificate checked against `ca` (PEM) and `host` (sslmode=verify-full); none if absent. */
+  tls?: { ca: string | Buffer };
 }
 
 /** An error carrying the SQLSTATE of the server's ErrorResponse (or 'closed' / 'protocol'). */
@@ -146,14 +150,21 @@ const hmac = (key: Buffer, data: string): Buffer => createHmac('sha256', key).up
  *  read the role's password verifier), then pauses. Rejects with an Error whose `code` is the SQLSTATE if
  *  the server answers with an ErrorResponse. */
 export async function beginLogin(options: LoginOptions): Promise<PausedLogin> {
-  const socket = connect({ host: options.host, port: options.port });
-  const reader = new MessageReader(socket);
+  const plain = connect({ host: options.host, port: options.port });
+  let socket: Socket = plain;
   try {
     await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
+      plain.once('connect', resolve);
+      plain.once('error', reject);
     });
-
+    if (options.tls) socket = await startTls(plain, options.host, options.tls.ca);
+  } catch (error) {
+    socket.destroy();
+    plain.destroy();
+    throw error;
+  }
+  const reader = new MessageReader(socket);
+  try {
     // StartupMessage: no type byte; int32 length, int32 protocol 3.0, name/value pairs, final zero byte.
     const params = ['user', options.user, 'database', options.database, 'application_name', 'raw-pg-test'];
     const startupBody = Buffer.concat([int32(196608), ...params.map(cstring), Buffer.from([0])]);
@@ -189,6 +200,37 @@ export async function beginLogin(options: LoginOptions): Promise<PausedLogin> {
     socket.destroy();
     throw error;
   }
+}
+
+/**
+ * SSLRequest (int32 length 8, int32 80877103); the server answers one byte, 'S' (TLS follows on this socket) or
+ * 'N' (no TLS here). Resolves with the TLS socket once its handshake has passed the certificate checks.
+ */
+async function startTls(socket: Socket, host: string, ca: string | Buffer): Promise<Socket> {
+  const answer = await new Promise<string>((resolve, reject) => {
+    socket.once('data', (chunk: Buffer) => {
+      socket.removeListener('error', reject);
+      socket.removeListener('close', closed);
+      // Nothing else may come before the handshake (CVE-2021-23222: bytes sent before it must not be trusted).
+      if (chunk.length !== 1) reject(new PgError('protocol', `expected one byte answering SSLRequest, got ${chunk.length}`));
+      else resolve(String.fromCharCode(chunk[0] ?? 0));
+    });
+    const closed = () => reject(new PgError('closed', 'server closed the connection before answering SSLRequest'));
+    socket.once('error', reject);
+    socket.once('close', closed);
+    socket.write(Buffer.concat([int32(8), int32(80877103)]));
+  });
+  if (answer !== 'S') throw new PgError('protocol', `the server does not offer TLS (answered '${answer}' to SSLRequest)`);
+  socket.pause(); // no byte is lost between the answer above and the TLS socket taking over
+  const secure = connectTls({ socket, ca, host, ...(isIP(host) ? {} : { servername: host }) });
+  await new Promise<void>((resolve, reject) => {
+    secure.once('secureConnect', () => {
+      secure.removeListener('error', reject);
+      resolve();
+    });
+    secure.once('error', reject);
+  });
+  return secure;
 }
 
 /** Reads an Authentication ('R') message body, turning an ErrorResponse into a rejected PgError. */

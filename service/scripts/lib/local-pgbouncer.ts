@@ -1,9 +1,9 @@
 // The local stack's PgBouncer part: the apps' door, the machine's PgBouncer 1.18 (Debian's) with the repo's
-// pgbouncer.ini and pgbouncer-hba.conf, where only the addresses, ports and file paths differ from compose's. It
-// reads the auth_file the service keeps (src/db/pooler/pgbouncer.ts), so it starts after the service has written
-// it. Runs as the same unprivileged OS user as Postgres when the stack runs as root (PgBouncer refuses root too).
+// pgbouncer.ini, where only the addresses, ports and file paths differ from compose's. It reads the auth_file and
+// the hba file (the repo's pgbouncer-hba.conf with each app's lines) that the service keeps
+// (src/db/pooler/pgbouncer.ts), so it starts after the service has written them. Runs as the same unprivileged OS user as Postgres when the stack runs as root (PgBouncer refuses root too).
 import { connect } from 'node:net';
-import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, writeFileSync, type WriteStream } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import type { TlsFiles } from './local-tls.js';
@@ -57,6 +57,7 @@ export class LocalPgBouncer {
   serviceSettings(): Record<string, string> {
     return {
       POOLER_AUTH_FILE: this.paths.authFile,
+      POOLER_HBA_TEMPLATE: join(REPO_ROOT, 'pgbouncer-hba.conf'),
       POOLER_ADMIN_HOST: this.paths.socketDir,
       POOLER_ADMIN_PORT: String(this.settings.port),
       PUBLIC_DB_HOST: '127.0.0.1',
@@ -78,20 +79,18 @@ export class LocalPgBouncer {
     }
     chmodSync(socketDir, 0o755);
     writeFileSync(join(config, 'pgbouncer.ini'), this.configFile());
-    copyFileSync(join(REPO_ROOT, 'pgbouncer-hba.conf'), join(config, 'pgbouncer-hba.conf'));
-    chmodSync(join(config, 'pgbouncer-hba.conf'), 0o644);
   }
 
   /** The repo's pgbouncer.ini with only the addresses, ports and file paths changed (and extraSettings added). */
   configFile(): string {
-    const { config, socketDir, authFile } = this.paths;
+    const { socketDir, authFile, authDir } = this.paths;
     const { port, pgPort, tls } = this.settings;
     const replacements: Array<[RegExp, string]> = [
       [/^\* = host=postgres port=5432$/m, `* = host=127.0.0.1 port=${pgPort}`],
       [/^listen_addr = \*$/m, 'listen_addr = 127.0.0.1'],
       [/^listen_port = 6432$/m, `listen_port = ${port}`],
       [/^unix_socket_dir = \/var\/run\/pgbouncer$/m, `unix_socket_dir = ${socketDir}`],
-      [/^auth_hba_file = \/etc\/pgbouncer\/pgbouncer-hba\.conf$/m, `auth_hba_file = ${join(config, 'pgbouncer-hba.conf')}`],
+      [/^auth_hba_file = \/run\/pgprov-pooler\/pgbouncer-hba\.conf$/m, `auth_hba_file = ${join(authDir, 'pgbouncer-hba.conf')}`],
       [/^auth_file = \/run\/pgprov-pooler\/userlist\.txt$/m, `auth_file = ${authFile}`],
       [/^client_tls_cert_file = \/run\/pgprov-tls\/server\.crt$/m, `client_tls_cert_file = ${tls.serverCertificate}`],
       [/^client_tls_key_file = \/run\/pgprov-tls\/pgbouncer-server\.key$/m, `client_tls_key_file = ${tls.pgbouncerKey}`],

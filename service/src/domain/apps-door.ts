@@ -22,3 +22,15 @@ export async function doorEndsConnections(server: PostgresServer, app: AppIdenti
     server.log.warn({ err, app: app.appName }, "the pooler could not end the app's pooled connections; Postgres ends their sessions");
   }
 }
+
+/**
+ * The app's pooled server connections close as they are released; its clients stay, and their next transaction
+ * runs on a new server connection (restore: on the restored database). Safe while the app's logins go on.
+ */
+export async function doorReconnects(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  try {
+    await server.pooler.reconnect(app.database);
+  } catch (err) {
+    server.log.warn({ err, app: app.appName }, "the pooler could not close the app's pooled server connections; Postgres ends their sessions");
+  }
+}

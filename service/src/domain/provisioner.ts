@@ -5,6 +5,7 @@
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
 // refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
@@ -78,6 +79,8 @@ function poolerOf(config: Config, log: Logger): ((server: PostgresServer) => Poo
   if (!authFile) return undefined;
   const settings = {
     authFile,
+    hbaTemplate: config.POOLER_HBA_TEMPLATE,
+    hbaFile: config.POOLER_HBA_FILE ?? join(dirname(authFile), 'pgbouncer-hba.conf'),
     adminHost: config.POOLER_ADMIN_HOST,
     adminPort: config.POOLER_ADMIN_PORT,
     adminUser: POOLER_ADMIN_USER,

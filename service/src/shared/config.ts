@@ -109,6 +109,15 @@ export const ConfigSchema = z.object({
     .string()
     .optional()
     .transform((path) => (path === '' ? undefined : path)),
+  /**
+   * The door's rules (the repo's pgbouncer-hba.conf, compose mounts it here), which the service renders with each
+   * app's lines into POOLER_HBA_FILE (empty: pgbouncer-hba.conf beside POOLER_AUTH_FILE), pgbouncer.ini's auth_hba_file.
+   */
+  POOLER_HBA_TEMPLATE: z.string().min(1).default('/etc/pgprov/pgbouncer-hba.conf'),
+  POOLER_HBA_FILE: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
   /** PgBouncer's admin console: its socket directory (unix_socket_dir) and port. */
   POOLER_ADMIN_HOST: z.string().min(1).default('/var/run/pgbouncer'),
   POOLER_ADMIN_PORT: port.default(6432),

@@ -330,12 +330,16 @@ describe("docker-compose.yml: the apps' door (PgBouncer), its networks, its file
     assert.deepEqual(pgbouncer.depends_on, { postgres: { condition: 'service_healthy' }, service: { condition: 'service_healthy' } }, 'started once the service has written the auth_file');
   });
 
-  it("mounts the repo's pgbouncer.ini and pgbouncer-hba.conf read-only, where the image's command and the ini look for them", () => {
+  it("mounts the repo's pgbouncer.ini read-only where the image's command looks, and pgbouncer-hba.conf into the service, which renders it where the ini looks", () => {
     assert.match(PGBOUNCER_DOCKERFILE, /^CMD \["pgbouncer", "\/etc\/pgbouncer\/pgbouncer\.ini"\]$/m);
     assert.deepEqual(mountAt(pgbouncer, '/etc/pgbouncer/pgbouncer.ini'), ['./pgbouncer.ini', '/etc/pgbouncer/pgbouncer.ini', 'ro']);
     const hba = pgbouncerIni.get('auth_hba_file')!;
     assert.equal(pgbouncerIni.get('auth_type'), 'hba');
-    assert.deepEqual(mountAt(pgbouncer, hba), ['./pgbouncer-hba.conf', hba, 'ro']);
+    // The rendered file: beside the auth_file, in the volume the service writes and PgBouncer reads.
+    assert.equal(posix.dirname(hba), posix.dirname(pgbouncerIni.get('auth_file')!));
+    assert.deepEqual(mountAt(pgbouncer, posix.dirname(hba)), ['pooler_auth', posix.dirname(hba), 'ro']);
+    const template = service.environment?.POOLER_HBA_TEMPLATE ?? '/etc/pgprov/pgbouncer-hba.conf';
+    assert.deepEqual(mountAt(service, template), ['./pgbouncer-hba.conf', template, 'ro']);
     for (const [source] of mounts(pgbouncer).filter(([s]) => s.startsWith('./'))) assert.ok(existsSync(join(REPO_ROOT, source)), `${source} is in the repo`);
   });
 

@@ -610,9 +610,12 @@ describe('the superuser and where Postgres listens', () => {
     const plain = new URL(a.connection_string);
     plain.searchParams.set('sslmode', 'disable');
     await assertRefused(plain.toString(), /^login rejected$/, 'A without TLS');
-    // pgbouncer-hba.conf as the stack runs it: every line that admits anyone asks for scram-sha-256, and every one
-    // from the network is hostssl (the admin console's is its socket's).
-    const rules = readFileSync(join(REPO_ROOT, 'pgbouncer-hba.conf'), 'utf8')
+    // pgbouncer-hba.conf as the stack runs it (the repo's, rendered by the service with each app's lines): every
+    // line that admits anyone asks for scram-sha-256, every one from the network is hostssl (the admin console's
+    // is its socket's), and each app's admits its login role to its own database only.
+    const rendered = readFileSync(join(t.stack.pgbouncer!.paths.authDir, 'pgbouncer-hba.conf'), 'utf8');
+    assert.match(rendered, /^hostssl app_hostile_a app_hostile_a_user 0\.0\.0\.0\/0 scram-sha-256$/m);
+    const rules = rendered
       .split('\n')
       .map((line) => line.trim())
       .filter((line) => line !== '' && !line.startsWith('#'))
@@ -624,6 +627,7 @@ describe('the superuser and where Postgres listens', () => {
       assert.ok(['local', 'host', 'hostssl'].includes(type!), rule.join(' '));
       assert.ok(['scram-sha-256', 'reject'].includes(method!), rule.join(' '));
       if (method !== 'reject') assert.ok(type === 'hostssl' || type === 'local', `admits over TLS only: ${rule.join(' ')}`);
+      if (type === 'hostssl') assert.equal(`${rule[1]}_user`, rule[2], `an app's login to its own database only: ${rule.join(' ')}`);
     }
   });
 

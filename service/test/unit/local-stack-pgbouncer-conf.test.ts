@@ -56,7 +56,7 @@ describe("the local stack's pgbouncer.ini", () => {
       listen_addr: '127.0.0.1',
       listen_port: String(PORT),
       unix_socket_dir: join(DIR, 'pgbouncer-run'),
-      auth_hba_file: join(DIR, 'pgbouncer', 'pgbouncer-hba.conf'),
+      auth_hba_file: join(DIR, 'pooler-auth', 'pgbouncer-hba.conf'), // rendered by the service from the repo's
       auth_file: join(DIR, 'pooler-auth', 'userlist.txt'),
       client_tls_cert_file: tls.serverCertificate,
       client_tls_key_file: tls.pgbouncerKey,
@@ -73,6 +73,7 @@ describe("the local stack's pgbouncer.ini", () => {
     const value = (key: string) => local.map(setting).find((s) => s?.key === key)?.value;
     assert.deepEqual(door.serviceSettings(), {
       POOLER_AUTH_FILE: value('auth_file'),
+      POOLER_HBA_TEMPLATE: join(REPO_ROOT, 'pgbouncer-hba.conf'),
       POOLER_ADMIN_HOST: value('unix_socket_dir'),
       POOLER_ADMIN_PORT: value('listen_port'),
       PUBLIC_DB_HOST: value('listen_addr'),
@@ -88,12 +89,14 @@ describe("the local stack's pgbouncer.ini", () => {
     assert.equal(sized[sized.indexOf('[pgbouncer]') + 1], 'stats_users = bench');
   });
 
-  it("uses the repo's pgbouncer-hba.conf as it is", () => {
+  it("has the service render the repo's pgbouncer-hba.conf beside the auth_file, where its pgbouncer.ini looks", () => {
     const dir = mkdtempSync(join(tmpdir(), 'pgprov-unit-pgbouncer-'));
     try {
       const door = pgbouncer({ dir, tls: tlsFiles(join(dir, 'tls')) });
       door.prepare();
-      assert.equal(readFileSync(join(door.paths.config, 'pgbouncer-hba.conf'), 'utf8'), readFileSync(join(REPO_ROOT, 'pgbouncer-hba.conf'), 'utf8'));
+      const ini = readFileSync(join(door.paths.config, 'pgbouncer.ini'), 'utf8');
+      assert.match(ini, new RegExp(`^auth_hba_file = ${join(door.paths.authDir, 'pgbouncer-hba.conf').replaceAll('/', '\\/')}$`, 'm'));
+      assert.match(readFileSync(join(REPO_ROOT, 'pgbouncer-hba.conf'), 'utf8'), /^# @app-logins$/m, 'the template has the place for the apps\' lines');
       assert.equal(readFileSync(join(door.paths.config, 'pgbouncer.ini'), 'utf8'), door.configFile());
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -6,13 +6,15 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { chmod, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { scramSha256Verifier } from '../../shared/secrets.js';
 
-/** An app login as PgBouncer's auth_file holds it: the role's name and its SCRAM verifier, or null: refused. */
+/** An app login as the door holds it: the role's name, its database, and its SCRAM verifier, or null: refused. */
 export interface PoolerLogin {
   name: string;
+  database: string;
   verifier: string | null;
 }
 
@@ -31,6 +33,10 @@ export interface PoolUsage {
 export interface PoolerSettings {
   /** The auth_file pgbouncer.ini names; the service writes it (the directory must be the service's to write). */
   authFile: string;
+  /** The repo's pgbouncer-hba.conf: the door's rules, with a line `# @app-logins` where each app's go. */
+  hbaTemplate: string;
+  /** The hba file pgbouncer.ini names (auth_hba_file), which the service renders from the template. */
+  hbaFile: string;
   /** PgBouncer's admin console: its socket directory (or a host) and port, the admin user and its password. */
   adminHost: string;
   adminPort: number;
@@ -52,8 +58,19 @@ export interface Pooler {
    * share the next rewrite, which reads the catalog after all of them began.
    */
   loginsChanged(): Promise<void>;
-  /** Ends every pooled connection to `database`, clients' and the server's, at once (KILL, then RESUME). */
+  /**
+   * Ends every pooled connection to `database`, clients' and the server's (KILL, then RESUME). Only once no login
+   * is in progress at the door, or its login timeout has passed: PgBouncer 1.18 ties a login to its pool before
+   * the password exchange, and KILL frees the pool under it; such a login, finished, lands in whichever pool
+   * takes that memory next: another app's (found by test/stack/hostile-tenant.test.ts). The caller has made the
+   * app's logins refused first (loginsChanged after NOLOGIN), so that no new login to `database` can begin.
+   */
   endConnections(database: string): Promise<void>;
+  /**
+   * Closes the server connections to `database` as they are released, and keeps its clients (RECONNECT): their
+   * next transaction opens a new server connection. Frees no pool, so it is safe while logins are in progress.
+   */
+  reconnect(database: string): Promise<void>;
   /** The door's pools (for /metrics). */
   pools(): Promise<PoolUsage[]>;
   /**
@@ -73,6 +90,7 @@ export const NO_POOLER: Pooler = {
   poolMode: undefined,
   loginsChanged: () => Promise.resolve(),
   endConnections: () => Promise.resolve(),
+  reconnect: () => Promise.resolve(),
   pools: () => Promise.resolve([]),
   loginTimeoutMs: () => Promise.resolve(0),
   isUp: () => true,
@@ -91,6 +109,8 @@ export function poolerAdminPassword(superuserPassword: string): string {
 
 /** How often the background check asks the admin console whether it answers. */
 const CHECK_INTERVAL_MS = 2_000;
+/** How often endConnections looks whether logins are still in progress. */
+const LOGIN_POLL_MS = 100;
 /** PgBouncer ends logins older than client_login_timeout in its maintenance pass, every third of a second. */
 const LOGIN_CHECK_SLACK_MS = 1_000;
 /** After a failed rewrite or reload, how soon it is tried again (the file is derived state: always safe to redo). */
@@ -161,8 +181,27 @@ export class PgBouncer implements Pooler {
 
   async endConnections(database: string): Promise<void> {
     const name = adminArgument(database);
+    await this.noLoginInProgress();
     await this.command(`KILL ${name}`);
     await this.command(`RESUME ${name}`);
+  }
+
+  async reconnect(database: string): Promise<void> {
+    await this.command(`RECONNECT ${adminArgument(database)}`);
+  }
+
+  /**
+   * Resolves once PgBouncer has no login in progress (SHOW LISTS: login_clients), or once its login timeout has
+   * passed, after which every login begun before has finished or been ended. Mostly at once.
+   */
+  private async noLoginInProgress(): Promise<void> {
+    const deadline = Date.now() + (await this.loginTimeoutMs());
+    for (;;) {
+      const { rows } = await this.command('SHOW LISTS');
+      const logins = Number(rows.find((row) => row.list === 'login_clients')?.items ?? NaN);
+      if (logins === 0 || Date.now() >= deadline) return;
+      await sleep(Math.min(LOGIN_POLL_MS, Math.max(0, deadline - Date.now())));
+    }
   }
 
   async pools(): Promise<PoolUsage[]> {
@@ -239,16 +278,23 @@ export class PgBouncer implements Pooler {
     const entries = [{ name: adminUser, verifier: await this.adminVerifier() }, ...logins, ...gone.map((name) => ({ name, verifier: null }))];
     const lines = entries.map((login) => `${quoted(login.name)} ${quoted(login.verifier ?? refusedVerifier())}`);
     const header = '; Written by the provisioning service from Postgres\'s catalog: every change is overwritten.\n';
-    const temporary = join(dirname(authFile), `.${basename(authFile)}.${process.pid}.tmp`);
-    try {
-      // 0640: PgBouncer reads it through the directory's group (the stack and compose's setup see to that).
-      await writeFile(temporary, header + lines.join('\n') + '\n', { mode: 0o640 });
-      await chmod(temporary, 0o640);
-      await rename(temporary, authFile);
-    } catch (err) {
-      await rm(temporary, { force: true });
-      throw err;
-    }
+    await writeAtomically(authFile, header + lines.join('\n') + '\n');
+    await writeAtomically(this.settings.hbaFile, await this.renderHba(logins));
+  }
+
+  /**
+   * pgbouncer-hba.conf with each app's lines where the template says: an app login that may log in now is
+   * admitted to its own database only, with SCRAM, over TLS; any other login is rejected by the template's last
+   * lines before its password exchange begins. So no login ever waits at the door for a database not its own,
+   * nor for an app whose logins are refused (see endConnections).
+   */
+  private async renderHba(logins: PoolerLogin[]): Promise<string> {
+    const template = await readFile(this.settings.hbaTemplate, 'utf8');
+    if (!HBA_MARKER.test(template)) throw new Error(`${this.settings.hbaTemplate} has no line "# @app-logins" where the apps' lines go`);
+    const apps = logins
+      .filter((login) => login.verifier !== null)
+      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${hbaName(login.database)} ${hbaName(login.name)} ${address} scram-sha-256`));
+    return template.replace(HBA_MARKER, () => ['# @app-logins: written by the provisioning service', ...apps].join('\n'));
   }
 
   private adminVerifierMemo?: Promise<string>;
@@ -326,6 +372,31 @@ export class PgBouncer implements Pooler {
     if (only && client !== only) return;
     if (this.console === pending) this.console = undefined;
     await client?.end().catch(() => {});
+  }
+}
+
+/** Where the template wants the apps' lines: a line of its own. */
+const HBA_MARKER = /^# @app-logins$/m;
+
+/** A name as an hba line takes it: app names are [a-z0-9_] (object-names.ts); anything else is refused. */
+function hbaName(name: string): string {
+  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a name the door's hba file can hold: ${name}`);
+  return name;
+}
+
+/**
+ * Writes a file the door reads: a new file renamed over the old (PgBouncer reads the old or the new, never half),
+ * 0640 (PgBouncer reads it through the directory's group: the stack and compose's setup see to that).
+ */
+async function writeAtomically(path: string, text: string): Promise<void> {
+  const temporary = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  try {
+    await writeFile(temporary, text, { mode: 0o640 });
+    await chmod(temporary, 0o640);
+    await rename(temporary, path);
+  } catch (err) {
+    await rm(temporary, { force: true });
+    throw err;
   }
 }
 

@@ -419,15 +419,15 @@ export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Prom
 }
 
 /**
- * Every app login role on the server, with its SCRAM verifier when it may log in now (else null): what the apps'
- * door (PgBouncer's auth_file) admits, and whom it must refuse. Direct members of provisioned_apps only (an agent
+ * Every app login role on the server, with its database and its SCRAM verifier when it may log in now (else
+ * null): what the apps' door (PgBouncer's auth_file and hba file) admits, and whom it must refuse. Direct members of provisioned_apps only (an agent
  * is a member of an app's login role, never of the group itself), named as app login roles are. A role that cannot
  * log in (a ready set's, or one whose rotation or delete is under way), has no SCRAM verifier, or whose verifier
  * has expired gets null. Never a superuser.
  */
-export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; verifier: string | null }>> {
-  const { rows } = await db.query<{ name: string; verifier: string | null }>(
-    `SELECT r.rolname AS name,
+export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null }>> {
+  const { rows } = await db.query<{ name: string; database: string; verifier: string | null }>(
+    `SELECT r.rolname AS name, ${APP_SQL.databaseOf(`substring(r.rolname FROM '${APP_SQL.loginRolePattern}')`)} AS database,
             CASE WHEN r.rolcanlogin AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
                  THEN r.rolpassword END AS verifier
        FROM pg_auth_members m

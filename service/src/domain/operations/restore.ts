@@ -8,7 +8,7 @@ import { findApp } from '../../db/system-store/registry.js';
 import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
-import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
+import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
 import type { OperationDeps } from './deps.js';
@@ -53,8 +53,10 @@ export async function restore(deps: OperationDeps, appName: string, file: string
         }
       }
       await crashPoint('restore:after-restore');
-      // The app's pooled connections end with its direct ones: none sees the old database after the swap.
-      await doorEndsConnections(server, app);
+      // The swap ends every session in the app's database, the pooler's server connections among them; those
+      // also close at the pooler as they are released. Its clients stay, and their next transaction runs on the
+      // restored database. (KILL would end them too, but it is unsafe while the app's logins go on: apps-door.ts.)
+      await doorReconnects(server, app);
       await swapWithRetries(client, app, restoring, retired);
       await crashPoint('restore:after-swap');
     } catch (err) {

@@ -16,11 +16,11 @@ const LOGIN_SETTLE_MS = 250;
  * Postgres reads a role's password when a login's exchange begins and checks LOGIN when it ends, and a login may
  * take up to the server's authentication_timeout. The apps' door (PgBouncer) reads the verifier when a login
  * begins too, and a login there may take up to its client_login_timeout. So: the login role is refused first
- * (NOLOGIN; at the door, a verifier no password matches, and its pooled connections ended), its sessions are
+ * (NOLOGIN; at the door, a verifier no password matches and no hba line), its sessions are
  * ended until none is left (none can come back: no login completes while NOLOGIN), the new password is set while
  * no session exists that could change it again, the longer login timeout is waited out so that every login whose
  * exchange began before (with the old password, or one a session set) has ended, refused; the door's pooled
- * connections are ended once more (a login it finished meanwhile); then LOGIN, and the door takes the new
+ * connections are ended (its clients, and a login it finished meanwhile); then LOGIN, and the door takes the new
  * verifier. If the password changed during the wait (only a session that slipped in could), the steps run again.
  * Waiting out logins holds a connection of its own: in one of the rotation slots, waited for up to
  * DATABASE_LOCK_TIMEOUT_MS.
@@ -36,9 +36,8 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
       const { password, verifier } = await deps.credentials.take();
       await disableLogin(client, app.username);
       await crashPoint('rotate:after-disable-login');
-      // The pooler refuses the old password from now on, and its sessions end with the app's own.
+      // The pooler refuses the old password from now on (and any new login of the app before its exchange).
       await doorTakesLogins(deps.server, app);
-      await doorEndsConnections(deps.server, app);
       // Logins begun before now end within the longer of Postgres's and the door's login timeouts.
       const waitMs = Math.max(await authenticationTimeoutMs(client), await deps.server.pooler.loginTimeoutMs()) + LOGIN_SETTLE_MS;
       let sessionsEnded = 0;
@@ -50,8 +49,9 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
         if (await passwordIs(client, app, verifier)) break;
         if (attempt >= 3) throw new Error('the password kept changing during rotation'); // the reconciler lets the app log in again
       }
-      // A login the door began with the old password before the rotation and finished since sits in its pool,
-      // where it would be served by server connections the new password opens: ended before LOGIN.
+      // The app's pooled clients, and a login the door began with the old password before the rotation and
+      // finished since, which sits in its pool where server connections the new password opens would serve it:
+      // ended before LOGIN, now that no login of the app can be in progress at the door.
       await doorEndsConnections(deps.server, app);
       await enableLogin(client, app);
       await doorTakesLogins(deps.server, app);

@@ -58,6 +58,8 @@ export class LocalPgBouncer {
     return {
       POOLER_AUTH_FILE: this.paths.authFile,
       POOLER_HBA_TEMPLATE: join(REPO_ROOT, 'pgbouncer-hba.conf'),
+      POOLER_SERVER_HOST: '127.0.0.1',
+      POOLER_SERVER_PORT: String(this.settings.pgPort),
       POOLER_ADMIN_HOST: this.paths.socketDir,
       POOLER_ADMIN_PORT: String(this.settings.port),
       PUBLIC_DB_HOST: '127.0.0.1',
@@ -84,9 +86,9 @@ export class LocalPgBouncer {
   /** The repo's pgbouncer.ini with only the addresses, ports and file paths changed (and extraSettings added). */
   configFile(): string {
     const { socketDir, authFile, authDir } = this.paths;
-    const { port, pgPort, tls } = this.settings;
+    const { port, tls } = this.settings;
     const replacements: Array<[RegExp, string]> = [
-      [/^\* = host=postgres port=5432$/m, `* = host=127.0.0.1 port=${pgPort}`],
+      [/^%include \/run\/pgprov-pooler\/databases\.ini$/m, `%include ${join(authDir, 'databases.ini')}`],
       [/^listen_addr = \*$/m, 'listen_addr = 127.0.0.1'],
       [/^listen_port = 6432$/m, `listen_port = ${port}`],
       [/^unix_socket_dir = \/var\/run\/pgbouncer$/m, `unix_socket_dir = ${socketDir}`],

@@ -9,7 +9,7 @@ import { REPO_ROOT, StackError } from './local-stack.js';
 import { processStat } from './stack-lock.js';
 
 /** Service settings the stack sets itself so that its parts find each other (README: Without Docker). */
-export const SET_BY_THE_STACK = ['HOST', 'PORT', 'DATABASE_HOST', 'DATABASE_PORT', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'SYSTEM_DATABASE', 'PUBLIC_DB_HOST', 'PUBLIC_DB_PORT', 'DIRECT_DB_HOST', 'DIRECT_DB_PORT', 'POOLER_AUTH_FILE', 'POOLER_HBA_TEMPLATE', 'POOLER_HBA_FILE', 'POOLER_ADMIN_HOST', 'POOLER_ADMIN_PORT', 'TLS_CA_FILE'];
+export const SET_BY_THE_STACK = ['HOST', 'PORT', 'DATABASE_HOST', 'DATABASE_PORT', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'SYSTEM_DATABASE', 'PUBLIC_DB_HOST', 'PUBLIC_DB_PORT', 'DIRECT_DB_HOST', 'DIRECT_DB_PORT', 'POOLER_AUTH_FILE', 'POOLER_HBA_TEMPLATE', 'POOLER_HBA_FILE', 'POOLER_DATABASES_FILE', 'POOLER_SERVER_HOST', 'POOLER_SERVER_PORT', 'POOLER_ADMIN_HOST', 'POOLER_ADMIN_PORT', 'TLS_CA_FILE'];
 
 export function settingsFromEnvironment(): Record<string, string | undefined> {
   const envFile = join(REPO_ROOT, '.env');

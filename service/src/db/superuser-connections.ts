@@ -240,19 +240,30 @@ export class SuperuserConnections implements DatabaseOpener {
   }
 }
 
-/** One connection, opened when first needed and replaced after any failure (see SuperuserConnections.dedicated). */
+/** How long a dedicated connection stays open unused: it holds a slot of Postgres's, which may be one of the few the superuser has left. */
+const DEDICATED_IDLE_MS = 1_000;
+
+/**
+ * One connection, opened when first needed, closed after DEDICATED_IDLE_MS unused, and replaced after any failure
+ * (see SuperuserConnections.dedicated).
+ */
 export class DedicatedConnection {
   private client?: Promise<pg.Client>;
   private readonly open: () => Promise<pg.Client>;
+  private idle?: NodeJS.Timeout;
 
   constructor(open: () => Promise<pg.Client>) {
     this.open = open;
   }
 
   async run<T>(work: (client: Queryable) => Promise<T>): Promise<T> {
+    clearTimeout(this.idle);
     const pending = (this.client ??= this.open());
     try {
-      return await work(await pending);
+      const result = await work(await pending);
+      this.idle = setTimeout(() => void this.close(), DEDICATED_IDLE_MS);
+      this.idle.unref();
+      return result;
     } catch (err) {
       // Whatever failed (the connection, or the statement on it), the next call starts on a new one.
       if (this.client === pending) this.client = undefined;
@@ -262,6 +273,7 @@ export class DedicatedConnection {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.idle);
     const pending = this.client;
     this.client = undefined;
     await (await pending?.catch(() => undefined))?.end().catch(() => {});

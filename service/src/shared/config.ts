@@ -118,6 +118,14 @@ export const ConfigSchema = z.object({
     .string()
     .optional()
     .transform((path) => (path === '' ? undefined : path)),
+  /** The file pgbouncer.ini's [databases] includes, which the service writes (empty: databases.ini beside POOLER_AUTH_FILE). */
+  POOLER_DATABASES_FILE: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
+  /** Postgres as PgBouncer reaches it (the host and port of every [databases] entry). */
+  POOLER_SERVER_HOST: z.string().min(1).default('postgres'),
+  POOLER_SERVER_PORT: port.default(5432),
   /** PgBouncer's admin console: its socket directory (unix_socket_dir) and port. */
   POOLER_ADMIN_HOST: z.string().min(1).default('/var/run/pgbouncer'),
   POOLER_ADMIN_PORT: port.default(6432),

@@ -322,7 +322,11 @@ describe("docker-compose.yml: the apps' door (PgBouncer), its networks, its file
     assert.equal(composeValue(service.environment!.PUBLIC_DB_HOST!), 'pgbouncer', "the compose service's name on the apps' network");
     assert.equal(composeValue(service.environment!.PUBLIC_DB_PORT!), pgbouncerIni.get('listen_port'));
     assert.equal(composeValue(service.environment!.PUBLIC_DB_SSLMODE!), 'require');
-    assert.equal(pgbouncerIni.get('*'), 'host=postgres port=5432', "pgbouncer.ini's [databases]: the compose service postgres");
+    // pgbouncer.ini's [databases]: the service's entries, to the compose service postgres; no wildcard.
+    assert.equal(pgbouncerIni.get('*'), undefined);
+    assert.equal(composeValue(service.environment!.POOLER_SERVER_HOST!), 'postgres');
+    assert.equal(composeValue(service.environment!.POOLER_SERVER_PORT!), '5432');
+    assert.match(readFileSync(join(REPO_ROOT, 'pgbouncer.ini'), 'utf8'), new RegExp(`^%include ${posix.join(posix.dirname(service.environment!.POOLER_AUTH_FILE!), 'databases.ini').replaceAll('/', '\\/')}$`, 'm'));
     assert.equal(pgbouncerIni.get('listen_addr'), '*');
     // The certificate names every host a string or a client may name: PgBouncer, Postgres (the direct door), PUBLIC_DB_HOST.
     const hosts = composeValue(setup.environment!.TLS_HOSTS!, { PUBLIC_DB_HOST: 'db.example.com' }).split(',');

@@ -27,9 +27,14 @@ function pgbouncer(overrides: Partial<PgBouncerSettings> = {}): LocalPgBouncer {
   });
 }
 
-/** `key = value` of a line of an ini file, or undefined for comments, blank lines and section headers. */
+/**
+ * `key = value` of a line of an ini file (an `%include file` line as key `%include`), or undefined for comments,
+ * blank lines and section headers.
+ */
 function setting(line: string): { key: string; value: string } | undefined {
-  const match = /^([^;#[\s][^=]*?)\s*=\s*(.*)$/.exec(line);
+  const include = /^%include\s+(.*)$/.exec(line);
+  if (include) return { key: '%include', value: include[1]! };
+  const match = /^([^;#[\s%][^=]*?)\s*=\s*(.*)$/.exec(line);
   return match ? { key: match[1]!, value: match[2]! } : undefined;
 }
 
@@ -52,7 +57,7 @@ describe("the local stack's pgbouncer.ini", () => {
     for (const [i, line] of repo.entries()) if (local[i] !== line) changed.set(setting(line)!.key, setting(local[i]!)!.value);
     const tls = tlsFiles(join(DIR, 'tls'));
     assert.deepEqual(Object.fromEntries(changed), {
-      '*': `host=127.0.0.1 port=${PG_PORT}`, // Postgres: compose's "postgres:5432"
+      '%include': join(DIR, 'pooler-auth', 'databases.ini'), // [databases], written by the service
       listen_addr: '127.0.0.1',
       listen_port: String(PORT),
       unix_socket_dir: join(DIR, 'pgbouncer-run'),
@@ -74,6 +79,8 @@ describe("the local stack's pgbouncer.ini", () => {
     assert.deepEqual(door.serviceSettings(), {
       POOLER_AUTH_FILE: value('auth_file'),
       POOLER_HBA_TEMPLATE: join(REPO_ROOT, 'pgbouncer-hba.conf'),
+      POOLER_SERVER_HOST: '127.0.0.1', // Postgres as PgBouncer reaches it: compose's "postgres:5432"
+      POOLER_SERVER_PORT: String(PG_PORT),
       POOLER_ADMIN_HOST: value('unix_socket_dir'),
       POOLER_ADMIN_PORT: value('listen_port'),
       PUBLIC_DB_HOST: value('listen_addr'),

@@ -37,6 +37,10 @@ export interface PoolerSettings {
   hbaTemplate: string;
   /** The hba file pgbouncer.ini names (auth_hba_file), which the service renders from the template. */
   hbaFile: string;
+  /** The file pgbouncer.ini's [databases] includes: one entry per app database, to Postgres at serverHost:serverPort. */
+  databasesFile: string;
+  serverHost: string;
+  serverPort: number;
   /** PgBouncer's admin console: its socket directory (or a host) and port, the admin user and its password. */
   adminHost: string;
   adminPort: number;
@@ -279,7 +283,23 @@ export class PgBouncer implements Pooler {
     const lines = entries.map((login) => `${quoted(login.name)} ${quoted(login.verifier ?? refusedVerifier())}`);
     const header = '; Written by the provisioning service from Postgres\'s catalog: every change is overwritten.\n';
     await writeAtomically(authFile, header + lines.join('\n') + '\n');
+    await writeAtomically(this.settings.databasesFile, await this.renderDatabases(logins));
     await writeAtomically(this.settings.hbaFile, await this.renderHba(logins));
+  }
+
+  /**
+   * [databases]: an entry for every app database, the file's earlier entries kept. Never one removed: PgBouncer
+   * 1.18 drops a database gone from its configuration (and an idle one it made for a wildcard) by freeing its
+   * pools, under any login in flight to it, which then lands in another app's pool (see endConnections). And no
+   * wildcard: a name that is no app's is refused at once, and PgBouncer makes nothing for it.
+   */
+  private async renderDatabases(logins: PoolerLogin[]): Promise<string> {
+    const { databasesFile, serverHost, serverPort } = this.settings;
+    const known = (await readFile(databasesFile, 'utf8').catch(() => '')).matchAll(/^([a-z0-9_]+) = /gm);
+    const databases = [...new Set([...[...known].map((match) => match[1]!), ...logins.map((login) => login.database)])].sort();
+    const target = `host=${serverHost} port=${serverPort}`;
+    const header = "; Written by the provisioning service: one entry per app database, never one removed (src/db/pooler/pgbouncer.ts).\n";
+    return header + databases.map((database) => `${hbaName(database)} = ${target} dbname=${database}`).join('\n') + '\n';
   }
 
   /**

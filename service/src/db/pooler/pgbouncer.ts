@@ -144,7 +144,7 @@ export class PgBouncer implements Pooler {
     this.log = log.child({ part: 'pooler' });
   }
 
-  /** Checks the console now and every CHECK_INTERVAL_MS, and writes the auth_file once (before PgBouncer may start). */
+  /** Checks the console now and every CHECK_INTERVAL_MS (whether the door is up, for /health and /metrics). */
   start(): void {
     void this.check();
     this.timer = setInterval(() => void this.check(), CHECK_INTERVAL_MS);
@@ -184,14 +184,14 @@ export class PgBouncer implements Pooler {
   }
 
   async endConnections(database: string): Promise<void> {
-    const name = adminArgument(database);
+    const name = plainName(database);
     await this.noLoginInProgress();
     await this.command(`KILL ${name}`);
     await this.command(`RESUME ${name}`);
   }
 
   async reconnect(database: string): Promise<void> {
-    await this.command(`RECONNECT ${adminArgument(database)}`);
+    await this.command(`RECONNECT ${plainName(database)}`);
   }
 
   /**
@@ -299,7 +299,7 @@ export class PgBouncer implements Pooler {
     const databases = [...new Set([...[...known].map((match) => match[1]!), ...logins.map((login) => login.database)])].sort();
     const target = `host=${serverHost} port=${serverPort}`;
     const header = "; Written by the provisioning service: one entry per app database, never one removed (src/db/pooler/pgbouncer.ts).\n";
-    return header + databases.map((database) => `${hbaName(database)} = ${target} dbname=${database}`).join('\n') + '\n';
+    return header + databases.map((database) => `${plainName(database)} = ${target} dbname=${database}`).join('\n') + '\n';
   }
 
   /**
@@ -313,7 +313,7 @@ export class PgBouncer implements Pooler {
     if (!HBA_MARKER.test(template)) throw new Error(`${this.settings.hbaTemplate} has no line "# @app-logins" where the apps' lines go`);
     const apps = logins
       .filter((login) => login.verifier !== null)
-      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${hbaName(login.database)} ${hbaName(login.name)} ${address} scram-sha-256`));
+      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${plainName(login.database)} ${plainName(login.name)} ${address} scram-sha-256`));
     return template.replace(HBA_MARKER, () => ['# @app-logins: written by the provisioning service', ...apps].join('\n'));
   }
 
@@ -398,9 +398,12 @@ export class PgBouncer implements Pooler {
 /** Where the template wants the apps' lines: a line of its own. */
 const HBA_MARKER = /^# @app-logins$/m;
 
-/** A name as an hba line takes it: app names are [a-z0-9_] (object-names.ts); anything else is refused. */
-function hbaName(name: string): string {
-  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a name the door's hba file can hold: ${name}`);
+/**
+ * A name as the door's files and admin commands take it, unquoted: app names are [a-z0-9_] (object-names.ts), so
+ * their roles' and databases' are too; anything else is refused rather than quoted.
+ */
+function plainName(name: string): string {
+  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a name the door's files or console can take: ${name}`);
   return name;
 }
 
@@ -440,8 +443,3 @@ function quoted(value: string): string {
   return `"${value.replaceAll('"', '""')}"`;
 }
 
-/** A database name as an admin command's argument: app databases are [a-z0-9_] (object-names.ts); anything else is refused. */
-function adminArgument(name: string): string {
-  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a database name the pooler's console can be given: ${name}`);
-  return name;
-}

@@ -1,6 +1,7 @@
 // Owns Prometheus metrics, served at GET /metrics on the service's own port (nginx does not route it):
 // requests and latency per route, outcomes and latency per app operation, connection pool usage, number of apps,
-// ready-pool sets, and the process's own (memory, event loop, GC). Metrics depend on the operations (they
+// ready-pool sets, the apps' door (PgBouncer up or not, and each app's pool there, from SHOW POOLS), and the
+// process's own (memory, event loop, GC). Metrics depend on the operations (they
 // observe them and read the provisioner's statistics); the operations know nothing of metrics.
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';

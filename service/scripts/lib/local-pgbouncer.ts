@@ -96,6 +96,7 @@ export class LocalPgBouncer {
       [/^auth_file = \/run\/pgprov-pooler\/userlist\.txt$/m, `auth_file = ${authFile}`],
       [/^client_tls_cert_file = \/run\/pgprov-tls\/server\.crt$/m, `client_tls_cert_file = ${tls.serverCertificate}`],
       [/^client_tls_key_file = \/run\/pgprov-tls\/pgbouncer-server\.key$/m, `client_tls_key_file = ${tls.pgbouncerKey}`],
+      [/^client_tls_ca_file = \/run\/pgprov-tls\/ca\.crt$/m, `client_tls_ca_file = ${tls.caCertificate}`],
     ];
     let text = readFileSync(join(REPO_ROOT, 'pgbouncer.ini'), 'utf8');
     for (const [pattern, value] of replacements) {

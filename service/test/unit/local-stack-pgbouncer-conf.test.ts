@@ -65,6 +65,7 @@ describe("the local stack's pgbouncer.ini", () => {
       auth_file: join(DIR, 'pooler-auth', 'userlist.txt'),
       client_tls_cert_file: tls.serverCertificate,
       client_tls_key_file: tls.pgbouncerKey,
+      client_tls_ca_file: tls.caCertificate,
     });
     // What decides how apps are pooled and let in is compose's exactly (and an app's pool stays 2).
     for (const key of ['pool_mode', 'auth_type', 'default_pool_size', 'max_db_connections', 'max_client_conn', 'client_login_timeout', 'client_tls_sslmode', 'admin_users', 'ignore_startup_parameters']) {

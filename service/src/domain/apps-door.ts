@@ -5,32 +5,29 @@
 import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import type { AppIdentifiers } from '../shared/object-names.js';
 
-/** The door admits the app's logins as they now are on `server` (a new app, a new password, a refused login). */
-export async function doorTakesLogins(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+/** Tells the door `what`; if it cannot be told now, says so in the log (`failure`) and lets the operation stand. */
+async function tellDoor(server: PostgresServer, app: AppIdentifiers, what: () => Promise<void>, failure: string): Promise<void> {
   try {
-    await server.pooler.loginsChanged();
+    await what();
   } catch (err) {
-    server.log.warn({ err, app: app.appName }, 'the pooler has not taken the change to app logins yet; it is tried again in the background');
+    server.log.warn({ err, app: app.appName }, failure);
   }
 }
 
-/** Every pooled connection to the app's database ends now, clients' and the server's (rotate, delete, restore). */
-export async function doorEndsConnections(server: PostgresServer, app: AppIdentifiers): Promise<void> {
-  try {
-    await server.pooler.endConnections(app.database);
-  } catch (err) {
-    server.log.warn({ err, app: app.appName }, "the pooler could not end the app's pooled connections; Postgres ends their sessions");
-  }
+/** The door admits the app's logins as they now are on `server` (a new app, a new password, a refused login). */
+export function doorTakesLogins(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  return tellDoor(server, app, () => server.pooler.loginsChanged(), 'the pooler has not taken the change to app logins yet; it is tried again in the background');
+}
+
+/** Every pooled connection to the app's database ends now, clients' and the server's (rotate, delete). */
+export function doorEndsConnections(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  return tellDoor(server, app, () => server.pooler.endConnections(app.database), "the pooler could not end the app's pooled connections; Postgres ends their sessions");
 }
 
 /**
  * The app's pooled server connections close as they are released; its clients stay, and their next transaction
  * runs on a new server connection (restore: on the restored database). Safe while the app's logins go on.
  */
-export async function doorReconnects(server: PostgresServer, app: AppIdentifiers): Promise<void> {
-  try {
-    await server.pooler.reconnect(app.database);
-  } catch (err) {
-    server.log.warn({ err, app: app.appName }, "the pooler could not close the app's pooled server connections; Postgres ends their sessions");
-  }
+export function doorReconnects(server: PostgresServer, app: AppIdentifiers): Promise<void> {
+  return tellDoor(server, app, () => server.pooler.reconnect(app.database), "the pooler could not close the app's pooled server connections; Postgres ends their sessions");
 }

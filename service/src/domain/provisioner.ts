@@ -12,6 +12,8 @@ import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { appLoginVerifiers } from '../db/postgres-server/app-objects.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../db/pooler/pgbouncer.js';
+
+export type { PoolUsage } from '../db/pooler/pgbouncer.js';
 import { SuperuserConnections, type ServerAddress } from '../db/superuser-connections.js';
 import { countReadyApps } from '../db/system-store/registry.js';
 import { SystemStore } from '../db/system-store/system-store.js';
@@ -156,7 +158,7 @@ export class Provisioner {
       readyApps: () => countReadyApps(store.pool),
       readySets: () => this.readyPool.counts(),
       poolerPools: () => server.pooler.pools(),
-      poolerUp: () => (server.pooler.enabled ? server.pooler.isUp() : undefined),
+      poolerUp: () => ({ ok: true, unavailable: false, none: undefined })[pooler()],
     };
   }
 

@@ -5,6 +5,7 @@
 // observe them and read the provisioner's statistics); the operations know nothing of metrics.
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { PoolUsage } from '../../domain/provisioner.js';
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
@@ -67,24 +68,21 @@ export default fp(
         if (up !== undefined) this.set(up ? 1 : 0);
       },
     });
-    // Per app (database), from the door's SHOW POOLS: clients using or waiting for a server connection, and the
-    // server connections the door holds to Postgres for it.
+    // Per app (database), from the door's SHOW POOLS, asked once per scrape (below) for both gauges: clients using
+    // or waiting for a server connection, the server connections the door holds to Postgres for it, the oldest wait.
+    let poolsOfThisScrape: PoolUsage[] = [];
     new Gauge({
       name: 'pgprov_pooler_connections',
       help: "The apps' door's connections per app database: clients active and waiting, servers active and idle",
       labelNames: ['database', 'state'],
       registers: [register],
-      async collect() {
+      collect() {
         this.reset();
-        try {
-          for (const pool of await app.statistics.poolerPools()) {
-            this.set({ database: pool.database, state: 'client_active' }, pool.clientsActive);
-            this.set({ database: pool.database, state: 'client_waiting' }, pool.clientsWaiting);
-            this.set({ database: pool.database, state: 'server_active' }, pool.serversActive);
-            this.set({ database: pool.database, state: 'server_idle' }, pool.serversIdle);
-          }
-        } catch {
-          // The pooler away: no pools to show; pgprov_pooler_up says so.
+        for (const pool of poolsOfThisScrape) {
+          this.set({ database: pool.database, state: 'client_active' }, pool.clientsActive);
+          this.set({ database: pool.database, state: 'client_waiting' }, pool.clientsWaiting);
+          this.set({ database: pool.database, state: 'server_active' }, pool.serversActive);
+          this.set({ database: pool.database, state: 'server_idle' }, pool.serversIdle);
         }
       },
     });
@@ -93,13 +91,9 @@ export default fp(
       help: "How long the oldest client of each app database has waited for a server connection at the apps' door",
       labelNames: ['database'],
       registers: [register],
-      async collect() {
+      collect() {
         this.reset();
-        try {
-          for (const pool of await app.statistics.poolerPools()) this.set({ database: pool.database }, pool.maxWaitSeconds);
-        } catch {
-          // as above
-        }
+        for (const pool of poolsOfThisScrape) this.set({ database: pool.database }, pool.maxWaitSeconds);
       },
     });
 
@@ -116,6 +110,8 @@ export default fp(
     });
 
     app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+      // The pooler away: no pools to show; pgprov_pooler_up says so.
+      poolsOfThisScrape = await app.statistics.poolerPools().catch(() => []);
       reply.type(register.contentType);
       return register.metrics();
     });

@@ -208,19 +208,24 @@ describe('a rotation leaves the old password no way in', () => {
         }),
       );
       const pending: PausedLogin[] = [];
+      // Through the pooler, once the rotation has refused the app at the door, a login is rejected before its
+      // exchange begins (its pgbouncer-hba.conf lines are gone): attempted, never begun. How many of each depends
+      // on how fast the rotation gets there; either way each must get nothing.
+      const refusedAtTheDoor: Error[] = [];
       const rotating = t.admin('POST', `/apps/rotor_three_${door}/rotate`);
       let rotated: Awaited<typeof rotating> | undefined;
       void rotating.then((r) => (rotated = r));
       try {
         while (!rotated) {
-          const login = await pausedLogin(app, door, chosen).catch(() => undefined);
+          const login = await pausedLogin(app, door, chosen).catch((err: Error) => void refusedAtTheDoor.push(err));
           if (login) pending.push(login);
           await new Promise((resolve) => setTimeout(resolve, 500));
         }
         stop = true;
         await settingPasswords;
         assert.equal(rotated.status, 200);
-        assert.ok(pending.length > 0, 'logins with the chosen password were begun during the rotation');
+        assert.ok(pending.length + refusedAtTheDoor.length > 0, 'logins with the chosen password were attempted during the rotation');
+        if (door === 'direct') assert.ok(pending.length > 0, 'logins with the chosen password were begun during the rotation');
         for (const attacker of attackers) assert.ok((await rejectionOf(attacker.query('SELECT 1'))) instanceof Error, 'the old sessions were ended');
         const finished = [];
         for (const login of pending) {

@@ -1,9 +1,23 @@
 // Owns the service's settings: one zod schema for the environment, parsed once at start.
 // Handlers never read process.env; they get the parsed Config.
 import { z } from 'zod';
+import { parseSchedule, ScheduleError } from './schedule.js';
 
 const port = z.coerce.number().int().min(1).max(65535);
 const durationMs = z.coerce.number().int().min(1);
+/** A schedule's written form (src/shared/schedule.ts), checked at start. */
+const schedule = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .superRefine((text, ctx) => {
+      try {
+        parseSchedule(text);
+      } catch (err) {
+        if (!(err instanceof ScheduleError)) throw err;
+        ctx.addIssue({ code: 'custom', message: err.message });
+      }
+    });
 
 export const ConfigSchema = z.object({
   HOST: z.string().min(1).default('0.0.0.0'),
@@ -52,6 +66,68 @@ export const ConfigSchema = z.object({
   BACKUP_LOCK_WAIT_TIMEOUT_MS: durationMs.default(10_000),
   /** Backups and restores running at once, at most (each holds a connection of its own); more get a 503. */
   BACKUP_MAX_CONCURRENT: z.coerce.number().int().min(1).max(20).default(2),
+  // --- Scheduled backups, retention, cluster archiving, off-site copies (src/domain/backup-schedules.ts) --------
+  /**
+   * When each app is dumped by itself (src/shared/schedule.ts): `off`, `every <N>m|h` (e.g. every 6h), `daily HH:MM`
+   * or `weekly <mon…sun> HH:MM`, in UTC. Each app's turn falls at a point of its own within BACKUP_SPREAD_MINUTES
+   * after the scheduled time (a hash of its name), so thousands of apps never start at once.
+   */
+  BACKUP_SCHEDULE: schedule('daily 03:00'),
+  BACKUP_SPREAD_MINUTES: z.coerce.number().int().min(0).max(10_080).default(120),
+  /** Scheduled dumps running at once (each takes one connection of its own and one pg_dump). */
+  BACKUP_SCHEDULED_CONCURRENCY: z.coerce.number().int().min(1).max(8).default(1),
+  /** A failed scheduled dump is tried again after this long, doubling each time up to an hour. */
+  BACKUP_RETRY_DELAY_MS: durationMs.default(5 * 60_000),
+  /** How often the schedules look for work that is due. */
+  BACKUP_SCHEDULER_TICK_MS: durationMs.default(30_000),
+  /**
+   * Retention of each live app's dumps: keep the newest BACKUP_KEEP_LAST and every dump younger than
+   * BACKUP_KEEP_DAYS; remove the rest. 0 turns a rule off; both 0: nothing is removed. The newest dump is never removed.
+   */
+  BACKUP_KEEP_LAST: z.coerce.number().int().min(0).max(10_000).default(7),
+  BACKUP_KEEP_DAYS: z.coerce.number().int().min(0).max(36_500).default(0),
+  /** A deleted app's dumps are kept this many days after its last dump, then removed (0: kept for ever). */
+  DELETED_APP_BACKUP_GRACE_DAYS: z.coerce.number().int().min(0).max(36_500).default(30),
+
+  /**
+   * pgBackRest's stanza for the whole cluster (pgbackrest.conf; WAL archived by postgres.conf's archive_command).
+   * Empty: no cluster backups. The service runs pgBackRest on the Postgres host through Postgres itself (COPY …
+   * PROGRAM, as the Postgres OS user, as archive_command does): src/db/postgres-server/cluster-backup.ts.
+   */
+  PGBACKREST_STANZA: z
+    .string()
+    .default('pgprov')
+    .transform((stanza) => (stanza === '' || stanza === 'off' ? undefined : stanza)),
+  /** When the cluster is backed up (same forms as BACKUP_SCHEDULE): incremental, or full when the last full is older than CLUSTER_FULL_BACKUP_EVERY_DAYS. */
+  CLUSTER_BACKUP_SCHEDULE: schedule('daily 01:00'),
+  CLUSTER_FULL_BACKUP_EVERY_DAYS: z.coerce.number().int().min(1).max(365).default(7),
+  /** The longest one pgBackRest command may take. */
+  CLUSTER_BACKUP_TIMEOUT_MS: durationMs.default(6 * 3_600_000),
+  /** pgBackRest's repository as the service can read it, to copy it off the machine (compose mounts it read-only). Empty: not copied. */
+  PGBACKREST_REPO_PATH: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
+
+  /**
+   * Off the machine: an rclone remote and path (e.g. offsite:pg-provisioner) that every dump and pgBackRest's
+   * repository are copied to; the remote is defined in RCLONE_CONFIG (rclone's own file). Empty: backups stay on
+   * the same disk as the data, and /health and the README say so.
+   */
+  OFFSITE_REMOTE: z
+    .string()
+    .optional()
+    .transform((remote) => (remote === '' ? undefined : remote)),
+  RCLONE_PATH: z.string().min(1).default('rclone'),
+  RCLONE_CONFIG: z
+    .string()
+    .optional()
+    .transform((path) => (path === '' ? undefined : path)),
+  /** When the copy off the machine runs (same forms as BACKUP_SCHEDULE); also after every cluster backup. */
+  OFFSITE_SCHEDULE: schedule('every 1h'),
+  OFFSITE_TIMEOUT_MS: durationMs.default(3 * 3_600_000),
+  // --- end scheduled backups ------------------------------------------------------------------------------------
+
   /**
    * Rotations running at once, at most: each waits out the server's authentication_timeout on a connection of
    * its own (SECURITY.md, promise 9). More wait for a free slot up to DATABASE_LOCK_TIMEOUT_MS, then get a 503.

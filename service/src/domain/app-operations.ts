@@ -7,12 +7,12 @@ import { backup } from './operations/backup.js';
 import { deleteApp } from './operations/delete.js';
 import type { Credentials, OperationDeps } from './operations/deps.js';
 import { provision } from './operations/provision.js';
-import type { AppSummary } from './operations/read.js';
+import type { AppDetail, AppSummary } from './operations/read.js';
 import { restore } from './operations/restore.js';
 import { rotate } from './operations/rotate.js';
 
 export type { Credentials } from './operations/deps.js';
-export type { AppSummary } from './operations/read.js';
+export type { AppDetail, AppSummary } from './operations/read.js';
 export type { OperationObserver, RequestContext } from './operation-envelope.js';
 
 export class AppOperations {
@@ -35,7 +35,7 @@ export class AppOperations {
     return this.deps.listing.list();
   }
 
-  get(appName: string): Promise<AppSummary> {
+  get(appName: string): Promise<AppDetail> {
     return this.deps.listing.get(appName);
   }
 

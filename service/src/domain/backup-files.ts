@@ -1,9 +1,14 @@
 // Owns backup files: dumps of one app's database in BACKUP_DIR, named app_<name>-<incarnation>-<UTC time>.dump,
 // listed from the directory (nothing else there is ever read or listed). A new file is written under a temporary
-// name first, made 0600 before anything writes into it, so a listed file is always whole and never readable by
-// others; the directory is readable by the service's user only. What writes the dump is the caller's
-// (pg_dump, src/db/postgres-server/dump-restore.ts).
-import { chmod, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+// name first, made 0600 before anything writes into it, checked (the caller's `verify` reads it whole) and its
+// SHA-256 written beside it (<file>.sha256, as sha256sum writes it, so `sha256sum -c` checks a copy anywhere),
+// and only then takes its name: a listed file is always whole, verified and never readable by others; the
+// directory is readable by the service's user only. What writes and reads the dump is the caller's (pg_dump and
+// pg_restore, src/db/postgres-server/dump-restore.ts).
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
 import type { Config } from '../shared/config.js';
 import { BackupNotFoundError } from '../shared/errors.js';
@@ -16,15 +21,34 @@ export interface BackupFile {
   incarnation: string | null;
   size_bytes: number;
   created_at: string;
+  /** The dump's SHA-256 in hex, from its .sha256 file beside it; null for dumps made before checksums. */
+  sha256?: string | null;
+}
+
+/** A backup file as its name tells it: no disk access beyond reading the directory. */
+export type BackupName = Omit<BackupFile, 'size_bytes' | 'sha256'>;
+
+/** The checksum file beside a dump: `<hex>  <file>`, as sha256sum writes it. */
+export const CHECKSUM_SUFFIX = '.sha256';
+
+async function sha256Of(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  await pipeline(createReadStream(path), hash);
+  return hash.digest('hex');
 }
 
 /** Every backup file name: the app's database name (app_<name>), its incarnation, and the time of the dump. */
 export const BACKUP_FILE_PATTERN = new RegExp(`^${APP_DATABASE_REGEX}-(?:([0-9a-f]{16})-)?(\\d{4})(\\d{2})(\\d{2})T(\\d{2})(\\d{2})(\\d{2})(\\d{3})Z\\.dump$`);
 
-function parseBackupFile(file: string): Omit<BackupFile, 'size_bytes'> | undefined {
+function parseBackupFile(file: string): BackupName | undefined {
   const m = BACKUP_FILE_PATTERN.exec(file);
   if (!m) return undefined;
   return { file, app_name: m[1]!, incarnation: m[2] ?? null, created_at: `${m[3]}-${m[4]}-${m[5]}T${m[6]}:${m[7]}:${m[8]}.${m[9]}Z` };
+}
+
+/** Newest first; within one moment, by name. */
+function newestFirst(x: BackupName, y: BackupName): number {
+  return y.created_at.localeCompare(x.created_at) || y.file.localeCompare(x.file);
 }
 
 function backupFileName(app: AppIdentifiers, incarnation: string, date: Date): string {
@@ -47,25 +71,31 @@ export class BackupFiles {
 
   /**
    * A new backup of this incarnation of the app, named for now: `write` fills the file at the path it is given
-   * (an empty file, 0600, under a temporary name), which then takes its backup name; on failure it is removed.
+   * (an empty file, 0600, under a temporary name), `verify` reads it whole (it throws if the dump cannot be
+   * read), its checksum is written beside it, and it then takes its backup name; on any failure both go.
    */
-  async create(app: AppIdentifiers, incarnation: string, write: (path: string) => Promise<void>): Promise<BackupFile> {
+  async create(app: AppIdentifiers, incarnation: string, write: (path: string) => Promise<void>, verify: (path: string) => Promise<void>): Promise<BackupFile> {
     const file = backupFileName(app, incarnation, new Date());
     const path = join(await this.directory(), file);
     const partial = `${path}.partial`;
+    const checksumFile = `${path}${CHECKSUM_SUFFIX}`;
+    let sha256: string;
     try {
       await (await open(partial, 'wx', 0o600)).close();
       await write(partial);
+      await verify(partial);
+      sha256 = await sha256Of(partial);
+      await writeFile(checksumFile, `${sha256}  ${file}\n`, { mode: 0o600, flag: 'w' });
       await rename(partial, path);
     } catch (err) {
-      await rm(partial, { force: true });
+      await Promise.all([rm(partial, { force: true }), rm(checksumFile, { force: true })]);
       throw err;
     }
-    return { ...parseBackupFile(file)!, size_bytes: (await stat(path)).size };
+    return { ...parseBackupFile(file)!, size_bytes: (await stat(path)).size, sha256 };
   }
 
-  /** Every backup in BACKUP_DIR (of every app and incarnation, deleted ones included), newest first. */
-  async list(filter: (backup: Omit<BackupFile, 'size_bytes'>) => boolean = () => true): Promise<BackupFile[]> {
+  /** Every backup's name in BACKUP_DIR (of every app and incarnation, deleted ones included), newest first: the directory alone. */
+  async names(filter: (backup: BackupName) => boolean = () => true): Promise<BackupName[]> {
     let names: string[];
     try {
       names = await readdir(this.dir);
@@ -73,16 +103,42 @@ export class BackupFiles {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw err;
     }
-    const backups = names
+    return names
       .map(parseBackupFile)
-      .filter((backup): backup is Omit<BackupFile, 'size_bytes'> => backup !== undefined && filter(backup))
-      .sort((x, y) => y.created_at.localeCompare(x.created_at) || y.file.localeCompare(x.file));
+      .filter((backup): backup is BackupName => backup !== undefined && filter(backup))
+      .sort(newestFirst);
+  }
+
+  /** Every backup in BACKUP_DIR (of every app and incarnation, deleted ones included), newest first, with its size. */
+  async list(filter: (backup: BackupName) => boolean = () => true): Promise<BackupFile[]> {
+    const backups = await this.names(filter);
     return Promise.all(backups.map(async (backup) => ({ ...backup, size_bytes: (await stat(join(this.dir, backup.file))).size })));
   }
 
-  /** The backups of one incarnation of an app, newest first. */
+  /** The backups of one incarnation of an app, newest first, each with its checksum. */
   async listOf(app: AppIdentifiers, incarnation: string): Promise<BackupFile[]> {
-    return this.list((backup) => backup.app_name === app.appName && backup.incarnation === incarnation);
+    const backups = await this.list((backup) => backup.app_name === app.appName && backup.incarnation === incarnation);
+    return Promise.all(backups.map(async (backup) => ({ ...backup, sha256: await this.checksumOf(backup.file) })));
+  }
+
+  /** The SHA-256 recorded beside a dump; null when there is none (made before checksums) or it cannot be read. */
+  private async checksumOf(file: string): Promise<string | null> {
+    const text = await readFile(join(this.dir, `${file}${CHECKSUM_SUFFIX}`), 'utf8').catch(() => '');
+    return /^([0-9a-f]{64})\s/.exec(text)?.[1] ?? null;
+  }
+
+  /** Removes backup files (and their checksums); those already gone are no error. */
+  async remove(files: string[]): Promise<void> {
+    for (const file of files) {
+      if (!parseBackupFile(file)) throw new Error(`not a backup file name: ${file}`);
+      await rm(join(this.dir, file), { force: true });
+      await rm(join(this.dir, `${file}${CHECKSUM_SUFFIX}`), { force: true });
+    }
+  }
+
+  /** BACKUP_DIR, where the files are (the off-site copy reads it). */
+  get directoryPath(): string {
+    return this.dir;
   }
 
   /** One backup file by name; BackupNotFoundError for anything not in BACKUP_DIR under a backup's name. */

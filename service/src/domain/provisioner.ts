@@ -15,7 +15,7 @@ import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../
 
 export type { PoolUsage } from '../db/pooler/pgbouncer.js';
 import { SuperuserConnections, type ServerAddress } from '../db/superuser-connections.js';
-import { countReadyApps } from '../db/system-store/registry.js';
+import { countReadyApps, readyApps } from '../db/system-store/registry.js';
 import { SystemStore } from '../db/system-store/system-store.js';
 import type { Config } from '../shared/config.js';
 import { SchemaNewerThanCodeError } from '../shared/errors.js';
@@ -23,6 +23,7 @@ import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles } from './backup-files.js';
+import { BackupSchedules, type BackupScheduleStatus } from './backup-schedules.js';
 import { crashPoints } from './crash-points.js';
 import { CredentialStock } from './credential-stock.js';
 import { OperationEnvelope } from './operation-envelope.js';
@@ -36,6 +37,26 @@ export interface HealthCheck {
   check(): Promise<void>;
   /** Whether the apps' door answers: 'ok', 'unavailable', or 'none' (no pooler; apps reach Postgres directly). */
   pooler(): 'ok' | 'unavailable' | 'none';
+  /** Where backups are kept: off the machine or not, and whether the last copy there succeeded. */
+  backups(): BackupsHealth;
+}
+
+/**
+ * GET /health's word on backups. offsite 'none': no remote is configured and every backup is on the same disk
+ * as the data (`warning` says so); 'ok': the last copy off the machine succeeded; 'failing': it failed and is
+ * being retried; 'pending': none has finished since the start.
+ */
+export interface BackupsHealth {
+  offsite: 'none' | 'ok' | 'failing' | 'pending';
+  warning?: string;
+}
+
+export const SAME_DISK_WARNING = 'no off-site remote is configured (OFFSITE_REMOTE): every backup is on the same disk as the data';
+
+function backupsHealth(status: BackupScheduleStatus): BackupsHealth {
+  if (!status.offsiteConfigured) return { offsite: 'none', warning: SAME_DISK_WARNING };
+  if (status.offsiteCopyFailing) return { offsite: 'failing' };
+  return { offsite: status.lastOffsiteCopy ? 'ok' : 'pending' };
 }
 
 /** What the service tells about itself (GET /metrics). Each read may fail while Postgres is away. */
@@ -47,6 +68,10 @@ export interface ProvisionerStatistics {
   /** The apps' door's pools, per app (empty without a pooler). */
   poolerPools(): Promise<PoolUsage[]>;
   poolerUp(): boolean | undefined;
+  /** The scheduled backups' record: failures, the last cluster backup and off-site copy. */
+  backupSchedules(): BackupScheduleStatus;
+  /** Each ready app and when its newest backup (of its present incarnation) was made; null: none yet. */
+  newestAppBackups(): Promise<Array<{ app: string; newestAt: Date | null }>>;
 }
 
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
@@ -114,6 +139,7 @@ export class Provisioner {
   private readonly readyPool: ReadyPool;
   private readonly listing: AppListing;
   private readonly reconciler: Reconciler;
+  private readonly schedules: BackupSchedules;
   private timer?: NodeJS.Timeout;
   private reconciling?: Promise<void>;
 
@@ -130,7 +156,7 @@ export class Provisioner {
     const backupFiles = new BackupFiles(config);
     this.readyPool = new ReadyPool(store, server, config, log, limits, crashPoint);
     this.listing = new AppListing(store, server, envelope, backupFiles);
-    this.operations = new AppOperations({
+    const operationDeps = {
       store,
       server,
       envelope,
@@ -144,14 +170,18 @@ export class Provisioner {
       config,
       log,
       crashPoint,
-    });
+    };
+    this.operations = new AppOperations(operationDeps);
+    this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, config, log });
+    this.listing.failingBackups = () => this.schedules.status.failingApps;
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
     // One ping when the store lives on the server (the hot route pays for nothing more), else one each.
     const pooler = () => (server.pooler.enabled ? (server.pooler.isUp() ? 'ok' : 'unavailable') : 'none');
+    const backups = () => backupsHealth(this.schedules.status);
     this.health = server.sharesConnectionsWith(store)
-      ? { check: () => healthOf(server.connections), pooler }
-      : { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])), pooler };
+      ? { check: () => healthOf(server.connections), pooler, backups }
+      : { check: async () => void (await Promise.all([healthOf(server.connections), healthOf(store.connections)])), pooler, backups };
     const { pool } = server.connections;
     this.statistics = {
       connectionPool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
@@ -159,6 +189,14 @@ export class Provisioner {
       readySets: () => this.readyPool.counts(),
       poolerPools: () => server.pooler.pools(),
       poolerUp: () => ({ ok: true, unavailable: false, none: undefined })[pooler()],
+      backupSchedules: () => this.schedules.status,
+      newestAppBackups: async () => {
+        const [apps, newest] = await Promise.all([readyApps(store.pool), this.schedules.newestBackups()]);
+        return apps.map((app) => {
+          const backup = newest.get(`${app.app_name}/${app.incarnation}`);
+          return { app: app.app_name, newestAt: backup ? new Date(backup.created_at) : null };
+        });
+      },
     };
   }
 
@@ -187,6 +225,7 @@ export class Provisioner {
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();
+    this.schedules.start();
     this.timer = setInterval(() => void this.reconcileOnce(), this.config.RECONCILE_INTERVAL_MS);
     this.timer.unref();
   }
@@ -194,6 +233,7 @@ export class Provisioner {
   /** Stops the background work (waiting for a reconcile in progress), then closes the connections. */
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    await this.schedules.stop();
     await this.readyPool.stop();
     await this.reconciling;
     await this.server.close();

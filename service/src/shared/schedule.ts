@@ -1,6 +1,7 @@
 // Owns the schedules backups run on: their written form (a setting), and the moments they name. All in UTC.
 //   off                  never
-//   every <N>m | <N>h    at every multiple of N minutes or hours since the Unix epoch (every 6h: 00:00, 06:00, …)
+//   every <N>s|m|h       at every multiple of N seconds, minutes or hours since the Unix epoch (every 6h: 00:00,
+//                        06:00, …); seconds are for tests and drills
 //   daily HH:MM          once a day
 //   weekly <day> HH:MM   once a week (day: mon, tue, wed, thu, fri, sat, sun)
 // Work spread over a window (BACKUP_SPREAD_MINUTES) takes its turn at `slot + offset`, the offset being a hash of
@@ -32,10 +33,10 @@ export function parseSchedule(text: string): Schedule {
   const words = text.trim().toLowerCase().split(/\s+/);
   if (words.length === 1 && words[0] === 'off') return { kind: 'off' };
   if (words[0] === 'every' && words.length === 2) {
-    const m = /^(\d+)(m|h)$/.exec(words[1]!);
+    const m = /^(\d+)(s|m|h)$/.exec(words[1]!);
     const amount = m ? Number(m[1]) : 0;
-    if (!m || amount < 1) throw new ScheduleError(`${JSON.stringify(text)}: write every <N>m or every <N>h, N at least 1 (e.g. every 6h)`);
-    return { kind: 'periodic', periodMs: amount * (m[2] === 'h' ? HOUR : MINUTE), phaseMs: 0 };
+    if (!m || amount < 1) throw new ScheduleError(`${JSON.stringify(text)}: write every <N>s, <N>m or <N>h, N at least 1 (e.g. every 6h)`);
+    return { kind: 'periodic', periodMs: amount * { s: 1_000, m: MINUTE, h: HOUR }[m[2] as 's' | 'm' | 'h'], phaseMs: 0 };
   }
   if (words[0] === 'daily' && words.length === 2) return { kind: 'periodic', periodMs: DAY, phaseMs: timeOfDay(words[1]!) };
   if (words[0] === 'weekly' && words.length === 3) {
@@ -43,7 +44,7 @@ export function parseSchedule(text: string): Schedule {
     if (day < 0) throw new ScheduleError(`${JSON.stringify(text)}: the day is one of ${DAYS.join(', ')}`);
     return { kind: 'periodic', periodMs: WEEK, phaseMs: (((MONDAY_BEFORE_EPOCH_MS + day * DAY + timeOfDay(words[2]!)) % WEEK) + WEEK) % WEEK };
   }
-  throw new ScheduleError(`${JSON.stringify(text)} is not a schedule: use off, every <N>m|h, daily HH:MM or weekly <day> HH:MM (UTC)`);
+  throw new ScheduleError(`${JSON.stringify(text)} is not a schedule: use off, every <N>s|m|h, daily HH:MM or weekly <day> HH:MM (UTC)`);
 }
 
 /** The latest moment the schedule names at or before `now` (ms since the epoch); undefined for off. */

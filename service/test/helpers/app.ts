@@ -15,7 +15,7 @@ import { loadConfig, type Config } from '../../src/shared/config.js';
 import { newAdminKey } from '../../src/shared/secrets.js';
 import { lineMatching } from './conditions.js';
 import { sharedPostgres, type TestPostgres } from './postgres.js';
-import { jsonResponse, provisioned, type JsonResponse, type ServiceClient } from './service-client.js';
+import { jsonResponse, provisioned, SCHEDULES_OFF, type JsonResponse, type ServiceClient } from './service-client.js';
 
 export interface TestApp extends ServiceClient {
   app: FastifyInstance;
@@ -60,7 +60,9 @@ export async function buildTestApp({ env = {}, beforeReady }: TestAppOptions = {
       done();
     },
   });
-  const config = loadConfig({ ...postgres.serviceSettings(), BACKUP_DIR: backupDir, LOG_PRETTY: 'false', LOG_LEVEL: 'info', ...env });
+  // Backups that run by themselves are off unless a test turns them on: a daily turn falling inside another test
+  // would take that test's app lock at a moment of its own choosing.
+  const config = loadConfig({ ...postgres.serviceSettings(), BACKUP_DIR: backupDir, LOG_PRETTY: 'false', LOG_LEVEL: 'info', ...SCHEDULES_OFF, ...env });
   const adminKey = newAdminKey();
   const app = await buildApp(config, { adminKey, logStream: sink });
   await beforeReady?.(app);

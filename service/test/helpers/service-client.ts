@@ -3,6 +3,9 @@
 // either tier.
 import pg from 'pg';
 
+/** Every schedule of backups off (src/shared/schedule.ts): the test tiers' default; tests of the schedules set their own. */
+export const SCHEDULES_OFF = { BACKUP_SCHEDULE: 'off', CLUSTER_BACKUP_SCHEDULE: 'off', OFFSITE_SCHEDULE: 'off' };
+
 export interface JsonResponse {
   status: number;
   headers: Headers;

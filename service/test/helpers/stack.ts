@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { LocalStack, throwawayStackSettings, type StackSettings } from '../../scripts/lib/local-stack.js';
 import { trustAuthority } from './app-sessions.js';
 import { lineMatching } from './conditions.js';
-import { asSuperuser, provisioned, request, type ServiceClient } from './service-client.js';
+import { asSuperuser, provisioned, request, SCHEDULES_OFF, type ServiceClient } from './service-client.js';
 
 export { freePort } from '../../scripts/lib/local-stack.js';
 
@@ -18,9 +18,10 @@ export async function startTestStack(overrides: Partial<StackSettings> = {}): Pr
   const serviceLines: string[] = [];
   const settings = await throwawayStackSettings('test', {
     postgresPassword: 'test-superuser-password-Zq81',
-    serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info' },
     onServiceLine: (line) => serviceLines.push(line),
     ...overrides,
+    // Backups that run by themselves are off unless the test turns them on (SCHEDULES_OFF, test/helpers/app.ts).
+    serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info', ...SCHEDULES_OFF, ...overrides.serviceEnv },
   });
   const { stackDir } = settings;
   const stack = new LocalStack(settings);

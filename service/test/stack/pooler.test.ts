@@ -24,6 +24,10 @@ import {
 } from '../helpers/pooler.js';
 import type { ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
+import { SAME_DISK_WARNING } from '../../src/domain/provisioner.js';
+
+/** No off-site remote in this stack: /health says the backups share the data's disk. */
+const NO_OFFSITE = { offsite: 'none', warning: SAME_DISK_WARNING };
 
 /** The whole answer of POST /provision and rotate (test/helpers/service-client.ts types only what every test needs). */
 type Credentials = ProvisionedApp & { password: string; database_url: string; pooling: string; direct_connection_string: string; sslmode: string };
@@ -206,7 +210,7 @@ describe("the apps' door (PgBouncer)", () => {
       assert.equal(backup.status, 201, backup.text);
       const health = await t.get('/health');
       assert.equal(health.status, 200);
-      assert.deepEqual(health.body, { status: 'ok', pooler: 'ok' });
+      assert.deepEqual(health.body, { status: 'ok', pooler: 'ok', backups: NO_OFFSITE });
       // Still there: in full again after the checks (a client PgBouncer ends is replaced within moments).
       ctx.diagnostic(`held after the checks: ${JSON.stringify(crowd.paused())}; PgBouncer had closed ${crowd.closedByServer()} by itself (each replaced)`);
       assert.ok(await crowd.allPaused(60_000), `the crowd was not held through the checks: ${JSON.stringify(crowd.paused())}`);
@@ -294,7 +298,7 @@ describe("the apps' door (PgBouncer)", () => {
       // The service checks its door every 2 s: the change shows within a few checks.
       const health = await eventually(() => t.get('/health'), (r) => r.body.pooler === 'unavailable', 30_000);
       assert.equal(health.status, 200);
-      assert.deepEqual(health.body, { status: 'ok', pooler: 'unavailable' });
+      assert.deepEqual(health.body, { status: 'ok', pooler: 'unavailable', backups: NO_OFFSITE });
       assert.equal(sampleValue(await metrics(t), 'pgprov_pooler_up'), 0);
 
       const made = await t.post('/provision', { app_name: 'made_while_down', admin_key: t.adminKey });
@@ -305,7 +309,7 @@ describe("the apps' door (PgBouncer)", () => {
       await t.stack.startPgBouncer(); // resolves once the service sees its door again
     }
     const health = await eventually(() => t.get('/health'), (r) => r.body.pooler === 'ok', 30_000);
-    assert.deepEqual(health.body, { status: 'ok', pooler: 'ok' });
+    assert.deepEqual(health.body, { status: 'ok', pooler: 'ok', backups: NO_OFFSITE });
     assert.equal(sampleValue(await metrics(t), 'pgprov_pooler_up'), 1);
     assert.equal(await currentUser(madeMeanwhile.connection_string), madeMeanwhile.username);
   });

@@ -7,6 +7,10 @@ import { asApp } from '../helpers/app-sessions.js';
 import { eventually } from '../helpers/conditions.js';
 import { request, type ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
+import { SAME_DISK_WARNING } from '../../src/domain/provisioner.js';
+
+/** No off-site remote in this stack: /health says the backups share the data's disk. */
+const NO_OFFSITE = { offsite: 'none', warning: SAME_DISK_WARNING };
 
 let t: TestStack;
 before(async () => {
@@ -28,7 +32,7 @@ describe('nginx and health', () => {
     const response = await t.get('/health');
     assert.equal(response.status, 200);
     // The stack is up once the service has found its door (LocalStack.startPgBouncer waits for it).
-    assert.deepEqual(response.body, { status: 'ok', pooler: 'ok' });
+    assert.deepEqual(response.body, { status: 'ok', pooler: 'ok', backups: NO_OFFSITE });
   });
 
   it('hides versions and sends nosniff on every answer', async () => {
@@ -110,13 +114,13 @@ describe('health when the pooler is away', () => {
       // The service checks its door every 2 s: a pooler that is down is reported, not a reason to be unhealthy.
       const away = await eventually(() => t.get('/health'), (r) => r.body.pooler === 'unavailable');
       assert.equal(away.status, 200);
-      assert.deepEqual(away.body, { status: 'ok', pooler: 'unavailable' });
+      assert.deepEqual(away.body, { status: 'ok', pooler: 'unavailable', backups: NO_OFFSITE });
       // Provisioning goes on: the login is in Postgres, and in the auth_file PgBouncer reads when it starts.
       made = await t.provision('door_away');
     } finally {
       await t.stack.startPgBouncer(); // which waits until the service sees its door again
     }
-    assert.deepEqual((await t.get('/health')).body, { status: 'ok', pooler: 'ok' });
+    assert.deepEqual((await t.get('/health')).body, { status: 'ok', pooler: 'ok', backups: NO_OFFSITE });
     assert.ok(made);
     assert.equal(new URL(made.connection_string).port, String(t.stack.settings.poolerPort), 'the string names the pooler');
     const role = await asApp(made.connection_string, async (db) => (await db.query<{ user: string }>('SELECT current_user AS user')).rows[0]?.user);

@@ -56,6 +56,19 @@ export class DumpAndRestore {
   }
 
   /**
+   * Reads the dump at `path` whole, as a restore would, without a server: pg_restore writes every object and
+   * every row of it as SQL to /dev/null, so a truncated or corrupt file (a bad block, a short write) fails here,
+   * when it is made, not on the day it is needed. Its stderr can quote the dump's contents: never logged.
+   */
+  async verify(path: string, app: AppIdentifiers): Promise<void> {
+    try {
+      await run(this.config.PG_RESTORE_PATH, ['--file=/dev/null', path], { env: { PATH: process.env.PATH }, timeout: this.config.BACKUP_TIMEOUT_MS });
+    } catch {
+      throw new BackupFailedError('pg_restore (the check of the new dump)', app.appName);
+    }
+  }
+
+  /**
    * Restores the dump at `path` (the backup named `file`) into `database` as the app's agent: every object is
    * created as (and so owned by) the app's login role, and anything the dump's own code does runs with the app's
    * rights at most.

@@ -12,7 +12,7 @@ import type { OperationDeps } from './deps.js';
 export const backupSlot = (deps: OperationDeps): Slot => ({ slots: deps.backupSlots, waitMs: 0 });
 
 export function backup(deps: OperationDeps, appName: string, request: RequestContext): Promise<BackupFile> {
-  return deps.envelope.onApp('backup', appName, request, { slot: backupSlot(deps), detail: (file) => ({ file: file.file }) }, (session, app) =>
+  return deps.envelope.onApp('backup', appName, request, { slot: backupSlot(deps), detail: (file) => ({ file: file.file, sha256: file.sha256 }) }, (session, app) =>
     dumpApp(deps, session.server, app, app.incarnation),
   );
 }
@@ -20,6 +20,11 @@ export function backup(deps: OperationDeps, appName: string, request: RequestCon
 /** Dumps this incarnation of the app as its dump agent; `server` is a connection to the app's server (the caller holds the app's lock). */
 export function dumpApp(deps: OperationDeps, server: Queryable, app: AppIdentifiers, incarnation: string): Promise<BackupFile> {
   return withAgent(deps.server, server, app, 'dump', deps.config.BACKUP_TIMEOUT_MS, deps.log, (agent) =>
-    deps.backupFiles.create(app, incarnation, (path) => deps.server.dumpAndRestore.dump(app, agent, path)),
+    deps.backupFiles.create(
+      app,
+      incarnation,
+      (path) => deps.server.dumpAndRestore.dump(app, agent, path),
+      (path) => deps.server.dumpAndRestore.verify(path, app),
+    ),
   );
 }

@@ -5,6 +5,7 @@ import type { PostgresServer } from '../../db/postgres-server/postgres-server.js
 import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/system-store/registry.js';
 import type { SystemStore } from '../../db/system-store/system-store.js';
 import { AppNotFoundError } from '../../shared/errors.js';
+import { appIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile, BackupFiles } from '../backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
 
@@ -15,6 +16,15 @@ export interface AppSummary {
   size_bytes: number;
   connections: number;
 }
+
+/** One app as GET /apps/:name shows it: its summary, its newest backup, and whether its scheduled backups fail. */
+export interface AppDetail extends AppSummary {
+  newest_backup: BackupFile | null;
+  backup_failing: { failures: number; retry_at: string; error: string } | null;
+}
+
+/** Scheduled backups that fail, by app (src/domain/backup-schedules.ts). */
+export type FailingBackups = () => ReadonlyMap<string, { failures: number; retryAt: number; code: string }>;
 
 /** A registered app as listed: its row in the store, its sessions and size on the server. */
 function summary(app: RegisteredApp, sessions: Map<string, number>, size: number): AppSummary {
@@ -27,6 +37,8 @@ export class AppListing {
   private readonly envelope: OperationEnvelope;
   private readonly backupFiles: BackupFiles;
   private sizes = new Map<string, number>();
+  /** Told later: the schedules are built after the listing. */
+  failingBackups: FailingBackups = () => new Map();
 
   constructor(store: SystemStore, server: PostgresServer, envelope: OperationEnvelope, backupFiles: BackupFiles) {
     this.store = store;
@@ -44,15 +56,24 @@ export class AppListing {
     return apps.map((app) => summary(app, sessions, this.sizes.get(app.app_name) ?? 0));
   }
 
-  /** One app, its size measured now. */
-  async get(appName: string): Promise<AppSummary> {
+  /** One app, its size measured now, its newest backup, and whether its scheduled backups fail. */
+  async get(appName: string): Promise<AppDetail> {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes] = await Promise.all([appSessionCounts(this.server.pool), appDatabaseSizes(this.server.pool, [appName])]);
+    const [sessions, sizes, backups] = await Promise.all([
+      appSessionCounts(this.server.pool),
+      appDatabaseSizes(this.server.pool, [appName]),
+      this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
+    ]);
     const size = sizes.get(appName) ?? 0;
     this.sizes.set(appName, size);
-    return summary(app, sessions, size);
+    const failing = this.failingBackups().get(appName);
+    return {
+      ...summary(app, sessions, size),
+      newest_backup: backups[0] ?? null,
+      backup_failing: failing ? { failures: failing.failures, retry_at: new Date(failing.retryAt).toISOString(), error: failing.code } : null,
+    };
   }
 
   /** Measures every app database's size again (run in the background with the reconciler). */

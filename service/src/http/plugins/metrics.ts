@@ -1,7 +1,8 @@
 // Owns Prometheus metrics, served at GET /metrics on the service's own port (nginx does not route it):
 // requests and latency per route, outcomes and latency per app operation, connection pool usage, number of apps,
-// ready-pool sets, the apps' door (PgBouncer up or not, and each app's pool there, from SHOW POOLS), and the
-// process's own (memory, event loop, GC). Metrics depend on the operations (they
+// ready-pool sets, the apps' door (PgBouncer up or not, and each app's pool there, from SHOW POOLS), backups (each
+// app's newest, WAL archiving, cluster backups, off-site copies, and failures), and the process's own (memory,
+// event loop, GC). Metrics depend on the operations (they
 // observe them and read the provisioner's statistics); the operations know nothing of metrics.
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -97,6 +98,79 @@ export default fp(
       },
     });
 
+    // --- backups that run by themselves (src/domain/backup-schedules.ts) -------------------------------------------
+    // Each ready app's newest backup, read once per scrape (below) for both gauges; undefined: Postgres was away.
+    let newestBackupsOfThisScrape: Array<{ app: string; newestAt: Date | null }> | undefined;
+    new Gauge({
+      name: 'pgprov_app_newest_backup_age_seconds',
+      help: "Age of each ready app's newest backup (scheduled or asked for), in seconds; apps with none are in pgprov_apps_without_backup",
+      labelNames: ['app'],
+      registers: [register],
+      collect() {
+        if (!newestBackupsOfThisScrape) return; // Postgres away: keep the last values
+        const now = Date.now();
+        this.reset();
+        for (const { app: name, newestAt } of newestBackupsOfThisScrape) if (newestAt) this.set({ app: name }, Math.max(0, (now - newestAt.getTime()) / 1000));
+      },
+    });
+    new Gauge({
+      name: 'pgprov_apps_without_backup',
+      help: 'Ready apps that have no backup yet',
+      registers: [register],
+      collect() {
+        if (newestBackupsOfThisScrape) this.set(newestBackupsOfThisScrape.filter((entry) => entry.newestAt === null).length);
+      },
+    });
+    new Counter({
+      name: 'pgprov_scheduled_backup_failures_total',
+      help: 'Failures of the work that runs by itself: app_dump, retention, cluster_backup, offsite_copy',
+      labelNames: ['work'],
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const [work, count] of Object.entries(app.statistics.backupSchedules().failures)) this.inc({ work }, count);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_app_backup_failing',
+      help: 'Apps whose scheduled backups fail: failures in a row (retried after BACKUP_RETRY_DELAY_MS, doubling)',
+      labelNames: ['app'],
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const [name, failing] of app.statistics.backupSchedules().failingApps) this.set({ app: name }, failing.failures);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_cluster_backup_last_success_age_seconds',
+      help: "Age of the last cluster backup (pgBackRest) this service made since it started, by type (absent until one is made)",
+      labelNames: ['type'],
+      registers: [register],
+      collect() {
+        this.reset();
+        const last = app.statistics.backupSchedules().lastClusterBackup;
+        if (last) this.set({ type: last.type }, (Date.now() - last.at.getTime()) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_offsite_configured',
+      help: 'Whether backups are copied off the machine (OFFSITE_REMOTE): 0 means every backup is on the same disk as the data',
+      registers: [register],
+      collect() {
+        this.set(app.statistics.backupSchedules().offsiteConfigured ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_offsite_copy_last_success_age_seconds',
+      help: 'Age of the last successful copy of the backups off the machine, since this service started (absent until one succeeds)',
+      registers: [register],
+      collect() {
+        this.reset();
+        const last = app.statistics.backupSchedules().lastOffsiteCopy;
+        if (last) this.set((Date.now() - last.getTime()) / 1000);
+      },
+    });
+
     app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });
       operationSeconds.observe({ operation }, seconds);
@@ -111,7 +185,7 @@ export default fp(
 
     app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
       // The pooler away: no pools to show; pgprov_pooler_up says so.
-      poolsOfThisScrape = await app.statistics.poolerPools().catch(() => []);
+      [poolsOfThisScrape, newestBackupsOfThisScrape] = await Promise.all([app.statistics.poolerPools().catch(() => []), app.statistics.newestAppBackups().catch(() => undefined)]);
       reply.type(register.contentType);
       return register.metrics();
     });

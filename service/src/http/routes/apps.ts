@@ -2,7 +2,7 @@
 // Every route takes the admin key as "Authorization: Bearer <key>", checked before anything else of the request.
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { AppSummary } from '../../domain/app-operations.js';
+import type { AppDetail, AppSummary } from '../../domain/app-operations.js';
 import { BACKUP_FILE_PATTERN } from '../../domain/backup-files.js';
 import type { Config } from '../../shared/config.js';
 import { appIdentifiers } from '../../shared/object-names.js';
@@ -15,6 +15,14 @@ const AppSchema = z.object({
   created_at: z.string(),
   size_bytes: z.number().int(),
   connections: z.number().int(),
+});
+
+/** One app: what GET /apps lists, and its backups' state. */
+const AppDetailSchema = AppSchema.extend({
+  /** The newest backup of this app (scheduled or asked for), or null when it has none yet. */
+  newest_backup: BackupSchema.nullable(),
+  /** Set while its scheduled backups fail: how many times in a row, when the next try is, and the error's code. */
+  backup_failing: z.object({ failures: z.number().int(), retry_at: z.string(), error: z.string() }).nullable(),
 });
 
 const RestoreBodySchema = z.strictObject(
@@ -61,8 +69,11 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
 
   app.get(
     '/apps/:name',
-    { schema: { summary: 'One app', params: AppNameParamsSchema, response: { 200: AppSchema, ...errorResponses } } },
-    async (request) => appBody(await app.operations.get(request.params.name)),
+    { schema: { summary: "One app, with its newest backup and whether its scheduled backups fail", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
+    async (request) => {
+      const detail: AppDetail = await app.operations.get(request.params.name);
+      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing };
+    },
   );
 
   app.post(

@@ -30,6 +30,8 @@ export const BackupSchema = z.object({
   incarnation: z.string().nullable(),
   size_bytes: z.number().int(),
   created_at: z.string(),
+  /** Its SHA-256 (hex), as written beside it in <file>.sha256; null for dumps made before checksums. Not in GET /backups. */
+  sha256: z.string().nullable().optional(),
 });
 
 export const AppNameParamsSchema = z.object({ name: AppNameSchema });

@@ -22,9 +22,9 @@ export class ScheduleError extends Error {
   override name = 'ScheduleError';
 }
 
-function timeOfDay(text: string): number {
+function timeOfDay(text: string, schedule: string): number {
   const m = /^([01]\d|2[0-3]):([0-5]\d)$/.exec(text);
-  if (!m) throw new ScheduleError(`${JSON.stringify(text)} is not a time of day (HH:MM, 00:00 to 23:59, UTC)`);
+  if (!m) throw new ScheduleError(`${JSON.stringify(schedule)}: ${JSON.stringify(text)} is not a time of day (HH:MM, 00:00 to 23:59, UTC)`);
   return Number(m[1]) * HOUR + Number(m[2]) * MINUTE;
 }
 
@@ -38,11 +38,11 @@ export function parseSchedule(text: string): Schedule {
     if (!m || amount < 1) throw new ScheduleError(`${JSON.stringify(text)}: write every <N>s, <N>m or <N>h, N at least 1 (e.g. every 6h)`);
     return { kind: 'periodic', periodMs: amount * { s: 1_000, m: MINUTE, h: HOUR }[m[2] as 's' | 'm' | 'h'], phaseMs: 0 };
   }
-  if (words[0] === 'daily' && words.length === 2) return { kind: 'periodic', periodMs: DAY, phaseMs: timeOfDay(words[1]!) };
+  if (words[0] === 'daily' && words.length === 2) return { kind: 'periodic', periodMs: DAY, phaseMs: timeOfDay(words[1]!, text) };
   if (words[0] === 'weekly' && words.length === 3) {
     const day = DAYS.indexOf(words[1]!);
     if (day < 0) throw new ScheduleError(`${JSON.stringify(text)}: the day is one of ${DAYS.join(', ')}`);
-    return { kind: 'periodic', periodMs: WEEK, phaseMs: (((MONDAY_BEFORE_EPOCH_MS + day * DAY + timeOfDay(words[2]!)) % WEEK) + WEEK) % WEEK };
+    return { kind: 'periodic', periodMs: WEEK, phaseMs: (((MONDAY_BEFORE_EPOCH_MS + day * DAY + timeOfDay(words[2]!, text)) % WEEK) + WEEK) % WEEK };
   }
   throw new ScheduleError(`${JSON.stringify(text)} is not a schedule: use off, every <N>s|m|h, daily HH:MM or weekly <day> HH:MM (UTC)`);
 }

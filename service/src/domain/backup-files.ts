@@ -136,6 +136,25 @@ export class BackupFiles {
     }
   }
 
+  /**
+   * Removes what dumps cut short left behind (the service was killed mid-dump): `.partial` files (and the checksum
+   * written beside one) untouched for longer than any dump may take. Returns their names.
+   */
+  async removeLeftovers(olderThanMs: number): Promise<string[]> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const removed: string[] = [];
+    for (const name of names.filter((n) => n.endsWith('.partial'))) {
+      const path = join(this.dir, name);
+      const stats = await stat(path).catch(() => undefined);
+      if (!stats || Date.now() - stats.mtimeMs < olderThanMs) continue;
+      const file = name.slice(0, -'.partial'.length);
+      await rm(path, { force: true });
+      await rm(join(this.dir, `${file}${CHECKSUM_SUFFIX}`), { force: true });
+      removed.push(name);
+    }
+    return removed;
+  }
+
   /** BACKUP_DIR, where the files are (the off-site copy reads it). */
   get directoryPath(): string {
     return this.dir;

@@ -286,6 +286,8 @@ export class BackupSchedules {
   /** Every app name with something to remove, each under its lock (an app busy now is done at a later tick). */
   private async applyRetention(now: number): Promise<void> {
     if (this.stopped) return;
+    const leftovers = await this.deps.backupFiles.removeLeftovers(this.deps.config.BACKUP_TIMEOUT_MS + 60_000);
+    if (leftovers.length > 0) this.log.info({ files: leftovers }, 'removed what dumps cut short left behind');
     const [names, live] = await Promise.all([this.deps.backupFiles.names(), registeredIncarnations(this.deps.store.pool)]);
     const byApp = new Set(backupsToPrune(names, live, this.policy, now).map((d) => d.backup.app_name));
     for (const appName of byApp) {

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SAME_DISK_WARNING } from '../../src/domain/provisioner.js';
@@ -168,6 +168,24 @@ describe('a scheduled dump that fails', () => {
     assert.equal(recovered.backup_failing, null);
     assert.ok(recovered.newest_backup);
     assert.doesNotMatch(String((await t.get('/metrics')).text), /pgprov_app_backup_failing\{app="sched_blocked"\}/);
+  });
+});
+
+describe('what a dump cut short leaves', () => {
+  it('is removed once older than any dump may take, and a dump under way is left alone', async () => {
+    const stale = 'app_cut_short-0123456789abcdef-20261101T000000000Z.dump';
+    const fresh = 'app_under_way-0123456789abcdef-20261207T000000000Z.dump';
+    for (const file of [stale, fresh]) {
+      writeFileSync(join(t.backupDir, `${file}.partial`), 'half a dump', { mode: 0o600 });
+      writeFileSync(join(t.backupDir, `${file}.sha256`), `${'0'.repeat(64)}  ${file}\n`, { mode: 0o600 });
+    }
+    const longAgo = new Date(Date.now() - t.config.BACKUP_TIMEOUT_MS - 3_600_000);
+    utimesSync(join(t.backupDir, `${stale}.partial`), longAgo, longAgo);
+    await eventually(async () => existsSync(join(t.backupDir, `${stale}.partial`)), (there) => !there, 30_000);
+    assert.ok(!existsSync(join(t.backupDir, `${stale}.partial`)));
+    assert.ok(!existsSync(join(t.backupDir, `${stale}.sha256`)));
+    assert.ok(existsSync(join(t.backupDir, `${fresh}.partial`)), 'a dump that may still be running is kept');
+    assert.ok(t.logLines().some((line) => line.msg === 'removed what dumps cut short left behind'));
   });
 });
 

@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { cpus, freemem, release, totalmem } from 'node:os';
 import type { Sizes } from './context.js';
 import type { ConnectRun, DoorRun, PoolerResults, TransactionCpu } from './pooler.js';
-import type { BurstResults, ConcurrencyResults, DeprovisionResults, HealthResults, LoadRound, PoolResults, RotationResults, ScaleResults, SequentialResults } from './sections.js';
+import type { ArchivingResults, BurstResults, ConcurrencyResults, DeprovisionResults, HealthResults, LoadRound, PoolResults, RotationResults, ScaleResults, SequentialResults } from './sections.js';
 import { median, type Summary } from './statistics.js';
 import type { WrkResult } from '../wrk.js';
 
@@ -179,6 +179,22 @@ function scaleReport(s5: ScaleResults, sizes: Sizes): string[] {
     }`,
     `GET /apps p50 ${ms(s5.list.p50)} (target ≤ 100 ms: ${verdict(s5.list.p50 <= 100)}); the first call after the ${sizes.scale} new apps took ${ms(s5.firstListMs)}, measuring every new database's size once (sizes are then refreshed in the background every minute).`,
     `Service RSS at the end: **${mb(s5.serviceRss)}** (target ≤ 150 MB: ${verdict(s5.serviceRss <= 150 * 2 ** 20)}). Postgres (postmaster and every backend, proportional set size): ${mb(s5.postgresPss)}. Data directory: ${mb(s5.diskBytes)}.`,
+    '',
+    ...archivingReport(s5.archiving, s5.walBytes, sizes),
+  ];
+}
+
+function archivingReport(a: ArchivingResults, walBytes: number, sizes: Sizes): string[] {
+  if (!a.enabled) return ['WAL archiving was off (archive_mode): no figures.', ''];
+  const keptUp = a.failures === 0 && a.drainSeconds < 60;
+  return [
+    `### WAL archiving (pgBackRest) during the ${sizes.scale} provisions`,
+    '',
+    '| WAL written | segments archived | failures | most segments waiting (sampled each second) | drained after the last provision | repository on disk |',
+    '| --- | --- | --- | --- | --- | --- |',
+    `| ${mb(walBytes)} (${mb(walBytes / sizes.scale)} per app) | ${a.segmentsArchived} | ${a.failures} | ${a.maxBacklogSegments} (${mb(a.maxBacklogSegments * 16 * 2 ** 20)}) | ${a.drainSeconds.toFixed(1)} s | ${mb(a.repositoryBytes)} |`,
+    '',
+    `Archiving kept up (no failure, and the backlog gone within a minute of the last provision): ${verdict(keptUp)}.`,
     '',
   ];
 }

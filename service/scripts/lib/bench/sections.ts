@@ -414,6 +414,78 @@ export interface ScaleResults {
   serviceRss: number;
   postgresPss: number;
   diskBytes: number;
+  archiving: ArchivingResults;
+}
+
+/** WAL archiving (postgres.conf's archive_command: pgBackRest) while the scale phase writes its WAL. */
+export interface ArchivingResults {
+  /** Whether the server archives at all (archive_mode). */
+  enabled: boolean;
+  segmentsArchived: number;
+  failures: number;
+  /** The most segments waiting for archiving (pg_wal/archive_status/*.ready), sampled every second. */
+  maxBacklogSegments: number;
+  /** Seconds from the last provision until every segment written by then was archived. */
+  drainSeconds: number;
+  /** pgBackRest's repository on disk at the end. */
+  repositoryBytes: number;
+}
+
+/**
+ * Samples the archiver while `work` runs: segments archived and failed, the backlog each second; then forces the
+ * last segment out and waits (at most 10 minutes) until every segment written by then is archived.
+ */
+async function whileArchiving(ctx: BenchContext, work: () => Promise<void>): Promise<ArchivingResults> {
+  const db = ctx.floorClient;
+  const archiver = async () =>
+    (await db.query<{ archived: string; failed: string; backlog: number; mode: string }>(
+      `SELECT archived_count AS archived, failed_count AS failed, current_setting('archive_mode') AS mode,
+              (SELECT count(*)::int FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') AS backlog
+         FROM pg_stat_archiver`,
+    )).rows[0]!;
+  const before = await archiver();
+  let maxBacklog = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      maxBacklog = Math.max(maxBacklog, (await archiver()).backlog);
+      await sleep(1000);
+    }
+  })();
+  try {
+    await work();
+  } finally {
+    sampling = false;
+    await sampler;
+  }
+  const drainStart = Date.now();
+  const enabled = before.mode !== 'off';
+  if (enabled) {
+    const { rows } = await db.query<{ segment: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS segment');
+    const last = rows[0]!.segment;
+    for (let waited = 0; waited < 600_000; waited = Date.now() - drainStart) {
+      const { rows: archived } = await db.query<{ done: boolean }>('SELECT coalesce(last_archived_wal >= $1, false) AS done FROM pg_stat_archiver', [last]);
+      if (archived[0]!.done) break;
+      await sleep(250);
+    }
+  }
+  const drainSeconds = (Date.now() - drainStart) / 1000;
+  const after = await archiver();
+  const repository = join(ctx.stack.settings.stackDir, 'pgbackrest');
+  let repositoryBytes = 0;
+  try {
+    repositoryBytes = Number(execFileSync('du', ['-sb', repository], { encoding: 'utf8' }).split('\t')[0]);
+  } catch {
+    // no repository (archiving off)
+  }
+  return {
+    enabled,
+    segmentsArchived: Number(after.archived) - Number(before.archived),
+    failures: Number(after.failed) - Number(before.failed),
+    maxBacklogSegments: maxBacklog,
+    drainSeconds,
+    repositoryBytes,
+  };
 }
 
 /** sizes.scale apps through the service, the floor again among them, then lists, reads and memory; the apps are left. */
@@ -427,11 +499,14 @@ export async function scale(ctx: BenchContext, floorAtStart: Summary): Promise<S
   };
   const scaleStart = await walAndCheckpoints();
   const scaleTimes: number[] = [];
-  for (let i = 0; i < sizes.scale; i++) {
-    scaleTimes.push(await ctx.provisionHttp(`scale_${i}`));
-    if (!ctx.tiny && i % 250 === 249) ctx.log(`   ${i + 1} apps`);
-  }
-  const scaleEnd = await walAndCheckpoints();
+  let scaleEnd = scaleStart;
+  const archiving = await whileArchiving(ctx, async () => {
+    for (let i = 0; i < sizes.scale; i++) {
+      scaleTimes.push(await ctx.provisionHttp(`scale_${i}`));
+      if (!ctx.tiny && i % 250 === 249) ctx.log(`   ${i + 1} apps`);
+    }
+    scaleEnd = await walAndCheckpoints();
+  });
   const walBytes = Number((await ctx.floorClient.query('SELECT pg_wal_lsn_diff($1, $2)::float8 AS bytes', [scaleEnd.lsn, scaleStart.lsn])).rows[0].bytes);
   const checkpointsDuringScale = Number(scaleEnd.checkpoints) - Number(scaleStart.checkpoints);
   // The floor again, with all those apps in the catalogs: is any growth Postgres's own?
@@ -467,5 +542,6 @@ export async function scale(ctx: BenchContext, floorAtStart: Summary): Promise<S
     serviceRss: rssBytes(stack.servicePid),
     postgresPss: pssBytes(stack.postgresProcessIds()),
     diskBytes: Number(execFileSync('du', ['-sb', join(stack.settings.stackDir, 'pgdata')], { encoding: 'utf8' }).split('\t')[0]),
+    archiving,
   };
 }

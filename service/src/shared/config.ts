@@ -117,7 +117,12 @@ export const ConfigSchema = z.object({
   OFFSITE_REMOTE: z
     .string()
     .optional()
-    .transform((remote) => (remote === '' ? undefined : remote)),
+    .transform((remote) => (remote === '' ? undefined : remote))
+    // A remote defined in RCLONE_CONFIG, by name: never a connection string (`:sftp,pass=…:` or `name,key=…:`),
+    // whose parameters would be credentials in rclone's argv and in what /health shows.
+    .refine((remote) => remote === undefined || /^[A-Za-z0-9_][A-Za-z0-9_.@+ -]*:/.test(remote), {
+      message: 'use <remote name>:<path>, the remote defined in RCLONE_CONFIG (e.g. offsite:pg-provisioner), not a connection string with parameters',
+    }),
   RCLONE_PATH: z.string().min(1).default('rclone'),
   RCLONE_CONFIG: z
     .string()

@@ -18,6 +18,8 @@ export type ServiceErrorCode =
   | 'BACKUP_OF_LIVE_APP'
   | 'OPERATIONS_BUSY'
   | 'DATABASE_UNAVAILABLE'
+  | 'OFFSITE_COPY_FAILED'
+  | 'OFFSITE_COPY_REFUSED'
   | 'SCHEMA_NEWER_THAN_CODE';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
@@ -110,6 +112,44 @@ export class OperationsBusyError extends ServiceError {
 export class DatabaseUnavailableError extends ServiceError {
   constructor() {
     super('DATABASE_UNAVAILABLE', 'the database is unavailable, retry later');
+  }
+}
+
+/**
+ * Why a copy off the machine (rclone, src/db/offsite/rclone.ts) failed, in our words. rclone's stderr can quote
+ * the remote's answers, paths and, for some backends, URLs; it is read for a category and never logged or returned.
+ */
+export type OffsiteFailureCategory = 'unreachable' | 'auth_refused' | 'host_key_rejected' | 'remote_not_configured' | 'local_missing' | 'timeout' | 'other';
+
+const OFFSITE_FAILURE_WORDS: Record<OffsiteFailureCategory, string> = {
+  unreachable: 'the remote could not be reached (connection refused, timed out, or no route)',
+  auth_refused: 'the remote refused our credentials',
+  host_key_rejected: "the remote's host key is not the one its known_hosts_file names",
+  remote_not_configured: 'the remote is not defined in RCLONE_CONFIG (or the file is missing)',
+  local_missing: 'the local directory to copy is missing',
+  timeout: 'rclone ran longer than OFFSITE_TIMEOUT_MS and was stopped',
+  other: "rclone failed; its exit code is logged, its messages are not (rerun it by hand with -v to see them)",
+};
+
+/** A copy off the machine failed: `category` says why, `exitCode` is rclone's (undefined when it was stopped). */
+export class OffsiteCopyFailedError extends ServiceError {
+  readonly category: OffsiteFailureCategory;
+  readonly exitCode: number | undefined;
+
+  constructor(what: string, category: OffsiteFailureCategory, exitCode?: number) {
+    super('OFFSITE_COPY_FAILED', `the off-site copy (${what}) failed [${category}]: ${OFFSITE_FAILURE_WORDS[category]}`);
+    this.category = category;
+    this.exitCode = exitCode;
+  }
+}
+
+/**
+ * The off-site copy refused to run: what it would copy looks lost or empty (a wiped local disk), and a sync would
+ * delete the remote's copies with it. Nothing was sent or removed.
+ */
+export class OffsiteCopyRefusedError extends ServiceError {
+  constructor(what: string, reason: string) {
+    super('OFFSITE_COPY_REFUSED', `the off-site copy of ${what} was refused: ${reason}; nothing was sent or removed on the remote`);
   }
 }
 

@@ -48,7 +48,7 @@ interface ComposeFile {
 }
 
 /** The optional files an operator adds to docker-compose.yml with -f (README). */
-const OVERRIDES = ['docker-compose.host-postgres.yml', 'docker-compose.direct-postgres.yml'];
+const OVERRIDES = ['docker-compose.host-postgres.yml', 'docker-compose.direct-postgres.yml', 'docker-compose.offsite.yml'];
 const COMPOSE_FILES = ['docker-compose.yml', ...OVERRIDES];
 const readCompose = (file: string) => parseYaml(readFileSync(join(REPO_ROOT, file), 'utf8')) as ComposeFile;
 const compose = readCompose('docker-compose.yml') as Required<ComposeFile>;
@@ -238,6 +238,35 @@ describe('docker-compose.yml: `docker compose up -d` needs nothing set first', (
     const networksOf = (of: { networks?: Record<string, unknown> | string[] }) => (Array.isArray(of.networks) ? of.networks : Object.keys(of.networks ?? {})).sort();
     assert.deepEqual(networksOf(direct.postgres!), ['apps', 'backend']);
     assert.equal(direct.service!.environment?.DIRECT_DB_HOST, 'postgres');
+  });
+
+  it('copies off the machine only with docker-compose.offsite.yml: rclone in the image, its config read-only, a way out of its own', () => {
+    const dockerfile = readFileSync(join(SERVICE_DIR, 'Dockerfile'), 'utf8');
+    assert.match(dockerfile, /apt-get install [^\n]*\brclone\b[^\n]*\bca-certificates\b/, "Debian's rclone (the tests' one), and the CAs it checks HTTPS remotes with");
+    assert.match(dockerfile, /RCLONE_PATH=\/usr\/bin\/rclone/);
+    assert.equal(service.environment?.OFFSITE_REMOTE, undefined, 'off by default: backups on the same disk as the data');
+    // As docker-compose merges the file.
+    const env = { ...process.env };
+    delete env.OFFSITE_REMOTE;
+    const merged = spawnSync('docker-compose', ['-f', 'docker-compose.yml', '-f', 'docker-compose.offsite.yml', 'config'], { cwd: REPO_ROOT, env: { ...env, POSTGRES_PASSWORD: 'x' }, encoding: 'utf8' });
+    assert.equal(merged.status, 0, merged.stderr);
+    const config = parseYaml(merged.stdout) as {
+      services: Record<string, { networks?: Record<string, unknown>; environment?: Record<string, string>; volumes?: string[] }>;
+      networks: Record<string, { internal?: boolean } | null>;
+    };
+    const offsite = config.services.service!;
+    assert.equal(offsite.environment?.OFFSITE_REMOTE, 'offsite:pg-provisioner', 'a remote named in the rclone config, by default');
+    const rcloneConfig = offsite.environment?.RCLONE_CONFIG ?? '';
+    const mount = mounts({ volumes: offsite.volumes }).find(([, target]) => rcloneConfig.startsWith(`${target}/`));
+    assert.ok(mount, `RCLONE_CONFIG (${rcloneConfig}) is inside a mount`);
+    assert.deepEqual([mount[0], mount[2]], [join(REPO_ROOT, 'offsite'), 'ro'], "the operator's ./offsite, read-only");
+    assert.match(readFileSync(join(REPO_ROOT, '.gitignore'), 'utf8'), /^offsite\/$/m, 'its keys are never committed');
+    assert.deepEqual(Object.keys(offsite.networks ?? {}).sort(), ['backend', 'egress', 'frontend']);
+    assert.equal(config.networks.egress?.internal, undefined, 'egress has a way out');
+    assert.equal(config.networks.backend?.internal, true, 'backend still has none');
+    for (const [name, other] of Object.entries(config.services)) if (name !== 'service') assert.ok(!Object.keys(other.networks ?? {}).includes('egress'), `${name} is not on egress`);
+    const offsiteEnv = spawnSync('docker-compose', ['-f', 'docker-compose.yml', '-f', 'docker-compose.offsite.yml', 'config'], { cwd: REPO_ROOT, env: { ...env, POSTGRES_PASSWORD: 'x', OFFSITE_REMOTE: 's3remote:bucket/pgprov' }, encoding: 'utf8' });
+    assert.match(offsiteEnv.stdout, /OFFSITE_REMOTE: s3remote:bucket\/pgprov/, 'OFFSITE_REMOTE from .env or the environment');
   });
 
   it('passes the superuser password from setup to Postgres and the service through one file in the secrets volume', () => {

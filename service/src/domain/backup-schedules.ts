@@ -322,7 +322,7 @@ export class BackupSchedules {
     for (const file of files) this.remoteRemovals.add(file);
     const pending = [...this.remoteRemovals];
     try {
-      await offsite.removeDumps(pending.flatMap((file) => [file, `${file}.sha256`]));
+      await offsite.removeDumps(pending); // each with its checksum file
       for (const file of pending) this.remoteRemovals.delete(file);
     } catch (err) {
       this.log.warn({ err, files: pending.length }, 'could not remove pruned backups off the machine yet; tried again with the next copy');

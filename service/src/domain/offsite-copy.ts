@@ -14,13 +14,11 @@ import type { Logger } from 'pino';
 import { Rclone } from '../db/offsite/rclone.js';
 import type { Config } from '../shared/config.js';
 import { OffsiteCopyFailedError, OffsiteCopyRefusedError } from '../shared/errors.js';
-import { BACKUP_FILE_PATTERN } from './backup-files.js';
+import { BACKUP_FILE_PATTERN, CHECKSUM_SUFFIX } from './backup-files.js';
 
 /** What /health's details and the README say when no remote is configured. */
 export const NO_OFFSITE_COPY = 'no off-site remote is configured (OFFSITE_REMOTE): every backup is on the same disk as the data';
 
-/** A dump's checksum sidecar: `<dump>.sha256`, one line as sha256sum writes it (`<hex>  <file name>`). */
-export const CHECKSUM_SUFFIX = '.sha256';
 
 /** pgBackRest's files that name what the repository holds (backup.info, archive.info and their .copy): sent last. */
 const INFO_FILE = /\.info(?:\.copy)?$/;

@@ -30,6 +30,7 @@ import { OperationEnvelope } from './operation-envelope.js';
 import { AppListing } from './operations/read.js';
 import { ReadyPool } from './ready-pool.js';
 import { Reconciler } from './reconciler.js';
+import { NO_OFFSITE_COPY, OffsiteCopy } from './offsite-copy.js';
 import { Slots } from './slots.js';
 
 /** Whether Postgres answers (the system store and the server), for GET /health (see SuperuserConnections.checkHealth). */
@@ -51,7 +52,8 @@ export interface BackupsHealth {
   warning?: string;
 }
 
-export const SAME_DISK_WARNING = 'no off-site remote is configured (OFFSITE_REMOTE): every backup is on the same disk as the data';
+/** What /health says when no remote is configured (the README says it too). */
+export const SAME_DISK_WARNING = NO_OFFSITE_COPY;
 
 function backupsHealth(status: BackupScheduleStatus): BackupsHealth {
   if (!status.offsiteConfigured) return { offsite: 'none', warning: SAME_DISK_WARNING };
@@ -172,7 +174,7 @@ export class Provisioner {
       crashPoint,
     };
     this.operations = new AppOperations(operationDeps);
-    this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, config, log });
+    this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, offsite: new OffsiteCopy(config, log), config, log });
     this.listing.failingBackups = () => this.schedules.status.failingApps;
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);

@@ -18,7 +18,7 @@ import { OffsiteCopy } from '../../src/domain/offsite-copy.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { OffsiteCopyFailedError, OffsiteCopyRefusedError } from '../../src/shared/errors.js';
 import { asApp } from '../helpers/app-sessions.js';
-import { rejectionOf } from '../helpers/conditions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
 import { startSftpRemote, type SftpRemote } from '../helpers/sftp-remote.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
@@ -249,7 +249,17 @@ describe('restore drill: from the off-site copy alone', () => {
   before(async () => {
     remote = await startSftpRemote();
     t = await startTestStack({
-      serviceEnv: { LOG_PRETTY: 'false', LOG_LEVEL: 'info', READY_POOL_SIZE: '1', OFFSITE_REMOTE: `${remote.remote}/drill`, RCLONE_CONFIG: remote.rcloneConfig },
+      // The service's own scheduler copies off the machine, every 2 s here (every hour by default).
+      serviceEnv: {
+        LOG_PRETTY: 'false',
+        LOG_LEVEL: 'info',
+        READY_POOL_SIZE: '1',
+        OFFSITE_REMOTE: `${remote.remote}/drill`,
+        RCLONE_CONFIG: remote.rcloneConfig,
+        OFFSITE_SCHEDULE: 'every 2s',
+        BACKUP_SCHEDULER_TICK_MS: '200',
+        BACKUP_RETRY_DELAY_MS: '500',
+      },
     });
   });
   after(async () => {
@@ -289,16 +299,21 @@ describe('restore drill: from the off-site copy alone', () => {
     assert.equal(backup.status, 201, backup.text);
     const file = String(backup.body.file);
     const sidecar = join(backups, `${file}.sha256`);
-    // Until the service writes the sidecar itself beside each dump (the lead's scheduled backups), the test writes
-    // it as sha256sum would: `<hex>  <file name>`.
-    if (!existsSync(sidecar)) writeFileSync(sidecar, sidecarOf(join(backups, file)), { mode: 0o600 });
+    assert.equal(readFileSync(sidecar, 'utf8'), sidecarOf(join(backups, file)), 'the service wrote the checksum beside the dump');
 
-    // The copy off the machine, as the service's scheduler will call it (OffsiteCopy, the stack's own settings).
-    const config = loadConfig({ ...t.stack.serviceEnvironment(), OFFSITE_TIMEOUT_MS: '120000' });
-    const copy = new OffsiteCopy(config, pino({ level: 'silent' }));
+    // The copy off the machine: the service's scheduler makes it by itself (OFFSITE_SCHEDULE).
+    const config = loadConfig({ ...t.stack.serviceEnvironment() });
     assert.equal(config.BACKUP_DIR, backups);
-    const sent = await step('copy the dumps off-site', () => copy.copyDumps(config.BACKUP_DIR));
-    assert.ok(sent.copied >= 2, `the dump and its sidecar were sent (${sent.copied})`);
+    const remoteDumps = join(remote.dir, 'drill', 'dumps');
+    await step('wait for the scheduled copy off-site', () =>
+      eventually(async () => existsSync(join(remoteDumps, file)) && existsSync(join(remoteDumps, `${file}.sha256`)), (there) => there, 60_000),
+    );
+    assert.ok(existsSync(join(remoteDumps, `${file}.sha256`)), 'the dump and its checksum are off the machine');
+    const health = await eventually(async () => (await t.get('/health')).body, (body) => (body.backups as { offsite?: string }).offsite === 'ok', 30_000);
+    assert.deepEqual(health.backups, { offsite: 'ok' });
+    const metrics = await (await fetch(`${t.stack.serviceUrl}/metrics`)).text(); // the service's port: nginx does not route /metrics
+    assert.match(metrics, /pgprov_offsite_configured 1/);
+    assert.match(metrics, /pgprov_offsite_copy_last_success_age_seconds \d/);
     test.diagnostic(`the data's time, noted: ${new Date().toISOString()}`);
 
     // Disaster: the data destroyed, and every local dump with it.
@@ -328,6 +343,27 @@ describe('restore drill: from the off-site copy alone', () => {
     const rows = await step(`read and check every row (${ROWS})`, () => rowsOf(app.connection_string));
     assert.equal(rows.length, ROWS);
     assert.deepEqual(rows, written, 'every row, every column, as written');
+  });
+
+  it('reports a remote that is away (/health failing, a failure counted and logged), retries, and is ok once it is back', { timeout: 180_000 }, async () => {
+    await t.admin('POST', '/apps/drill/backups'); // something new to copy
+    const from = t.serviceLines.length;
+    await remote.makeUnreachable();
+    try {
+      const away = await eventually(async () => (await t.get('/health')).body, (body) => (body.backups as { offsite?: string }).offsite === 'failing', 60_000);
+      assert.deepEqual(away.backups, { offsite: 'failing' });
+      assert.equal((await t.get('/health')).status, 200, 'a remote away does not make the service unhealthy');
+      const metrics = await (await fetch(`${t.stack.serviceUrl}/metrics`)).text();
+      assert.match(metrics, /pgprov_scheduled_backup_failures_total\{work="offsite_copy"\} [1-9]/);
+      const line = await t.waitForServiceLine(/off-site copy failed; it will be tried again/, from);
+      assert.match(line, /"level":50/);
+      assert.match(line, /the remote could not be reached/);
+      assert.doesNotMatch(line, /Failed to create file system|dial tcp|ssh: |NewFs/i, "rclone's own words never reach the log");
+    } finally {
+      await remote.makeReachable();
+    }
+    const back = await eventually(async () => (await t.get('/health')).body, (body) => (body.backups as { offsite?: string }).offsite === 'ok', 120_000);
+    assert.deepEqual(back.backups, { offsite: 'ok' });
   });
 
   it('the runbook refuses a dump that does not match its sidecar, and says which', async () => {

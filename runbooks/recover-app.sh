@@ -82,9 +82,8 @@ say "app '$APP' at $TARGET_TIME: incarnation $incarnation"
 mkdir -p "$BACKUP_DIR"
 file="app_$APP-$incarnation-$(date -u +%Y%m%dT%H%M%S%3NZ).dump"
 partial="$BACKUP_DIR/$file.partial"
-(umask 077 && : > "$partial")
-own "$partial"   # pg_dump writes it as PG_OS_USER
-as_pg "$PG_BIN_DIR/pg_dump" -h "$side" -p "$SCRATCH_PORT" -U postgres -d "app_$APP" --format=custom --file="$partial"
+# pg_dump (as PG_OS_USER) writes to its stdout; this shell, the directory's owner, writes the file: 0600 from the start.
+(umask 077 && as_pg "$PG_BIN_DIR/pg_dump" -h "$side" -p "$SCRATCH_PORT" -U postgres -d "app_$APP" --format=custom > "$partial")
 chmod 0600 "$partial"
 if [ -n "${BACKUP_OWNER:-}" ]; then chown "$BACKUP_OWNER" "$partial"; elif [ "$(id -u)" = 0 ]; then chown 0:0 "$partial"; fi
 mv -f "$partial" "$BACKUP_DIR/$file"

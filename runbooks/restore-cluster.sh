@@ -87,6 +87,7 @@ case $MODE in
     mkdir -p "$SCRATCH_DIR"
     chmod 0700 "$SCRATCH_DIR"
     own "$SCRATCH_DIR"
+    as_pg test -w "$SCRATCH_DIR" || fail "the OS user ${PG_OS_USER:-$(id -un)} cannot reach SCRATCH_DIR $SCRATCH_DIR (a parent directory is not traversable)"
     # Beside it: the scratch server's socket, its hba file and its log.
     side="$SCRATCH_DIR.run"
     mkdir -p "$side"
@@ -100,8 +101,8 @@ case $MODE in
     own "$side/pg_hba.conf"
     say "starting the scratch Postgres (socket $side, port $SCRATCH_PORT, archive_mode=off)"
     as_pg "$PG_BIN_DIR/pg_ctl" -D "$SCRATCH_DIR" -l "$side/postgres.log" -s -w -t 600 \
-      -o "-c config_file=$POSTGRES_CONF -c hba_file=$side/pg_hba.conf -c port=$SCRATCH_PORT -c listen_addresses= -c unix_socket_directories=$side -c archive_mode=off -c ssl=off -c shared_buffers=32MB -c max_connections=10 -c superuser_reserved_connections=3" \
-      start || fail "the scratch Postgres did not start; see $side/postgres.log"
+      -o "-c config_file=$POSTGRES_CONF -c hba_file=$side/pg_hba.conf -c port=$SCRATCH_PORT -c listen_addresses= -c unix_socket_directories=$side -c archive_mode=off -c ssl=off -c shared_buffers=32MB" \
+      start || { tail -n 20 "$side/postgres.log" >&2; fail "the scratch Postgres did not start; its log: $side/postgres.log"; }
     # Ready for connections once consistent; done once it has replayed up to TARGET_TIME and promoted.
     tries=0
     until [ "$(as_pg "$PG_BIN_DIR/psql" -h "$side" -p "$SCRATCH_PORT" -U postgres -d postgres -XAtqc 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ]; do

@@ -111,6 +111,12 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
     assert.equal(statSync(repo).mode & 0o777, 0o750);
     const pgUid = statSync(t.stack.paths.pgData).uid;
     for (const sub of readdirSync(repo)) assert.equal(statSync(join(repo, sub)).uid, pgUid, `${sub} is the Postgres OS user's`);
+    // Group-readable throughout (files 0640, directories 0750): compose's service reads the volume through group 999.
+    for (const entry of readdirSync(repo, { recursive: true, withFileTypes: true })) {
+      const path = join(entry.parentPath ?? entry.path, entry.name);
+      const mode = statSync(path).mode & 0o777;
+      assert.equal(mode, entry.isDirectory() ? 0o750 : 0o640, `${path} is ${mode.toString(8)}`);
+    }
   });
 
   it('restore-cluster.sh into a scratch directory at T: every row written before T is there, the later one is not', async (ctx) => {

@@ -106,7 +106,7 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
     const [info] = JSON.parse(await pgbackrest('--output=json', 'info')) as Array<{ backup: Array<{ type: string; label: string; prior: string | null; info: { size: number; repository: { size: number } } }> }>;
     assert.deepEqual(info!.backup.map((b) => b.type), ['full', 'incr']);
     assert.equal(info!.backup[1]!.prior, info!.backup[0]!.label);
-    ctx.diagnostic(`full backup: ${info!.backup[0]!.info.size} bytes of cluster, ${info!.backup[0]!.info.repository.size} bytes in the repository (lz4)`);
+    ctx.diagnostic(`full backup: ${info!.backup[0]!.info.size} bytes of cluster, ${info!.backup[0]!.info.repository.size} bytes in the repository (zst)`);
     const repo = t.stack.postgres.paths.pgbackrestRepo;
     assert.equal(statSync(repo).mode & 0o777, 0o750);
     const pgUid = statSync(t.stack.paths.pgData).uid;

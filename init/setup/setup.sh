@@ -16,6 +16,10 @@
 # 4. The directory of PgBouncer's auth_file (POOLER_AUTH_DIR): the service's to write, PgBouncer's group's to
 #    read (setgid: the files the service makes there get that group), nobody else's; and PgBouncer's socket
 #    directory (POOLER_SOCKET_DIR), PgBouncer's.
+# 5. pgBackRest's way in: the superuser's password in a pgpass file (PGBACKREST_PGPASS_FILE, in the secrets
+#    volume; the postgres container's PGPASSFILE), `*:*:*:postgres:<password>` with ':' and '\' escaped, owned by
+#    Postgres's uid (PG_UID) and 0600; and pgBackRest's repository (PGBACKREST_REPO, its volume), Postgres's,
+#    0750 (the service reads it through group PG_GID: docker-compose.yml, group_add).
 #
 # Needs only CAP_CHOWN (compose drops every other capability). Never prints the password.
 set -eu
@@ -83,3 +87,25 @@ chown 0:0 "$socket_dir"
 chmod 0755 "$socket_dir"
 chown "${POOLER_UID:-1001}:${POOLER_GID:-1001}" "$socket_dir"
 say "PgBouncer's socket directory $socket_dir owned by ${POOLER_UID:-1001}"
+
+# pgBackRest's pgpass file: written like the password file (complete, then renamed), never printed.
+pg_uid=${PG_UID:-999}
+pg_gid=${PG_GID:-999}
+pgpass=${PGBACKREST_PGPASS_FILE:-$dir/pgbackrest.pgpass}
+tmp=$(mktemp "$(dirname "$pgpass")/.pgbackrest-pgpass.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
+escaped=$(printf '%s' "$password" | sed 's/[\\:]/\\&/g')
+printf '*:*:*:postgres:%s\n' "$escaped" > "$tmp"
+chmod 0600 "$tmp"
+chown "$pg_uid:$pg_gid" "$tmp"
+mv -f "$tmp" "$pgpass"
+trap - EXIT
+say "pgBackRest's pgpass file $pgpass, readable by $pg_uid only"
+
+# pgBackRest's repository: Postgres's. Back to root first to set the mode (as for the auth_file's directory).
+repo=${PGBACKREST_REPO:-/var/lib/pgbackrest}
+mkdir -p "$repo"
+chown 0:0 "$repo"
+chmod 0750 "$repo"
+chown "$pg_uid:$pg_gid" "$repo"
+say "pgBackRest's repository $repo owned by $pg_uid:$pg_gid (0750)"

@@ -1,5 +1,9 @@
 // The local stack's Postgres part, on its own: Postgres 15 (the machine's binaries) with the repo's postgres.conf and
 // pg_hba.conf, its data directory made by initdb and init/ run once on it, as the postgres image's entrypoint does.
+// It archives its WAL with pgBackRest as compose's does: the repo's pgbackrest.conf with only paths and the port
+// changed (pgbackrestConfig()), its repository in <dir>/pgbackrest/repo, and the superuser's password in a pgpass
+// file; the postmaster's environment names both (PGBACKREST_CONFIG, PGPASSFILE), so archive_command and the
+// service's COPY … FROM PROGRAM find them.
 // scripts/lib/local-stack.ts runs it as one of the stack's three parts; the in-process tests (test/helpers/postgres.ts)
 // run it alone, and build the service in their own process against it.
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -62,6 +66,12 @@ export class LocalPostgres {
       logs: join(dir, 'logs'),
       passwordFile: join(dir, 'postgres-password'),
       tls: join(dir, 'tls'),
+      /** pgBackRest's files: its pgbackrest.conf, its repository, its locks, the superuser's pgpass file. */
+      pgbackrest: join(dir, 'pgbackrest'),
+      pgbackrestConfig: join(dir, 'pgbackrest', 'pgbackrest.conf'),
+      pgbackrestRepo: join(dir, 'pgbackrest', 'repo'),
+      pgbackrestLocks: join(dir, 'pgbackrest', 'lock'),
+      pgpassFile: join(dir, 'pgbackrest', 'pgpass'),
     };
     if (process.getuid?.() === 0) this.pgUser = osUser(settings.pgOsUser);
   }
@@ -102,7 +112,37 @@ export class LocalPostgres {
       PUBLIC_DB_PORT: String(this.settings.pgPort),
       PG_DUMP_PATH: this.program('pg_dump'),
       PG_RESTORE_PATH: this.program('pg_restore'),
+      PGBACKREST_REPO_PATH: this.paths.pgbackrestRepo,
     };
+  }
+
+  /**
+   * What pgBackRest (and the runbooks, runbooks/*.sh) need to find this Postgres's pgbackrest.conf and the
+   * superuser's password: the postmaster's environment has them, and so has every archive_command.
+   */
+  pgbackrestEnvironment(): Record<string, string> {
+    return { PGBACKREST_CONFIG: this.paths.pgbackrestConfig, PGPASSFILE: this.paths.pgpassFile };
+  }
+
+  /**
+   * The repo's pgbackrest.conf with only the paths and the port changed: the repository, the locks (each stack its
+   * own: pgBackRest's default lock path is shared by the whole machine), the data directory, the socket directory.
+   */
+  pgbackrestConfig(): string {
+    const { pgData, socketDir, pgbackrestRepo, pgbackrestLocks } = this.paths;
+    const replacements: Array<[RegExp, string]> = [
+      [/^repo1-path=\/var\/lib\/pgbackrest$/m, `repo1-path=${pgbackrestRepo}`],
+      [/^lock-path=\/tmp\/pgbackrest$/m, `lock-path=${pgbackrestLocks}`],
+      [/^pg1-path=\/var\/lib\/postgresql\/data$/m, `pg1-path=${pgData}`],
+      [/^pg1-socket-path=\/var\/run\/postgresql$/m, `pg1-socket-path=${socketDir}`],
+      [/^pg1-port=5432$/m, `pg1-port=${this.settings.pgPort}`],
+    ];
+    let config = readFileSync(join(REPO_ROOT, 'pgbackrest.conf'), 'utf8');
+    for (const [pattern, value] of replacements) {
+      if (!pattern.test(config)) throw new StackError(`pgbackrest.conf no longer contains ${pattern}; update scripts/lib/local-postgres.ts`);
+      config = config.replace(pattern, value);
+    }
+    return config;
   }
 
   /** A program of the Postgres installation (pg_dump, psql, …). */
@@ -122,6 +162,7 @@ export class LocalPostgres {
     chmodSync(logs, 0o700);
     this.ownForPostgres(socketDir);
     this.ownForPostgres(logs);
+    this.preparePgBackRest();
     this.tls = makeTls(this.paths.tls, this.pgUser, this.settings.onProgress);
     for (const file of ['postgres.conf', 'pg_hba.conf']) {
       const copy = join(pgConf, file);
@@ -136,6 +177,37 @@ export class LocalPostgres {
     }
   }
 
+  /**
+   * pgBackRest's directories, the Postgres OS user's (the repository 0750, as pgBackRest makes it in compose's
+   * volume), and its pgbackrest.conf; the pgpass file is written by start(), once the password exists.
+   */
+  private preparePgBackRest(): void {
+    const { pgbackrest, pgbackrestRepo, pgbackrestLocks, pgbackrestConfig } = this.paths;
+    for (const sub of [pgbackrest, pgbackrestRepo, pgbackrestLocks]) {
+      mkdirSync(sub, { recursive: true });
+      this.ownForPostgres(sub);
+    }
+    chmodSync(pgbackrest, 0o750);
+    chmodSync(pgbackrestRepo, 0o750);
+    chmodSync(pgbackrestLocks, 0o700);
+    writeFileSync(pgbackrestConfig, this.pgbackrestConfig(), { mode: 0o640 });
+    chmodSync(pgbackrestConfig, 0o640);
+    this.ownForPostgres(pgbackrestConfig);
+  }
+
+  /**
+   * The superuser's password for libpq (pgBackRest's logins), in a pgpass file only the Postgres OS user reads:
+   * `*:*:*:postgres:<password>`, with ':' and '\\' escaped as libpq wants.
+   */
+  private writePgpass(): void {
+    const { pgpassFile } = this.paths;
+    const escaped = this.password.replaceAll('\\', '\\\\').replaceAll(':', '\\:');
+    rmSync(pgpassFile, { force: true });
+    writeFileSync(pgpassFile, `*:*:*:postgres:${escaped}\n`, { mode: 0o600 });
+    chmodSync(pgpassFile, 0o600);
+    this.ownForPostgres(pgpassFile);
+  }
+
   /** Starts Postgres (after prepare()); on an empty data directory, initdb first and init/ once it answers. */
   async start(): Promise<void> {
     const { pgData, pgConf, socketDir } = this.paths;
@@ -144,6 +216,7 @@ export class LocalPostgres {
       rmSync(pgData, { recursive: true, force: true });
       this.initdb();
     }
+    this.writePgpass();
     const log = this.log('postgres.log');
     this.progress(`starting Postgres on 127.0.0.1:${this.settings.pgPort} (log: ${log.path})`);
     this.child = this.spawnPart(
@@ -159,7 +232,13 @@ export class LocalPostgres {
         '-c', `ssl_key_file=${this.tlsFiles().postgresKey}`,
         ...Object.entries(this.settings.extraPostgresSettings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
       ],
-      { ...this.asPostgresUser(), stdio: ['ignore', 'pipe', 'pipe'], cwd: this.paths.dir },
+      {
+        ...this.asPostgresUser(),
+        stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: this.paths.dir,
+        // As compose's postgres service: what archive_command and COPY … FROM PROGRAM (pgBackRest) inherit.
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...this.pgbackrestEnvironment() },
+      },
     );
     this.child.stdout?.pipe(log, { end: false });
     this.child.stderr?.pipe(log, { end: false });

@@ -158,6 +158,7 @@ export class LocalStack {
     checkPostgresBinaries(this.settings.pgBinDir);
     const nginxBin = findNginx();
     findPgBouncer();
+    findProgram('pgbackrest', 'pgbackrest'); // Postgres's archive_command, the service's cluster backups (pgbackrest.conf)
     this.takeLock();
     try {
       await this.checkPortsFree();

@@ -23,11 +23,18 @@ import { dumpApp } from './operations/backup.js';
 import type { OperationDeps } from './operations/deps.js';
 import { Slots } from './slots.js';
 
-/** The whole cluster's backups (pgBackRest), as the schedules use them. */
+/** The whole cluster's backups (pgBackRest: src/db/postgres-server/cluster-backup.ts), as the schedules use them. */
 export interface ClusterBackups {
-  backup(type: 'full' | 'incr'): Promise<void>;
-  /** When the newest backup of any type, and the newest full one, started; undefined when there is none. */
-  newest(): Promise<{ any?: Date; full?: Date }>;
+  ensureStanza(): Promise<void>;
+  backup(type: 'full' | 'incr'): Promise<unknown>;
+  info(): Promise<{ backups: ReadonlyArray<{ type: string; startedAt: Date }> }>;
+}
+
+/** When the newest backup of any type, and the newest full one, started (pgBackRest's own records). */
+async function newestClusterBackups(cluster: ClusterBackups): Promise<{ any?: Date; full?: Date }> {
+  const { backups } = await cluster.info();
+  const newest = (of: ReadonlyArray<{ startedAt: Date }>) => of.reduce<Date | undefined>((latest, b) => (!latest || b.startedAt > latest ? b.startedAt : latest), undefined);
+  return { any: newest(backups), full: newest(backups.filter((b) => b.type === 'full')) };
 }
 
 /** The copy off the machine, as the schedules use it. */
@@ -347,7 +354,8 @@ export class BackupSchedules {
     const cluster = this.deps.cluster;
     if (!cluster || this.clusterSchedule.kind === 'off' || this.clusterBackoff.waiting(now)) return;
     try {
-      this.clusterKnown ??= await cluster.newest();
+      await cluster.ensureStanza(); // made at start in the background: at a first start, the first backup waits for it
+      this.clusterKnown ??= await newestClusterBackups(cluster);
       const slot = latestSlot(this.clusterSchedule, now)!;
       if ((this.clusterKnown.any?.getTime() ?? -Infinity) >= slot) return;
       const fullAge = now - (this.clusterKnown.full?.getTime() ?? -Infinity);

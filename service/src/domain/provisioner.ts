@@ -3,13 +3,15 @@
 // operations and the background work that starts and stops with the service (once the system's own schema is
 // current, src/db/system-store/migrations.ts): the reconciler (once at start, then
 // every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
-// refilling and the credential stock. The http layer holds one (src/http/plugins/provisioner.ts) and reaches
+// refilling, the credential stock, and making pgBackRest's stanza (in the background, until it exists: without it
+// no WAL is archived). The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { appLoginVerifiers } from '../db/postgres-server/app-objects.js';
+import type { ClusterBackup } from '../db/postgres-server/cluster-backup.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../db/pooler/pgbouncer.js';
 
@@ -74,6 +76,8 @@ export interface ProvisionerStatistics {
   backupSchedules(): BackupScheduleStatus;
   /** Each ready app and when its newest backup (of its present incarnation) was made; null: none yet. */
   newestAppBackups(): Promise<Array<{ app: string; newestAt: Date | null }>>;
+  /** WAL archiving (pg_stat_archiver); undefined without cluster backups. */
+  walArchiving(): Promise<{ lastArchivedAt: Date | null; failures: number; lastFailedAt: Date | null } | undefined>;
 }
 
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
@@ -144,6 +148,8 @@ export class Provisioner {
   private readonly schedules: BackupSchedules;
   private timer?: NodeJS.Timeout;
   private reconciling?: Promise<void>;
+  private readonly stopping = new AbortController();
+  private stanzaMaking?: Promise<void>;
 
   constructor(config: Config, log: Logger) {
     this.config = config;
@@ -174,7 +180,7 @@ export class Provisioner {
       crashPoint,
     };
     this.operations = new AppOperations(operationDeps);
-    this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, offsite: new OffsiteCopy(config, log), config, log });
+    this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, cluster: server.clusterBackup, offsite: new OffsiteCopy(config, log), config, log });
     this.listing.failingBackups = () => this.schedules.status.failingApps;
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
@@ -192,6 +198,10 @@ export class Provisioner {
       poolerPools: () => server.pooler.pools(),
       poolerUp: () => ({ ok: true, unavailable: false, none: undefined })[pooler()],
       backupSchedules: () => this.schedules.status,
+      walArchiving: async () => {
+        const status = await server.clusterBackup?.archiverStatus();
+        return status && { lastArchivedAt: status.lastArchivedTime, failures: status.failedCount, lastFailedAt: status.lastFailedTime };
+      },
       newestAppBackups: async () => {
         const [apps, newest] = await Promise.all([readyApps(store.pool), this.schedules.newestBackups()]);
         return apps.map((app) => {
@@ -227,15 +237,48 @@ export class Provisioner {
     void this.reconcileOnce();
     void this.credentials.refill();
     this.readyPool.start();
+    const clusterBackup = this.server.clusterBackup;
+    if (clusterBackup) this.stanzaMaking = this.makeStanza(clusterBackup);
     this.schedules.start();
     this.timer = setInterval(() => void this.reconcileOnce(), this.config.RECONCILE_INTERVAL_MS);
     this.timer.unref();
   }
 
+  /**
+   * The whole cluster's backups (pgBackRest), or undefined when PGBACKREST_STANZA is off: what the backup schedule
+   * calls (backup, info, archiverStatus).
+   */
+  get clusterBackup(): ClusterBackup | undefined {
+    return this.server.clusterBackup;
+  }
+
+  /**
+   * Makes pgBackRest's stanza, trying again until it exists (Postgres may be starting, or away): 2 s after the
+   * first failure, doubling up to a minute. The first failure is logged at info (at a first start Postgres may
+   * not answer yet), each later one at warn: until the stanza exists, no WAL is archived.
+   */
+  private async makeStanza(clusterBackup: ClusterBackup): Promise<void> {
+    const signal = this.stopping.signal;
+    for (let failures = 0, delayMs = 2_000; !signal.aborted; failures++, delayMs = Math.min(delayMs * 2, 60_000)) {
+      try {
+        await clusterBackup.ensureStanza();
+        this.log.info({ stanza: clusterBackup.stanza }, 'cluster backups: the pgBackRest stanza is ready, WAL is archived');
+        return;
+      } catch (err) {
+        const fields = { err, stanza: clusterBackup.stanza, failures: failures + 1 };
+        if (failures === 0) this.log.info(fields, 'cluster backups: the pgBackRest stanza could not be made yet; trying again');
+        else this.log.warn(fields, "cluster backups: the pgBackRest stanza still cannot be made; WAL is not archived until it is (see Postgres's log)");
+      }
+      await sleep(delayMs, undefined, { signal }).catch(() => {});
+    }
+  }
+
   /** Stops the background work (waiting for a reconcile in progress), then closes the connections. */
   async stop(): Promise<void> {
+    this.stopping.abort();
     clearInterval(this.timer);
     await this.schedules.stop();
+    await this.stanzaMaking;
     await this.readyPool.stop();
     await this.reconciling;
     await this.server.close();

@@ -17,6 +17,8 @@ const SERVICE_ERROR_STATUSES: Record<ServiceErrorCode, number> = {
   BACKUP_FAILED: 500,
   BACKUP_NOT_RESTORABLE: 422,
   BACKUP_OF_LIVE_APP: 409,
+  CLUSTER_BACKUP_FAILED: 500, // pgBackRest failed on the Postgres host: the operator's to look at (Postgres's log)
+  CLUSTER_BACKUP_BUSY: 409,
   OPERATIONS_BUSY: 503,
   DATABASE_UNAVAILABLE: 503,
   OFFSITE_COPY_FAILED: 502, // the remote failed us; raised by the scheduled copy, not by a request today

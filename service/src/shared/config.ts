@@ -96,6 +96,8 @@ export const ConfigSchema = z.object({
    */
   PGBACKREST_STANZA: z
     .string()
+    // Put into the command the service runs on the Postgres host (COPY … FROM PROGRAM): a plain name only.
+    .regex(/^(|off|[A-Za-z0-9][A-Za-z0-9_-]{0,63})$/, 'must be a pgBackRest stanza name (letters, digits, _ and -), or empty or off')
     .default('pgprov')
     .transform((stanza) => (stanza === '' || stanza === 'off' ? undefined : stanza)),
   /** When the cluster is backed up (same forms as BACKUP_SCHEDULE): incremental, or full when the last full is older than CLUSTER_FULL_BACKUP_EVERY_DAYS. */

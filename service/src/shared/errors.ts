@@ -16,6 +16,8 @@ export type ServiceErrorCode =
   | 'BACKUP_FAILED'
   | 'BACKUP_NOT_RESTORABLE'
   | 'BACKUP_OF_LIVE_APP'
+  | 'CLUSTER_BACKUP_FAILED'
+  | 'CLUSTER_BACKUP_BUSY'
   | 'OPERATIONS_BUSY'
   | 'DATABASE_UNAVAILABLE'
   | 'OFFSITE_COPY_FAILED'
@@ -99,6 +101,37 @@ export class BackupNotRestorableError extends ServiceError {
 export class BackupOfLiveAppError extends ServiceError {
   constructor(file: string, appName: string) {
     super('BACKUP_OF_LIVE_APP', `backup '${file}' belongs to app '${appName}', which exists: only backups of deleted apps can be restored into another app`);
+  }
+}
+
+/**
+ * A pgBackRest command the service ran on the Postgres host (src/db/postgres-server/cluster-backup.ts) failed:
+ * its exit code (pgBackRest's error number, 124 when it ran past CLUSTER_BACKUP_TIMEOUT_MS), never its output,
+ * which is in Postgres's log.
+ */
+export class ClusterBackupFailedError extends ServiceError {
+  readonly command: string;
+  readonly exitCode: number | undefined;
+
+  constructor(command: string, exitCode: number | undefined, timeoutSeconds?: number) {
+    super(
+      'CLUSTER_BACKUP_FAILED',
+      timeoutSeconds !== undefined
+        ? `pgBackRest ${command} did not finish within ${timeoutSeconds} s (CLUSTER_BACKUP_TIMEOUT_MS) and was stopped`
+        : `pgBackRest ${command} failed${exitCode !== undefined ? ` with exit code ${exitCode}` : ''}: its message is in Postgres's log`,
+    );
+    this.command = command;
+    this.exitCode = exitCode;
+  }
+}
+
+/** pgBackRest's lock for the stanza is held (exit code 50): another backup or expire is running; retry once it has ended. */
+export class ClusterBackupBusyError extends ServiceError {
+  readonly command: string;
+
+  constructor(command: string) {
+    super('CLUSTER_BACKUP_BUSY', `pgBackRest ${command} did not start: another pgBackRest backup or expire of the cluster is running; retry when it has finished`);
+    this.command = command;
   }
 }
 

@@ -13,6 +13,8 @@ export const SQLSTATE = {
   outOfMemory: '53200',
   tooManyConnections: '53300',
   internalError: 'XX000',
+  /** COPY … FROM PROGRAM: the program failed (its exit code in the DETAIL). */
+  externalRoutineException: '38000',
 } as const;
 
 /** SQLSTATE classes: the first two characters of a code. */

@@ -7,7 +7,9 @@
 // two scripts the containers run are run for real: init/setup/setup.sh with only the capabilities compose grants it
 // (the password, the TLS certificate, the auth_file's directory), and the service image's entrypoint exactly as its
 // ENTRYPOINT and CMD say, against a local stack whose Postgres was initialised with the password read as the
-// postgres image reads it.
+// postgres image reads it. And pgBackRest's wiring (WAL archiving, the cluster's backups): Postgres's own image
+// with Debian's pgBackRest (the version the local stack runs), the repo's pgbackrest.conf, the pgpass file setup
+// writes for Postgres's uid, the repository's volume (Postgres's, read-only and group-readable for the service).
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
@@ -27,6 +29,7 @@ import { startTestStack } from '../helpers/stack.js';
 
 interface ComposeService {
   image?: string;
+  group_add?: Array<string | number>;
   build?: string | { context: string };
   entrypoint?: string[];
   environment?: Record<string, string>;
@@ -140,6 +143,8 @@ interface SetupPaths {
   tlsDir: string;
   authDir: string;
   socketDir: string;
+  pgpassFile: string;
+  repoDir: string;
 }
 
 function setupPaths(dir: string): SetupPaths {
@@ -149,8 +154,10 @@ function setupPaths(dir: string): SetupPaths {
     tlsDir: join(dir, 'tls'),
     authDir: join(dir, 'pooler-auth'),
     socketDir: join(dir, 'pooler-socket'),
+    pgpassFile: join(dir, 'secrets', 'pgbackrest.pgpass'),
+    repoDir: join(dir, 'pgbackrest-repo'),
   };
-  for (const volume of [dirname(paths.passwordFile), paths.tlsDir, paths.authDir, paths.socketDir]) mkdirSync(volume, { mode: 0o755 });
+  for (const volume of [dirname(paths.passwordFile), paths.tlsDir, paths.authDir, paths.socketDir, paths.repoDir]) mkdirSync(volume, { mode: 0o755 });
   mkdirSync(paths.backupDir, { mode: 0o755 }); // as a fresh clone has it: the cloning user's (here: this process's)
   return paths;
 }
@@ -159,14 +166,26 @@ function setupPaths(dir: string): SetupPaths {
  * The ids setup gives things to, as compose sets them when this process is root; otherwise this process's own
  * (only root may give a file away), in the same places.
  */
-function setupIds(): { service: { uid: number; gid: number }; poolerUid: number; poolerGid: number; keys: Array<{ file: string; uid: number; gid: number }> } {
+function setupIds(): {
+  service: { uid: number; gid: number };
+  poolerUid: number;
+  poolerGid: number;
+  postgres: { uid: number; gid: number };
+  keys: Array<{ file: string; uid: number; gid: number }>;
+} {
   const env = setup.environment!;
   const copies = keyCopies(env.KEY_COPIES!);
   if (isRoot) {
-    return { service: { uid: Number(env.SERVICE_UID), gid: Number(env.SERVICE_GID) }, poolerUid: Number(env.POOLER_UID), poolerGid: Number(env.POOLER_GID), keys: copies };
+    return {
+      service: { uid: Number(env.SERVICE_UID), gid: Number(env.SERVICE_GID) },
+      poolerUid: Number(env.POOLER_UID),
+      poolerGid: Number(env.POOLER_GID),
+      postgres: { uid: Number(env.PG_UID), gid: Number(env.PG_GID) },
+      keys: copies,
+    };
   }
   const own = { uid: process.getuid!(), gid: process.getgid!() };
-  return { service: own, poolerUid: own.uid, poolerGid: own.gid, keys: copies.map(({ file }) => ({ file, ...own })) };
+  return { service: own, poolerUid: own.uid, poolerGid: own.gid, postgres: own, keys: copies.map(({ file }) => ({ file, ...own })) };
 }
 
 /**
@@ -189,6 +208,10 @@ function runSetup(paths: SetupPaths, options: { password?: string; given?: Recor
     POOLER_SOCKET_DIR: paths.socketDir,
     POOLER_UID: String(ids.poolerUid),
     POOLER_GID: String(ids.poolerGid),
+    PG_UID: String(ids.postgres.uid),
+    PG_GID: String(ids.postgres.gid),
+    PGBACKREST_PGPASS_FILE: paths.pgpassFile,
+    PGBACKREST_REPO: paths.repoDir,
     ...(options.password !== undefined ? { POSTGRES_PASSWORD: options.password } : {}),
   };
   const capabilities = (options.capabilities ?? setup.cap_add ?? []).map((cap) => `+${cap.toLowerCase()}`).join(',');
@@ -458,6 +481,56 @@ describe("docker-compose.yml: the apps' door (PgBouncer), its networks, its file
   });
 });
 
+/** pgbackrest.conf's `key=value` settings (the first of each: the stanza's pg1-* are in its section only). */
+const pgbackrestConf = new Map<string, string>();
+for (const line of readFileSync(join(REPO_ROOT, 'pgbackrest.conf'), 'utf8').split('\n')) {
+  const match = /^([a-z0-9-]+)=(.*)$/.exec(line);
+  if (match && !pgbackrestConf.has(match[1]!)) pgbackrestConf.set(match[1]!, match[2]!);
+}
+
+describe('docker-compose.yml: WAL archiving and cluster backups (pgBackRest)', () => {
+  it("runs Postgres from an image of our own: postgres:15-bookworm with Debian's pgBackRest, the very version the local stack runs", () => {
+    assert.equal(postgres.build, './postgres-image');
+    assert.equal(postgres.image, 'pg-provisioner-postgres:15');
+    const dockerfile = readFileSync(join(REPO_ROOT, 'postgres-image', 'Dockerfile'), 'utf8');
+    assert.match(dockerfile, /^FROM postgres:15-bookworm$/m);
+    const pinned = /apt-get install [^\n]*\bpgbackrest=(\d+\.\d+)-\d+\b/.exec(dockerfile)?.[1];
+    assert.ok(pinned, 'pgBackRest is pinned to a Debian version (the image also lists PostgreSQL\'s apt repository)');
+    const local = spawnSync('pgbackrest', ['version'], { encoding: 'utf8' });
+    assert.equal(local.status, 0, local.stderr);
+    assert.equal(/^pgBackRest (\d+\.\d+)/.exec(local.stdout)?.[1], pinned, `the local stack's pgbackrest: ${local.stdout.trim()}`);
+  });
+
+  it("gives Postgres the repo's pgbackrest.conf and the pgpass file setup writes, through the environment archive_command inherits", () => {
+    const env = postgres.environment!;
+    assert.deepEqual(mountAt(postgres, env.PGBACKREST_CONFIG!), ['./pgbackrest.conf', env.PGBACKREST_CONFIG, 'ro']);
+    assert.equal(env.PGPASSFILE, setup.environment!.PGBACKREST_PGPASS_FILE, 'the file setup writes');
+    const secretsIn = (of: ComposeService) => mounts(of).find(([source]) => source === 'secrets')?.[1];
+    assert.equal(dirname(env.PGPASSFILE!), secretsIn(postgres), 'in the secrets volume, as Postgres mounts it');
+    assert.equal(dirname(setup.environment!.PGBACKREST_PGPASS_FILE!), secretsIn(setup), 'and as setup mounts it');
+    assert.deepEqual({ uid: Number(setup.environment!.PG_UID), gid: Number(setup.environment!.PG_GID) }, POSTGRES_IMAGE_USER, "for the postgres image's user");
+    // The stanza is postgres.conf's, and pgbackrest.conf points at this container's data directory and socket.
+    assert.equal(postgresConf.get('archive_mode'), 'on');
+    const stanza = /--stanza=([A-Za-z0-9_-]+) archive-push %p$/.exec(postgresConf.get('archive_command') ?? '')?.[1];
+    assert.match(readFileSync(join(REPO_ROOT, 'pgbackrest.conf'), 'utf8'), new RegExp(`^\\[${stanza}\\]$`, 'm'));
+    assert.equal(pgbackrestConf.get('pg1-path'), mounts(postgres).find(([source]) => source === 'postgres_data')?.[1]);
+    assert.equal(pgbackrestConf.get('pg1-socket-path'), mounts(postgres).find(([source]) => source === 'postgres_socket')?.[1]);
+    assert.equal(pgbackrestConf.get('pg1-port'), postgresConf.get('port'));
+    assert.deepEqual(mountAt(postgres, '/runbooks'), ['./runbooks', '/runbooks', 'ro']);
+  });
+
+  it('keeps the repository in a volume of its own: Postgres writes it, setup prepares it, the service reads it (group 999)', () => {
+    const repo = pgbackrestConf.get('repo1-path')!;
+    assert.ok('pgbackrest_repo' in compose.volumes);
+    assert.deepEqual(mountAt(postgres, repo), ['pgbackrest_repo', repo, 'rw']);
+    assert.deepEqual(mountAt(setup, setup.environment!.PGBACKREST_REPO!), ['pgbackrest_repo', setup.environment!.PGBACKREST_REPO, 'rw']);
+    const servicePath = service.environment!.PGBACKREST_REPO_PATH!;
+    assert.deepEqual(mountAt(service, servicePath), ['pgbackrest_repo', servicePath, 'ro'], 'read-only in the service');
+    assert.ok((service.group_add ?? []).map(String).includes(String(POSTGRES_IMAGE_USER.gid)), "the service is in Postgres's group, which pgBackRest's files (0640) let read");
+    assert.equal(service.environment!.PGBACKREST_STANZA, undefined, 'the stanza is the default one, the one postgres.conf names');
+  });
+});
+
 describe('init/setup/setup.sh, run for real', () => {
   it('makes a password on the first run and keeps it; takes POSTGRES_PASSWORD when set; chowns the backup directory', () => {
     const dir = tempDir();
@@ -481,12 +554,24 @@ describe('init/setup/setup.sh, run for real', () => {
       const again = runSetup(paths);
       assert.equal(again.status, 0, again.stderr);
       assert.equal(readAsPostgresImage(paths.passwordFile), made, 'every later `up` keeps the password Postgres was made with');
-      assert.deepEqual(readdirSync(dirname(paths.passwordFile)), ['postgres-password'], 'no temporary file left behind');
+      assert.deepEqual(readdirSync(dirname(paths.passwordFile)).sort(), ['pgbackrest.pgpass', 'postgres-password'], 'no temporary file left behind');
 
       const chosen = runSetup(paths, { password: 'an operator-chosen $password "with" spaces' });
       assert.equal(chosen.status, 0, chosen.stderr);
       assert.equal(readAsPostgresImage(paths.passwordFile), 'an operator-chosen $password "with" spaces');
       assert.doesNotMatch(chosen.stdout + chosen.stderr, /operator-chosen/);
+
+      // pgBackRest's pgpass file follows the password, escaped as libpq wants; Postgres's uid only; never printed.
+      assert.equal(readFileSync(paths.pgpassFile, 'utf8'), '*:*:*:postgres:an operator-chosen $password "with" spaces\n');
+      const tricky = runSetup(paths, { password: 'a:b\\c' });
+      assert.equal(tricky.status, 0, tricky.stderr);
+      assert.equal(readFileSync(paths.pgpassFile, 'utf8'), '*:*:*:postgres:a\\:b\\\\c\n');
+      const pgpass = statSync(paths.pgpassFile);
+      assert.deepEqual({ uid: pgpass.uid, gid: pgpass.gid, mode: pgpass.mode & 0o777 }, { ...setupIds().postgres, mode: 0o600 });
+      assert.doesNotMatch(tricky.stdout + tricky.stderr, /a:b/);
+      const repo = statSync(paths.repoDir);
+      assert.deepEqual({ uid: repo.uid, gid: repo.gid, mode: repo.mode & 0o7777 }, { ...setupIds().postgres, mode: 0o750 }, "pgBackRest's repository is Postgres's");
+      assert.deepEqual(readdirSync(dirname(paths.passwordFile)).sort(), ['pgbackrest.pgpass', 'postgres-password'], 'no temporary file left behind');
 
       const twoLines = runSetup(paths, { password: 'one\ntwo' });
       assert.notEqual(twoLines.status, 0, 'a password initdb would cut at its first line is refused');

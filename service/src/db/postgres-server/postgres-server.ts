@@ -1,7 +1,8 @@
 // Owns one Postgres server that apps live on: who it is (an id), where apps reach it (the public host and port
 // their connection strings name), and the service's superuser connections to it (a pool for short work,
 // connections of their own, short-lived connections into an app's database, a health ping), plus the client
-// programs that dump and restore an app's database on it. The DDL itself is in the functions beside this file
+// programs that dump and restore an app's database on it, and the whole cluster's backups with pgBackRest
+// (cluster-backup.ts) when PGBACKREST_STANZA names a stanza. The DDL itself is in the functions beside this file
 // (app-objects.ts, ready-set-objects.ts, agent-roles.ts), which take one of its connections. Today the service
 // has one server (src/domain/provisioner.ts); nothing here knows of the system store.
 import type { Logger } from 'pino';
@@ -9,6 +10,7 @@ import type { Config } from '../../shared/config.js';
 import { NO_POOLER, type Pooler } from '../pooler/pgbouncer.js';
 import type { DatabaseOpener, OwnConnection, Queryable } from '../queryable.js';
 import { SuperuserConnections, type ServerAddress } from '../superuser-connections.js';
+import { ClusterBackup } from './cluster-backup.js';
 import { DumpAndRestore } from './dump-restore.js';
 import { setUpServer } from './server-setup.js';
 
@@ -39,6 +41,8 @@ export class PostgresServer implements DatabaseOpener {
   readonly publicPort: number;
   readonly connections: SuperuserConnections;
   readonly dumpAndRestore: DumpAndRestore;
+  /** The whole cluster's backups and WAL archive (pgBackRest), or undefined when PGBACKREST_STANZA is empty or off. */
+  readonly clusterBackup?: ClusterBackup;
   /** The apps' door in front of this server, or NO_POOLER. */
   readonly pooler: Pooler;
   /** The service's log, naming this server. */
@@ -53,6 +57,14 @@ export class PostgresServer implements DatabaseOpener {
     this.connections = options.sharedConnections ?? new SuperuserConnections(options.address, MAINTENANCE_DATABASE, config, this.log);
     this.ownsConnections = !options.sharedConnections;
     this.dumpAndRestore = new DumpAndRestore(options.address, config);
+    if (config.PGBACKREST_STANZA) {
+      this.clusterBackup = new ClusterBackup({
+        stanza: config.PGBACKREST_STANZA,
+        timeoutMs: config.CLUSTER_BACKUP_TIMEOUT_MS,
+        connect: () => this.connections.connect(MAINTENANCE_DATABASE),
+        pool: this.connections.pool,
+      });
+    }
     this.pooler = options.pooler?.(this) ?? NO_POOLER;
   }
 

@@ -121,6 +121,38 @@ export default fp(
         if (newestBackupsOfThisScrape) this.set(newestBackupsOfThisScrape.filter((entry) => entry.newestAt === null).length);
       },
     });
+    // WAL archiving (pg_stat_archiver), read once per scrape; undefined: off, or Postgres away.
+    let archivingOfThisScrape: Awaited<ReturnType<typeof app.statistics.walArchiving>>;
+    new Gauge({
+      name: 'pgprov_wal_archive_last_success_age_seconds',
+      help: 'Age of the last WAL segment archived (pgBackRest archive-push), in seconds (absent until one is)',
+      registers: [register],
+      collect() {
+        this.reset();
+        const at = archivingOfThisScrape?.lastArchivedAt;
+        if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
+      },
+    });
+    new Gauge({
+      name: 'pgprov_wal_archive_last_failure_age_seconds',
+      help: 'Age of the last failed attempt to archive a WAL segment, in seconds (absent when none failed)',
+      registers: [register],
+      collect() {
+        this.reset();
+        const at = archivingOfThisScrape?.lastFailedAt;
+        if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
+      },
+    });
+    new Counter({
+      name: 'pgprov_wal_archive_failures_total',
+      help: "Failed attempts to archive a WAL segment, as Postgres counts them (pg_stat_archiver.failed_count)",
+      registers: [register],
+      collect() {
+        if (!archivingOfThisScrape) return;
+        this.reset();
+        this.inc(archivingOfThisScrape.failures);
+      },
+    });
     new Counter({
       name: 'pgprov_scheduled_backup_failures_total',
       help: 'Failures of the work that runs by itself: app_dump, retention, cluster_backup, offsite_copy',
@@ -185,7 +217,11 @@ export default fp(
 
     app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
       // The pooler away: no pools to show; pgprov_pooler_up says so.
-      [poolsOfThisScrape, newestBackupsOfThisScrape] = await Promise.all([app.statistics.poolerPools().catch(() => []), app.statistics.newestAppBackups().catch(() => undefined)]);
+      [poolsOfThisScrape, newestBackupsOfThisScrape, archivingOfThisScrape] = await Promise.all([
+        app.statistics.poolerPools().catch(() => []),
+        app.statistics.newestAppBackups().catch(() => undefined),
+        app.statistics.walArchiving().catch(() => undefined),
+      ]);
       reply.type(register.contentType);
       return register.metrics();
     });

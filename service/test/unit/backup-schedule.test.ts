@@ -1,7 +1,12 @@
 // The schedules' written form and the moments they name (src/shared/schedule.ts), and retention's decision
 // (src/domain/backup-retention.ts): pure functions, no Postgres.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { parseEnv } from 'node:util';
+import { parse } from 'yaml';
+import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import type { BackupName } from '../../src/domain/backup-files.js';
 import { backupsToPrune, type RetentionPolicy } from '../../src/domain/backup-retention.js';
 import { loadConfig } from '../../src/shared/config.js';
@@ -106,5 +111,20 @@ describe('retention', () => {
 
   it('never removes dumps named before incarnations', () => {
     assert.deepEqual(backupsToPrune([name('shop', null, 900), name('shop', null, 1000)], live, policy(1, 0, 1), NOW), []);
+  });
+});
+
+describe("the schedules' settings in compose and .env", () => {
+  const SETTINGS = ['BACKUP_SCHEDULE', 'BACKUP_SPREAD_MINUTES', 'BACKUP_KEEP_LAST', 'BACKUP_KEEP_DAYS', 'DELETED_APP_BACKUP_GRACE_DAYS', 'CLUSTER_BACKUP_SCHEDULE', 'CLUSTER_FULL_BACKUP_EVERY_DAYS', 'OFFSITE_SCHEDULE'] as const;
+
+  it("reach compose's service from .env, with the service's own defaults, which .env shows", () => {
+    const compose = parse(readFileSync(join(REPO_ROOT, 'docker-compose.yml'), 'utf8')) as { services: { service: { environment: Record<string, string> } } };
+    const environment = compose.services.service.environment;
+    const dotEnv = parseEnv(readFileSync(join(REPO_ROOT, '.env'), 'utf8'));
+    const defaults = loadConfig({ POSTGRES_PASSWORD: 'x' });
+    for (const name of SETTINGS) {
+      assert.equal(environment[name], `\${${name}:-${defaults[name]}}`, `docker-compose.yml passes ${name} with the service's default`);
+      assert.equal(dotEnv[name], String(defaults[name]), `.env shows ${name}'s default`);
+    }
   });
 });

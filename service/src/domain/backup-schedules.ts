@@ -383,7 +383,15 @@ export class BackupSchedules {
     const started = new Date();
     try {
       await offsite.copyDumps(this.deps.backupFiles.directoryPath);
-      if (this.deps.config.PGBACKREST_REPO_PATH && this.deps.cluster) await offsite.copyClusterRepo(this.deps.config.PGBACKREST_REPO_PATH);
+      const repo = this.deps.config.PGBACKREST_REPO_PATH;
+      const cluster = this.deps.cluster;
+      // The repository goes once it holds a backup: WAL alone restores nothing (and the copy refuses a repository
+      // with no backup, as it refuses one that looks lost).
+      if (repo && cluster) {
+        this.clusterKnown ??= await newestClusterBackups(cluster);
+        if (this.clusterKnown.any) await offsite.copyClusterRepo(repo);
+        else this.log.info('off-site copy: no cluster backup yet, so pgBackRest\'s repository is not copied this time');
+      }
       if (this.remoteRemovals.size > 0) await this.removeRemotely([]);
       this.status.lastOffsiteCopy = started;
       this.offsiteWanted = false;

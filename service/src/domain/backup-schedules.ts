@@ -388,7 +388,7 @@ export class BackupSchedules {
       // The repository goes once it holds a backup: WAL alone restores nothing (and the copy refuses a repository
       // with no backup, as it refuses one that looks lost).
       if (repo && cluster) {
-        this.clusterKnown ??= await newestClusterBackups(cluster);
+        if (!this.clusterKnown?.any) this.clusterKnown = await newestClusterBackups(cluster); // one may have been made by hand
         if (this.clusterKnown.any) await offsite.copyClusterRepo(repo);
         else this.log.info('off-site copy: no cluster backup yet, so pgBackRest\'s repository is not copied this time');
       }

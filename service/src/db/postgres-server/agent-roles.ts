@@ -8,7 +8,7 @@ import { agentName, type AgentKind, type AppIdentifiers } from '../../shared/obj
 import { newAppCredential } from '../../shared/secrets.js';
 import type { Queryable } from '../queryable.js';
 import type { PostgresServer } from './postgres-server.js';
-import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, waitingOnLock } from './app-objects.js';
+import { createAgentRole, disableLogin, dropRoleEverywhere, endSessionsOf, existingRoles, rearmAgentRole, waitingOnLock } from './app-objects.js';
 
 /** How a client program logs in as the agent, and how its session is watched. */
 export interface AgentLogin {
@@ -33,9 +33,19 @@ export async function withAgent<T>(
   work: (agent: AgentLogin) => Promise<T>,
 ): Promise<T> {
   const user = agentName(kind, app);
-  await removeAgent(server, client, user, app.username); // a leftover of a crash, if any
   const { password, verifier } = await newAppCredential();
-  await createAgentRole(client, user, app, verifier, validForMs);
+  const leftover = await removeAgent(server, client, user, app.username).then(
+    () => false,
+    async (err: unknown) => {
+      // Another tenant can keep a leftover from being dropped (it grants to it as fast as we revoke): that must
+      // not stop this app's backups and restores. Ours still, it is made exactly what a new agent is.
+      if (!(await existingRoles(client, [user])).has(user)) throw err;
+      log.warn({ err, agent: user }, 'could not remove a leftover agent role; it is used again, made anew');
+      return true;
+    },
+  ); // a leftover of a crash, or of a removal a tenant kept from finishing
+  if (leftover) await rearmAgentRole(client, user, app, verifier, validForMs);
+  else await createAgentRole(client, user, app, verifier, validForMs);
   try {
     return await work({ user, password, waitingOnLock: () => waitingOnLock(server.pool, user) });
   } finally {

@@ -261,6 +261,35 @@ export async function createAgentRole(db: Queryable, agent: string, app: ObjectN
   );
 }
 
+/**
+ * Makes an agent left behind (one a tenant keeps from being dropped: it can GRANT on its own objects to any role
+ * it sees, faster than DROP OWNED and DROP ROLE revoke it) exactly what createAgentRole makes: the same
+ * attributes, a new password valid for `validForMs`, no settings but the service's, and no membership but
+ * AGENTS_GROUP_ROLE and the app's login role (a tenant may have granted its own login role to it). Privileges a
+ * tenant granted it on its own objects stay: they are in that tenant's database, which the agent never reaches.
+ */
+export async function rearmAgentRole(db: Queryable, agent: string, app: ObjectNames, passwordVerifier: string, validForMs: number): Promise<void> {
+  const validUntil = new Date(Date.now() + validForMs).toISOString();
+  const { rows: settings } = await db.query<{ datname: string | null }>(
+    `SELECT d.datname FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole LEFT JOIN pg_database d ON d.oid = s.setdatabase
+      WHERE r.rolname = $1 AND (s.setdatabase = 0 OR d.datname IS NOT NULL)`,
+    [agent],
+  );
+  for (const { datname } of settings) await db.query(`ALTER ROLE ${ident(agent)}${datname ? ` IN DATABASE ${ident(datname)}` : ''} RESET ALL`);
+  const { rows: memberships } = await db.query<{ rolname: string }>(
+    `SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles r ON r.oid = m.member
+      WHERE r.rolname = $1 AND g.rolname <> ALL($2::text[])`,
+    [agent, [AGENTS_GROUP_ROLE, app.username]],
+  );
+  for (const { rolname } of memberships) await db.query(`REVOKE ${ident(rolname)} FROM ${ident(agent)} CASCADE`);
+  await db.query(
+    `ALTER ROLE ${ident(agent)} WITH LOGIN PASSWORD ${literal(passwordVerifier)} VALID UNTIL ${literal(validUntil)}
+       NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 2;
+     GRANT ${ident(AGENTS_GROUP_ROLE)}, ${ident(app.username)} TO ${ident(agent)};
+     ALTER ROLE ${ident(agent)} SET log_min_messages = 'fatal';`,
+  );
+}
+
 /** What a restore must not change about the app's login role: its password and its settings. */
 export interface LoginRoleState {
   verifier: string | null;

@@ -18,7 +18,7 @@ import { latestSlot, latestTurn, parseSchedule, type Schedule } from '../shared/
 import type { AuditTrail } from './audit-trail.js';
 import type { BackupFile, BackupFiles, BackupName } from './backup-files.js';
 import { backupsToPrune, type PruneDecision, type RetentionPolicy } from './backup-retention.js';
-import type { OperationEnvelope } from './operation-envelope.js';
+import { outcomeOf, type OperationEnvelope } from './operation-envelope.js';
 import { dumpApp } from './operations/backup.js';
 import type { OperationDeps } from './operations/deps.js';
 import { Slots } from './slots.js';
@@ -99,11 +99,6 @@ export interface BackupSchedulesDeps {
   offsite?: OffsiteCopies;
   config: Config;
   log: Logger;
-}
-
-function errorCode(err: unknown): string {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code.toLowerCase() : 'failed';
 }
 
 export class BackupSchedules {
@@ -272,7 +267,7 @@ export class BackupSchedules {
     } catch (err) {
       const backoff = this.appBackoff.get(appName) ?? Object.assign(new Backoff(this.deps.config.BACKUP_RETRY_DELAY_MS), { code: '' });
       backoff.failed(Date.now());
-      backoff.code = errorCode(err);
+      backoff.code = outcomeOf(err); // as the audit log records it: our code, never the error's words
       this.appBackoff.set(appName, backoff);
       this.failed('app_dump', err, 'scheduled backup failed; it will be tried again', { app: appName, failures: backoff.failures, retry_at: new Date(backoff.retryAt).toISOString() });
     }

@@ -58,8 +58,8 @@ export interface OnAppOptions<T> {
   detail?: (result: T) => Record<string, unknown>;
 }
 
-/** An audit outcome for an error: its code when it is one of ours, else "failed". */
-function outcomeOf(err: unknown): string {
+/** An audit outcome for an error: its code when it is one of ours, else "failed" (never a word of the error's text). */
+export function outcomeOf(err: unknown): string {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^[A-Z_]+$/.test(code) ? code.toLowerCase() : 'failed';
 }

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { LocalPostgres, REPO_ROOT } from '../../scripts/lib/local-postgres.js';
+import { assertKeptAsIs, assertSameLines, changedSettings } from '../helpers/config-lines.js';
 
 const DIR = '/tmp/pgprov-unit';
 const PG_PORT = 15432;
@@ -30,17 +31,11 @@ describe("the local stack's pgbackrest.conf", () => {
   const local = postgres().pgbackrestConfig().split('\n');
 
   it("is the repo's line for line: comments, sections, every setting and its order", () => {
-    assert.equal(local.length, repo.length);
-    for (const [i, line] of repo.entries()) {
-      const ours = local[i]!;
-      if (ours === line) continue;
-      assert.equal(setting(ours)?.key, setting(line)?.key, `line ${i + 1}: ${line} became ${ours}`);
-    }
+    assertSameLines(repo, local, setting);
   });
 
   it("changes only paths (into the stack's directory) and the port (the stack's)", () => {
-    const changed = new Map<string, string>();
-    for (const [i, line] of repo.entries()) if (local[i] !== line) changed.set(setting(line)!.key, setting(local[i]!)!.value);
+    const changed = changedSettings(repo, local, setting);
     assert.deepEqual(Object.fromEntries(changed), {
       'repo1-path': join(DIR, 'pgbackrest', 'repo'),
       'lock-path': join(DIR, 'pgbackrest', 'lock'),
@@ -49,10 +44,7 @@ describe("the local stack's pgbackrest.conf", () => {
       'pg1-port': String(PG_PORT),
     });
     // What decides what is kept and how is compose's exactly.
-    for (const key of ['repo1-retention-full', 'repo1-retention-full-type', 'compress-type', 'process-max', 'start-fast', 'archive-async', 'pg1-user', 'log-level-file']) {
-      assert.ok(!changed.has(key), `${key} is not changed`);
-      assert.ok(local.some((line) => setting(line)?.key === key), `${key} is set`);
-    }
+    assertKeptAsIs(local, changed, ['repo1-retention-full', 'repo1-retention-full-type', 'compress-type', 'process-max', 'start-fast', 'archive-async', 'pg1-user', 'log-level-file'], setting);
     assert.ok(local.includes('[pgprov]'), "the stanza postgres.conf's archive_command names");
     assert.match(readFileSync(join(REPO_ROOT, 'postgres.conf'), 'utf8'), /^archive_command = 'pgbackrest --stanza=pgprov archive-push %p'$/m);
   });

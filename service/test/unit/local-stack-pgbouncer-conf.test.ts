@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import { LocalPgBouncer, type PgBouncerSettings } from '../../scripts/lib/local-pgbouncer.js';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { tlsFiles } from '../../scripts/lib/local-tls.js';
+import { assertKeptAsIs, assertSameLines, changedSettings } from '../helpers/config-lines.js';
 
 const DIR = '/tmp/pgprov-unit';
 const PORT = 16432;
@@ -43,18 +44,11 @@ describe("the local stack's pgbouncer.ini", () => {
   const local = pgbouncer().configFile().split('\n');
 
   it("is the repo's line for line: comments, sections, every setting and its order", () => {
-    assert.equal(local.length, repo.length);
-    for (const [i, line] of repo.entries()) {
-      const ours = local[i]!;
-      if (ours === line) continue;
-      // A changed line is still the same setting.
-      assert.equal(setting(ours)?.key, setting(line)?.key, `line ${i + 1}: ${line} became ${ours}`);
-    }
+    assertSameLines(repo, local, setting);
   });
 
   it('changes only addresses (to 127.0.0.1), ports (the stack\'s) and file paths (into the stack\'s directory)', () => {
-    const changed = new Map<string, string>();
-    for (const [i, line] of repo.entries()) if (local[i] !== line) changed.set(setting(line)!.key, setting(local[i]!)!.value);
+    const changed = changedSettings(repo, local, setting);
     const tls = tlsFiles(join(DIR, 'tls'));
     assert.deepEqual(Object.fromEntries(changed), {
       '%include': join(DIR, 'pooler-auth', 'databases.ini'), // [databases], written by the service
@@ -68,10 +62,7 @@ describe("the local stack's pgbouncer.ini", () => {
       client_tls_ca_file: tls.caCertificate,
     });
     // What decides how apps are pooled and let in is compose's exactly (and an app's pool stays 2).
-    for (const key of ['pool_mode', 'auth_type', 'default_pool_size', 'max_db_connections', 'max_client_conn', 'client_login_timeout', 'client_tls_sslmode', 'admin_users', 'ignore_startup_parameters']) {
-      assert.ok(!changed.has(key), `${key} is not changed`);
-      assert.ok(local.some((line) => setting(line)?.key === key), `${key} is set`);
-    }
+    assertKeptAsIs(local, changed, ['pool_mode', 'auth_type', 'default_pool_size', 'max_db_connections', 'max_client_conn', 'client_login_timeout', 'client_tls_sslmode', 'admin_users', 'ignore_startup_parameters'], setting);
   });
 
   it("tells the service the same door it runs: the auth_file, the admin console's socket and port, 127.0.0.1", () => {

@@ -123,26 +123,20 @@ export default fp(
     });
     // WAL archiving (pg_stat_archiver), read once per scrape; undefined: off, or Postgres away.
     let archivingOfThisScrape: Awaited<ReturnType<typeof app.statistics.walArchiving>>;
-    new Gauge({
-      name: 'pgprov_wal_archive_last_success_age_seconds',
-      help: 'Age of the last WAL segment archived (pgBackRest archive-push), in seconds (absent until one is)',
-      registers: [register],
-      collect() {
-        this.reset();
-        const at = archivingOfThisScrape?.lastArchivedAt;
-        if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
-      },
-    });
-    new Gauge({
-      name: 'pgprov_wal_archive_last_failure_age_seconds',
-      help: 'Age of the last failed attempt to archive a WAL segment, in seconds (absent when none failed)',
-      registers: [register],
-      collect() {
-        this.reset();
-        const at = archivingOfThisScrape?.lastFailedAt;
-        if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
-      },
-    });
+    /** A gauge of how long ago something happened, in seconds; absent while it never has. */
+    const ageGauge = (name: string, help: string, when: () => Date | null | undefined) =>
+      new Gauge({
+        name,
+        help,
+        registers: [register],
+        collect() {
+          this.reset();
+          const at = when();
+          if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
+        },
+      });
+    ageGauge('pgprov_wal_archive_last_success_age_seconds', 'Age of the last WAL segment archived (pgBackRest archive-push), in seconds (absent until one is)', () => archivingOfThisScrape?.lastArchivedAt);
+    ageGauge('pgprov_wal_archive_last_failure_age_seconds', 'Age of the last failed attempt to archive a WAL segment, in seconds (absent when none failed)', () => archivingOfThisScrape?.lastFailedAt);
     new Counter({
       name: 'pgprov_wal_archive_failures_total',
       help: "Failed attempts to archive a WAL segment, as Postgres counts them (pg_stat_archiver.failed_count)",
@@ -192,16 +186,7 @@ export default fp(
         this.set(app.statistics.backupSchedules().offsiteConfigured ? 1 : 0);
       },
     });
-    new Gauge({
-      name: 'pgprov_offsite_copy_last_success_age_seconds',
-      help: 'Age of the last successful copy of the backups off the machine, since this service started (absent until one succeeds)',
-      registers: [register],
-      collect() {
-        this.reset();
-        const last = app.statistics.backupSchedules().lastOffsiteCopy;
-        if (last) this.set((Date.now() - last.getTime()) / 1000);
-      },
-    });
+    ageGauge('pgprov_offsite_copy_last_success_age_seconds', 'Age of the last successful copy of the backups off the machine, since this service started (absent until one succeeds)', () => app.statistics.backupSchedules().lastOffsiteCopy);
 
     app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });

@@ -3,7 +3,8 @@
 #
 # Copies <OFFSITE_REMOTE>/dumps (every per-app dump and its .sha256 sidecar) into BACKUP_DIR, checks each dump
 # against its sidecar (sha256sum -c), and, when PGBACKREST_REPO_PATH is set, <OFFSITE_REMOTE>/pgbackrest into that
-# directory (pgBackRest's repository, owned by PG_OS_USER, as pgBackRest needs). Files end 0600, directories 0700.
+# directory (pgBackRest's repository, owned by PG_OS_USER and its group, as pgBackRest needs; files 0640, directories
+# 0750, as pgBackRest makes them). The dumps end 0600, BACKUP_DIR 0700.
 # It only adds files: nothing already in BACKUP_DIR or the repository is removed (a dump already there with the
 # same size and time is left as it is). Prints what it fetched. Exits non-zero when a dump does not match its
 # sidecar (the bad file is renamed <name>.corrupt, so the service does not list it) or rclone fails.
@@ -40,11 +41,18 @@ say() { printf '%s\n' "$*"; }
 # --- the dumps ----------------------------------------------------------------------------------------------------
 mkdir -p "$BACKUP_DIR"
 chmod 0700 "$BACKUP_DIR"
-say "fetching dumps: $remote/dumps -> $BACKUP_DIR"
-# copy, never sync: what is already here stays. Only finished dumps and their sidecars; rclone checks each
-# transfer against the remote's hash where the remote gives one.
-"$RCLONE" copy "$remote/dumps" "$BACKUP_DIR" --max-depth 1 --include '*.dump' --include '*.dump.sha256' \
-  --ask-password=false --stats 0 --log-level ERROR
+# What the remote holds: dumps/ only once the service has copied a dump (rclone makes no empty directory on an
+# SFTP remote), so a remote with the cluster's repository alone (no per-app dump yet) has none: nothing to fetch.
+remote_dirs=$("$RCLONE" lsf --dirs-only "$remote" --ask-password=false --log-level ERROR)
+if printf '%s\n' "$remote_dirs" | grep -qx 'dumps/'; then
+  say "fetching dumps: $remote/dumps -> $BACKUP_DIR"
+  # copy, never sync: what is already here stays. Only finished dumps and their sidecars; rclone checks each
+  # transfer against the remote's hash where the remote gives one.
+  "$RCLONE" copy "$remote/dumps" "$BACKUP_DIR" --max-depth 1 --include '*.dump' --include '*.dump.sha256' \
+    --ask-password=false --stats 0 --log-level ERROR
+else
+  say "no dumps on the remote ($remote/dumps is not there)"
+fi
 
 cd "$BACKUP_DIR"
 fetched=0
@@ -77,11 +85,21 @@ say "dumps: $fetched verified, $unchecked without a checksum, $bad not matching"
 # --- pgBackRest's repository (optional) -----------------------------------------------------------------------------
 if [ -n "${PGBACKREST_REPO_PATH:-}" ]; then
   say "fetching pgBackRest's repository: $remote/pgbackrest -> $PGBACKREST_REPO_PATH"
+  printf '%s\n' "$remote_dirs" | grep -qx 'pgbackrest/' || { say "error: $remote/pgbackrest is not there: no repository was copied off-site" >&2; exit 1; }
   mkdir -p "$PGBACKREST_REPO_PATH"
-  # copy, never sync: a repository that is here already keeps what it has.
-  "$RCLONE" copy "$remote/pgbackrest" "$PGBACKREST_REPO_PATH" --ask-password=false --stats 0 --log-level ERROR
-  find "$PGBACKREST_REPO_PATH" -type d -exec chmod 0700 {} +
-  find "$PGBACKREST_REPO_PATH" -type f -exec chmod 0600 {} +
+  # copy, never sync: a repository that is here already keeps what it has. In two steps, as the service sends it
+  # (src/domain/offsite-copy.ts): the data files (backups, WAL) first, the .info files last. The service may still
+  # be running, copying this repository off the machine on its schedule: until backup.info and archive.info are
+  # here it refuses to (the repository looks lost); were they fetched first, it could sync a half-fetched
+  # repository to the remote and remove there the WAL not fetched yet.
+  "$RCLONE" copy "$remote/pgbackrest" "$PGBACKREST_REPO_PATH" --filter '- *.info' --filter '- *.info.copy' \
+    --ask-password=false --stats 0 --log-level ERROR
+  "$RCLONE" copy "$remote/pgbackrest" "$PGBACKREST_REPO_PATH" --filter '+ *.info' --filter '+ *.info.copy' --filter '- *' \
+    --ask-password=false --stats 0 --log-level ERROR
+  # pgBackRest's own modes (directories 0750, files 0640) and PG_OS_USER's group: compose's service reads the
+  # repository through that group (999) to copy it off the machine; 0700/0600 would stop every later copy.
+  find "$PGBACKREST_REPO_PATH" -type d -exec chmod 0750 {} +
+  find "$PGBACKREST_REPO_PATH" -type f -exec chmod 0640 {} +
   chown -R "$PG_OS_USER:" "$PGBACKREST_REPO_PATH"
   say "repository: $(find "$PGBACKREST_REPO_PATH" -type f | wc -l) files, owned by $PG_OS_USER"
   say "next: pgbackrest --stanza=<stanza> info, then restore (runbooks/restore-cluster.sh)"

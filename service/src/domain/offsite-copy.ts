@@ -147,6 +147,11 @@ export class OffsiteCopy {
       const skipInfo = ['--skip-links', '--filter=- *.info', '--filter=- *.info.copy'];
       const sent = await this.rclone.run('pgbackrest repository (data files)', ['copy', repoDir, target, ...skipInfo]);
       const info = await this.rclone.run('pgbackrest repository (.info files)', ['copy', staged, target, '--skip-links']);
+      // Checked again, on the repository as it is now, just before anything is removed from the remote: the copy
+      // above takes minutes for a full backup, and a repository lost meanwhile (a disk wiped while the service
+      // runs, the restore drill: test/stack/pitr-offsite.test.ts) would otherwise have the sync remove every WAL
+      // segment from the remote, the one copy left.
+      await this.checkRepository(repoDir, repoDir, stanza);
       const keepNamed = named.map((label) => `--filter=- /backup/${stanza}/${label}/**`);
       const pruned = await this.rclone.run('pgbackrest repository (removals)', ['sync', repoDir, target, ...skipInfo, ...keepNamed]);
       this.log.info(

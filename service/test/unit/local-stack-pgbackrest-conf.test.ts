@@ -44,7 +44,7 @@ describe("the local stack's pgbackrest.conf", () => {
       'pg1-port': String(PG_PORT),
     });
     // What decides what is kept and how is compose's exactly.
-    assertKeptAsIs(local, changed, ['repo1-retention-full', 'repo1-retention-full-type', 'compress-type', 'process-max', 'start-fast', 'archive-async', 'pg1-user', 'log-level-file'], setting);
+    assertKeptAsIs(local, changed, ['repo1-retention-full', 'repo1-retention-full-type', 'compress-type', 'repo1-bundle', 'process-max', 'start-fast', 'archive-async', 'pg1-user', 'log-level-file'], setting);
     assert.ok(local.includes('[pgprov]'), "the stanza postgres.conf's archive_command names");
     assert.match(readFileSync(join(REPO_ROOT, 'postgres.conf'), 'utf8'), /^archive_command = 'pgbackrest --stanza=pgprov archive-push %p'$/m);
   });

@@ -88,7 +88,7 @@ if [ -n "${PGBACKREST_REPO_PATH:-}" ]; then
   printf '%s\n' "$remote_dirs" | grep -qx 'pgbackrest/' || { say "error: $remote/pgbackrest is not there: no repository was copied off-site" >&2; exit 1; }
   mkdir -p "$PGBACKREST_REPO_PATH"
   # copy, never sync: a repository that is here already keeps what it has. In two steps, as the service sends it
-  # (src/domain/offsite-copy.ts): the data files (backups, WAL) first, the .info files last. The service may still
+  # (src/domain/backups/offsite-copy.ts): the data files (backups, WAL) first, the .info files last. The service may still
   # be running, copying this repository off the machine on its schedule: until backup.info and archive.info are
   # here it refuses to (the repository looks lost); were they fetched first, it could sync a half-fetched
   # repository to the remote and remove there the WAL not fetched yet.

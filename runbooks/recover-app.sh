@@ -41,14 +41,8 @@ fail() { printf 'recover-app: error: %s\n' "$*" >&2; exit 1; }
 # The service's app names (src/shared/object-names.ts): nothing else reaches a command or a file name.
 printf '%s' "$APP" | grep -Eq '^[a-z][a-z0-9_]{0,39}$' || fail "APP must be an app name (lower-case letters, digits, _)"
 
-if [ "$(id -u)" = 0 ]; then
-  PG_OS_USER=${PG_OS_USER:-postgres}
-  as_pg() { setpriv --reuid="$PG_OS_USER" --regid="$(id -g "$PG_OS_USER")" --init-groups -- "$@"; }
-  own() { chown "$PG_OS_USER:$(id -g "$PG_OS_USER")" "$@"; }
-else
-  as_pg() { "$@"; }
-  own() { :; }
-fi
+# as_pg and own: a command, and files, as the Postgres OS user (PG_OS_USER when run as root).
+. "$here/as-postgres.sh"
 
 if [ -n "${WORK_DIR:-}" ]; then
   work=$WORK_DIR

@@ -59,15 +59,8 @@ fail() { printf 'restore-cluster: error: %s\n' "$*" >&2; exit 1; }
 case $STANZA in *[!A-Za-z0-9_-]*|'') fail "STANZA must be a plain name" ;; esac
 case $TARGET_TIME in *"'"*|*'"'*) fail "TARGET_TIME must not contain quotes" ;; esac
 
-# Runs a command as the Postgres OS user (root: through setpriv, environment kept; otherwise as we are).
-if [ "$(id -u)" = 0 ]; then
-  PG_OS_USER=${PG_OS_USER:-postgres}
-  as_pg() { setpriv --reuid="$PG_OS_USER" --regid="$(id -g "$PG_OS_USER")" --init-groups -- "$@"; }
-  own() { chown "$PG_OS_USER:$(id -g "$PG_OS_USER")" "$@"; }
-else
-  as_pg() { "$@"; }
-  own() { :; }
-fi
+# as_pg and own: a command, and files, as the Postgres OS user (PG_OS_USER when run as root).
+. "$here/as-postgres.sh"
 
 # Prints the value of `key=` in pgbackrest.conf (the first one: pg1-path is in the stanza's section only).
 conf_value() { sed -n "s/^$1=//p" "$PGBACKREST_CONFIG" | head -n 1; }

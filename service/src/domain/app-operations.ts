@@ -1,7 +1,7 @@
 // Owns the operations the service offers on apps, as one object for the routes to call: provision, list, get,
 // rotate, back up, list backups, restore, delete. Each is a module of src/domain/operations/ and runs in the one
 // envelope (src/domain/operation-envelope.ts): audited, and on an existing app under its lock.
-import type { BackupFile } from './backup-files.js';
+import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
 import { backup } from './operations/backup.js';
 import { deleteApp } from './operations/delete.js';

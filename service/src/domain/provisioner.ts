@@ -24,15 +24,15 @@ import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
-import { BackupFiles } from './backup-files.js';
-import { BackupSchedules, type BackupScheduleStatus } from './backup-schedules.js';
+import { BackupFiles } from './backups/backup-files.js';
+import { BackupSchedules, type BackupScheduleStatus } from './backups/schedules.js';
 import { crashPoints } from './crash-points.js';
 import { CredentialStock } from './credential-stock.js';
 import { OperationEnvelope } from './operation-envelope.js';
 import { AppListing } from './operations/read.js';
 import { ReadyPool } from './ready-pool.js';
 import { Reconciler } from './reconciler.js';
-import { NO_OFFSITE_COPY, OffsiteCopy } from './offsite-copy.js';
+import { NO_OFFSITE_COPY, OffsiteCopy } from './backups/offsite-copy.js';
 import { Slots } from './slots.js';
 
 /** Whether Postgres answers (the system store and the server), for GET /health (see SuperuserConnections.checkHealth). */

@@ -66,7 +66,7 @@ export const ConfigSchema = z.object({
   BACKUP_LOCK_WAIT_TIMEOUT_MS: durationMs.default(10_000),
   /** Backups and restores running at once, at most (each holds a connection of its own); more get a 503. */
   BACKUP_MAX_CONCURRENT: z.coerce.number().int().min(1).max(20).default(2),
-  // --- Scheduled backups, retention, cluster archiving, off-site copies (src/domain/backup-schedules.ts) --------
+  // --- Scheduled backups, retention, cluster archiving, off-site copies (src/domain/backups/schedules.ts) --------
   /**
    * When each app is dumped by itself (src/shared/schedule.ts): `off`, `every <N>m|h` (e.g. every 6h), `daily HH:MM`
    * or `weekly <mon…sun> HH:MM`, in UTC. Each app's turn falls at a point of its own within BACKUP_SPREAD_MINUTES

@@ -1,4 +1,4 @@
-// The whole cluster's backups on their schedule (src/domain/backup-schedules.ts → pgBackRest), in process against
+// The whole cluster's backups on their schedule (src/domain/backups/schedules.ts → pgBackRest), in process against
 // a real Postgres that archives its WAL: with no backup yet, a full one at once; then incremental ones on every
 // slot until the last full is older than CLUSTER_FULL_BACKUP_EVERY_DAYS; and what /metrics says of them and of
 // the WAL archiving.

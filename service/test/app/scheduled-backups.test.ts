@@ -1,4 +1,4 @@
-// Backups that run by themselves (src/domain/backup-schedules.ts), in process against a real Postgres, on a
+// Backups that run by themselves (src/domain/backups/schedules.ts), in process against a real Postgres, on a
 // schedule of seconds: each app dumped on its turn, the dump verified and its checksum beside it; retention
 // (the newest N kept, the newest never removed) logged and audited; a deleted app's dumps kept for the grace
 // period, then removed, and restorable into a new app meanwhile; a failed dump retried and reported (log, audit,

@@ -1,4 +1,4 @@
-// A hostile tenant against the backups that run by themselves (src/domain/backup-schedules.ts), on the real
+// A hostile tenant against the backups that run by themselves (src/domain/backups/schedules.ts), on the real
 // stack, schedules of seconds and one lane for scheduled dumps (BACKUP_SCHEDULED_CONCURRENCY=1): it must not
 // make other apps' scheduled dumps fail or starve, must not get its text into what the service reports, and
 // retention must keep each app's dumps to that app, look-alike names included (SECURITY.md, promises 5, 8, 12).

@@ -1,4 +1,4 @@
-// Backups leave the machine: OffsiteCopy (src/domain/offsite-copy.ts) against a real remote, an SFTP server
+// Backups leave the machine: OffsiteCopy (src/domain/backups/offsite-copy.ts) against a real remote, an SFTP server
 // (Debian's OpenSSH, sshd of the test's own on loopback: test/helpers/sftp-remote.ts) reached by rclone with a
 // pinned host key and a client key; no mock anywhere. Then the restore drill: data written through an app's own
 // connection string, backed up through the API, copied off-site, destroyed, every local dump deleted, fetched back
@@ -14,7 +14,7 @@ import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
-import { OffsiteCopy } from '../../src/domain/offsite-copy.js';
+import { OffsiteCopy } from '../../src/domain/backups/offsite-copy.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { OffsiteCopyFailedError, OffsiteCopyRefusedError } from '../../src/shared/errors.js';
 import { asApp } from '../helpers/app-sessions.js';

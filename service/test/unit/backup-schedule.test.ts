@@ -1,5 +1,5 @@
 // The schedules' written form and the moments they name (src/shared/schedule.ts), and retention's decision
-// (src/domain/backup-retention.ts): pure functions, no Postgres.
+// (src/domain/backups/retention.ts): pure functions, no Postgres.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -7,8 +7,8 @@ import { describe, it } from 'node:test';
 import { parseEnv } from 'node:util';
 import { parse } from 'yaml';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
-import type { BackupName } from '../../src/domain/backup-files.js';
-import { backupsToPrune, type RetentionPolicy } from '../../src/domain/backup-retention.js';
+import type { BackupName } from '../../src/domain/backups/backup-files.js';
+import { backupsToPrune, type RetentionPolicy } from '../../src/domain/backups/retention.js';
 import { loadConfig } from '../../src/shared/config.js';
 import { latestSlot, latestTurn, parseSchedule, ScheduleError, spreadOffset } from '../../src/shared/schedule.js';
 

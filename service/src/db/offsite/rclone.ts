@@ -4,7 +4,7 @@
 // read here for what it copied and deleted (file names only) and, on failure, for a category; it can quote the
 // remote's answers, paths and URLs, and is never logged or returned (as pg_dump's stderr, dump-restore.ts).
 // It lives in db/ beside pg_dump and pg_restore: db/ is where the service's outside programs and systems are run
-// and spoken to, and domain/ (src/domain/offsite-copy.ts) says what is copied, in which order, and when to refuse.
+// and spoken to, and domain/ (src/domain/backups/offsite-copy.ts) says what is copied, in which order, and when to refuse.
 import { spawn } from 'node:child_process';
 import type { Config } from '../../shared/config.js';
 import { OffsiteCopyFailedError, type OffsiteFailureCategory } from '../../shared/errors.js';

@@ -4,7 +4,7 @@
 import { withAgent } from '../../db/postgres-server/agent-roles.js';
 import type { Queryable } from '../../db/queryable.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
-import type { BackupFile } from '../backup-files.js';
+import type { BackupFile } from '../backups/backup-files.js';
 import type { RequestContext, Slot } from '../operation-envelope.js';
 import type { OperationDeps } from './deps.js';
 

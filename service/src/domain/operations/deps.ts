@@ -8,7 +8,7 @@ import type { PostgresServer } from '../../db/postgres-server/postgres-server.js
 import type { SystemStore } from '../../db/system-store/system-store.js';
 import type { Config } from '../../shared/config.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
-import type { BackupFiles } from '../backup-files.js';
+import type { BackupFiles } from '../backups/backup-files.js';
 import type { CrashPoint } from '../crash-points.js';
 import type { CredentialStock } from '../credential-stock.js';
 import type { OperationEnvelope } from '../operation-envelope.js';

@@ -6,7 +6,7 @@ import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/
 import type { SystemStore } from '../../db/system-store/system-store.js';
 import { AppNotFoundError } from '../../shared/errors.js';
 import { appIdentifiers } from '../../shared/object-names.js';
-import type { BackupFile, BackupFiles } from '../backup-files.js';
+import type { BackupFile, BackupFiles } from '../backups/backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
 
 /** A ready app as the service lists it. */
@@ -23,7 +23,7 @@ export interface AppDetail extends AppSummary {
   backup_failing: { failures: number; retry_at: string; error: string } | null;
 }
 
-/** Scheduled backups that fail, by app (src/domain/backup-schedules.ts). */
+/** Scheduled backups that fail, by app (src/domain/backups/schedules.ts). */
 export type FailingBackups = () => ReadonlyMap<string, { failures: number; retryAt: number; code: string }>;
 
 /** A registered app as listed: its row in the store, its sessions and size on the server. */

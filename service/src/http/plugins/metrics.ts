@@ -98,7 +98,7 @@ export default fp(
       },
     });
 
-    // --- backups that run by themselves (src/domain/backup-schedules.ts) -------------------------------------------
+    // --- backups that run by themselves (src/domain/backups/schedules.ts) -------------------------------------------
     // Each ready app's newest backup, read once per scrape (below) for both gauges; undefined: Postgres was away.
     let newestBackupsOfThisScrape: Array<{ app: string; newestAt: Date | null }> | undefined;
     new Gauge({

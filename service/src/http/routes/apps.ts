@@ -3,7 +3,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AppDetail, AppSummary } from '../../domain/app-operations.js';
-import { BACKUP_FILE_PATTERN } from '../../domain/backup-files.js';
+import { BACKUP_FILE_PATTERN } from '../../domain/backups/backup-files.js';
 import type { Config } from '../../shared/config.js';
 import { appIdentifiers } from '../../shared/object-names.js';
 import { AppNameParamsSchema, BackupSchema, CredentialsSchema, credentialsBody, errorResponses, requestContext } from './schemas.js';

@@ -10,9 +10,9 @@ import { createReadStream } from 'node:fs';
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { join } from 'node:path';
-import type { Config } from '../shared/config.js';
-import { BackupNotFoundError } from '../shared/errors.js';
-import { APP_DATABASE_REGEX, type AppIdentifiers } from '../shared/object-names.js';
+import type { Config } from '../../shared/config.js';
+import { BackupNotFoundError } from '../../shared/errors.js';
+import { APP_DATABASE_REGEX, type AppIdentifiers } from '../../shared/object-names.js';
 
 export interface BackupFile {
   file: string;

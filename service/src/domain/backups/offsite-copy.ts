@@ -11,9 +11,9 @@ import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/p
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import type { Logger } from 'pino';
-import { Rclone } from '../db/offsite/rclone.js';
-import type { Config } from '../shared/config.js';
-import { OffsiteCopyFailedError, OffsiteCopyRefusedError } from '../shared/errors.js';
+import { Rclone } from '../../db/offsite/rclone.js';
+import type { Config } from '../../shared/config.js';
+import { OffsiteCopyFailedError, OffsiteCopyRefusedError } from '../../shared/errors.js';
 import { BACKUP_FILE_PATTERN, CHECKSUM_SUFFIX } from './backup-files.js';
 
 /** What /health's details and the README say when no remote is configured. */

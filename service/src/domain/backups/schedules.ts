@@ -2,7 +2,7 @@
 // - each app's dump (BACKUP_SCHEDULE), its turn spread over BACKUP_SPREAD_MINUTES by a hash of its name, at most
 //   BACKUP_SCHEDULED_CONCURRENCY at once, each on connections of its own (never the pool provisioning uses) and
 //   under the app's lock, like a dump asked for through the API; verified and checksummed (backup-files.ts);
-// - retention (backup-retention.ts) after each dump and at every tick, under each app's lock, audited and
+// - retention (retention.ts) after each dump and at every tick, under each app's lock, audited and
 //   logged, mirrored on the off-site copy;
 // - the whole cluster's backup with pgBackRest (CLUSTER_BACKUP_SCHEDULE; full every CLUSTER_FULL_BACKUP_EVERY_DAYS,
 //   incremental otherwise), one at a time;
@@ -11,17 +11,17 @@
 // doubling up to an hour: never silent, never a storm. What is due is derived from the backup files and
 // pgBackRest's own records at every tick, so a restart of the service forgets nothing that matters.
 import type { Logger } from 'pino';
-import { readyApps, registeredIncarnations } from '../db/system-store/registry.js';
-import type { SystemStore } from '../db/system-store/system-store.js';
-import type { Config } from '../shared/config.js';
-import { latestSlot, latestTurn, parseSchedule, type Schedule } from '../shared/schedule.js';
-import type { AuditTrail } from './audit-trail.js';
+import { readyApps, registeredIncarnations } from '../../db/system-store/registry.js';
+import type { SystemStore } from '../../db/system-store/system-store.js';
+import type { Config } from '../../shared/config.js';
+import { latestSlot, latestTurn, parseSchedule, type Schedule } from '../../shared/schedule.js';
+import type { AuditTrail } from '../audit-trail.js';
 import type { BackupFile, BackupFiles, BackupName } from './backup-files.js';
-import { backupsToPrune, type PruneDecision, type RetentionPolicy } from './backup-retention.js';
-import { outcomeOf, type OperationEnvelope } from './operation-envelope.js';
-import { dumpApp } from './operations/backup.js';
-import type { OperationDeps } from './operations/deps.js';
-import { Slots } from './slots.js';
+import { backupsToPrune, type PruneDecision, type RetentionPolicy } from './retention.js';
+import { outcomeOf, type OperationEnvelope } from '../operation-envelope.js';
+import { dumpApp } from '../operations/backup.js';
+import type { OperationDeps } from '../operations/deps.js';
+import { Slots } from '../slots.js';
 
 /** The whole cluster's backups (pgBackRest: src/db/postgres-server/cluster-backup.ts), as the schedules use them. */
 export interface ClusterBackups {

@@ -37,6 +37,9 @@ describe('benchmark (tiny run)', () => {
     assert.match(report, /\| self time by origin \| minimal server \| service \|\n\| --- \| --- \| --- \|\n\| \S/, 'both CPU profiles were taken');
     assert.match(report, /reported by \/health after \*\*\d/);
     assert.match(report, /Service RSS at the end: \*\*\d+\.\d MB\*\*/);
+    // WAL archiving measured while the scale section provisions (pgBackRest, as compose's Postgres archives).
+    assert.match(report, /### WAL archiving \(pgBackRest\) during the \d+ provisions/);
+    assert.match(report, /\| [\d.]+ [kM]?B \([\d.]+ [kM]?B per app\) \| \d+ \| \d+ \| \d+ \([\d.]+ [kM]?B\) \| [\d.]+ s \| [\d.]+ [kM]?B \|/);
     // The apps' door: every figure there, and no client refused (2 apps × 5 clients through the pooler).
     assert.match(report, /\| round 1: direct \| \d+ \| [\d.]+ s \| [\d.]+ s \| [1-9]\d* \| [\d.]+ ms \| [\d.]+ ms \| 0 \| [1-9]\d* \| \d+ \|/);
     assert.match(report, /\| round 1: through PgBouncer \| 10 \| [\d.]+ s \| [\d.]+ s \| [1-9]\d* \| [\d.]+ ms \| [\d.]+ ms \| 0 \| [1-9]\d* \| \d+ \|/);

@@ -171,6 +171,27 @@ describe('a scheduled dump that fails', () => {
   });
 });
 
+describe('an app deleted while its scheduled dumps fail', () => {
+  it('is no longer reported failing once it is gone', async () => {
+    const doomed = await t.provision('sched_doomed');
+    const tenant = await connectAs(doomed.connection_string);
+    try {
+      await tenant.query('CREATE TABLE entries (id int)');
+      await tenant.query('BEGIN');
+      await tenant.query('LOCK TABLE entries IN ACCESS EXCLUSIVE MODE');
+      await eventually(async () => String((await t.get('/metrics')).text), (text) => /pgprov_app_backup_failing\{app="sched_doomed"\} [1-9]/.test(text), 60_000);
+      // Deleted while the lock still holds its dumps back (the delete ends the tenant's session): no dump can
+      // succeed in between and clear the report by itself.
+      assert.equal((await t.admin('DELETE', '/apps/sched_doomed?backup=false')).status, 200);
+    } finally {
+      await tenant.query('ROLLBACK').catch(() => {});
+      await tenant.end().catch(() => {});
+    }
+    const metrics = await eventually(async () => String((await t.get('/metrics')).text), (text) => !text.includes('app="sched_doomed"'), 30_000);
+    assert.doesNotMatch(metrics, /pgprov_app_backup_failing\{app="sched_doomed"\}/);
+  });
+});
+
 describe('what a dump cut short leaves', () => {
   it('is removed once older than any dump may take, and a dump under way is left alone', async () => {
     const stale = 'app_cut_short-0123456789abcdef-20261101T000000000Z.dump';

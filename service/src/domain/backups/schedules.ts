@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import { readyApps, registeredIncarnations } from '../../db/system-store/registry.js';
 import type { SystemStore } from '../../db/system-store/system-store.js';
 import type { Config } from '../../shared/config.js';
+import { AppNotFoundError } from '../../shared/errors.js';
 import { latestSlot, latestTurn, parseSchedule, type Schedule } from '../../shared/schedule.js';
 import type { AuditTrail } from '../audit-trail.js';
 import type { BackupFile, BackupFiles, BackupName } from './backup-files.js';
@@ -207,6 +208,9 @@ export class BackupSchedules {
     if (this.dumps.kind === 'off' || this.stopped) return;
     const spreadMs = this.deps.config.BACKUP_SPREAD_MINUTES * 60_000;
     const [apps, names] = await Promise.all([readyApps(this.deps.store.pool), this.deps.backupFiles.names()]);
+    // An app deleted while its dumps failed is no longer failing: it is gone.
+    const ready = new Set(apps.map((app) => app.app_name));
+    for (const appName of this.appBackoff.keys()) if (!ready.has(appName)) this.appBackoff.delete(appName);
     const newest = new Map<string, number>();
     for (const backup of names) {
       const key = `${backup.app_name}/${backup.incarnation}`;
@@ -265,6 +269,7 @@ export class BackupSchedules {
       this.appBackoff.delete(appName);
       if (file) this.log.info({ app: appName, file: file.file, size_bytes: file.size_bytes }, 'scheduled backup written and verified');
     } catch (err) {
+      if (err instanceof AppNotFoundError) return; // deleted since its turn came: nothing to back up, nothing failed
       const backoff = this.appBackoff.get(appName) ?? Object.assign(new Backoff(this.deps.config.BACKUP_RETRY_DELAY_MS), { code: '' });
       backoff.failed(Date.now());
       backoff.code = outcomeOf(err); // as the audit log records it: our code, never the error's words

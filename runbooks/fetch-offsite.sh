@@ -102,7 +102,7 @@ if [ -n "${PGBACKREST_REPO_PATH:-}" ]; then
   find "$PGBACKREST_REPO_PATH" -type f -exec chmod 0640 {} +
   chown -R "$PG_OS_USER:" "$PGBACKREST_REPO_PATH"
   say "repository: $(find "$PGBACKREST_REPO_PATH" -type f | wc -l) files, owned by $PG_OS_USER"
-  say "next: pgbackrest --stanza=<stanza> info, then restore (runbooks/restore-cluster.sh)"
+  say "next: PGBACKREST_CONFIG=<pgbackrest.conf> pgbackrest --stanza=<stanza> info (as $PG_OS_USER), then restore (runbooks/restore-cluster.sh)"
 fi
 
 [ "$bad" -eq 0 ] || exit 1

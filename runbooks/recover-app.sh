@@ -5,7 +5,9 @@
 #   2. the app's incarnation at TARGET_TIME, from the scratch cluster's system database (provisioner, table apps);
 #   3. pg_dump of its database (custom format) into BACKUP_DIR under the service's own backup name,
 #      app_<name>-<incarnation>-<UTC time of the dump, yyyymmddThhmmssmmmZ>.dump, written under a .partial name
-#      (0600, owned by BACKUP_OWNER) and renamed when complete, so that the service never lists half a file;
+#      (0600, owned by BACKUP_OWNER), read back whole by pg_restore, its SHA-256 written beside it (<file>.sha256, as
+#      the service writes its own), and renamed when complete, so that the service never lists half a file (the
+#      name carries the time of the dump, not TARGET_TIME);
 #   4. the scratch cluster stopped and removed (also when a step fails);
 #   5. when BASE and ADMIN_KEY are set: POST $BASE/apps/<name>/restore {"file": …}, with "from_deleted_app": true
 #      only when the dump's incarnation is not the live app's (GET /backups says: app_exists false). The restore is
@@ -54,13 +56,14 @@ chmod 0755 "$work"
 scratch="$work/pgdata"
 side="$scratch.run"
 partial=
+sidecar=
 
 cleanup() {
   status=$?
   if [ -f "$scratch/postmaster.pid" ]; then as_pg "$PG_BIN_DIR/pg_ctl" -D "$scratch" -m fast -s -w stop || true; fi
   rm -rf "$scratch" "$side"
   [ -n "${WORK_DIR:-}" ] || rm -rf "$work"
-  [ -z "$partial" ] || rm -f "$partial"
+  [ -z "$partial" ] || rm -f "$partial" ${sidecar:+"$sidecar"}  # a dump cut short: its checksum goes with it
   exit "$status"
 }
 trap cleanup EXIT
@@ -79,7 +82,14 @@ partial="$BACKUP_DIR/$file.partial"
 # pg_dump (as PG_OS_USER) writes to its stdout; this shell, the directory's owner, writes the file: 0600 from the start.
 (umask 077 && as_pg "$PG_BIN_DIR/pg_dump" -h "$side" -p "$SCRATCH_PORT" -U postgres -d "app_$APP" --format=custom > "$partial")
 chmod 0600 "$partial"
-if [ -n "${BACKUP_OWNER:-}" ]; then chown "$BACKUP_OWNER" "$partial"; elif [ "$(id -u)" = 0 ]; then chown 0:0 "$partial"; fi
+# Checked whole (pg_restore reads every row without a server) and its SHA-256 written beside it, as the service
+# does for its own dumps (src/domain/backups/backup-files.ts): `sha256sum -c` checks it, and so does fetch-offsite.sh.
+"$PG_BIN_DIR/pg_restore" --file=/dev/null "$partial" || fail "the dump of app '$APP' does not read back whole"
+sidecar="$BACKUP_DIR/$file.sha256"
+(umask 077 && printf '%s  %s\n' "$(sha256sum < "$partial" | cut -d ' ' -f 1)" "$file" > "$sidecar")
+for made in "$partial" "$sidecar"; do
+  if [ -n "${BACKUP_OWNER:-}" ]; then chown "$BACKUP_OWNER" "$made"; elif [ "$(id -u)" = 0 ]; then chown 0:0 "$made"; fi
+done
 mv -f "$partial" "$BACKUP_DIR/$file"
 partial=
 say "dumped app '$APP' as at $TARGET_TIME: $BACKUP_DIR/$file"

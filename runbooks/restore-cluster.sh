@@ -105,7 +105,11 @@ case $MODE in
     done
     say "the scratch cluster is up, as at $TARGET_TIME"
     say "  psql:  psql -h $side -p $SCRATCH_PORT -U postgres   (as $(id -un) ${PG_OS_USER:+or $PG_OS_USER})"
-    say "  stop:  $PG_BIN_DIR/pg_ctl -D $SCRATCH_DIR -m fast stop   (as ${PG_OS_USER:-$(id -un)}), then rm -rf $SCRATCH_DIR $side"
+    if [ "$(id -u)" = 0 ]; then
+      say "  stop:  setpriv --reuid=$PG_OS_USER --regid=$(id -g "$PG_OS_USER") --init-groups $PG_BIN_DIR/pg_ctl -D $SCRATCH_DIR -m fast stop; rm -rf $SCRATCH_DIR $side"
+    else
+      say "  stop:  $PG_BIN_DIR/pg_ctl -D $SCRATCH_DIR -m fast stop; rm -rf $SCRATCH_DIR $side"
+    fi
     ;;
   in-place)
     data=$(conf_value pg1-path)

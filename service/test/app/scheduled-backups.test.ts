@@ -227,6 +227,7 @@ describe('budgets and visibility', () => {
     assert.match(metrics, /pgprov_app_newest_backup_age_seconds\{app="sched_shop"\} \d/);
     assert.match(metrics, /pgprov_apps_without_backup \d/);
     assert.match(metrics, /pgprov_offsite_configured 0/);
+    assert.match(metrics, /pgprov_offsite_copy_last_success_age_seconds \+Inf/, 'never copied off the machine: an infinite age, which any age alert catches');
     const health = await t.get('/health');
     assert.equal(health.status, 200);
     assert.deepEqual(health.body.backups, { offsite: 'none', warning: SAME_DISK_WARNING });

@@ -173,12 +173,16 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
     assert.match(stdout, /restored app 'ledger' as it was at/);
     assert.doesNotMatch(stdout, new RegExp(t.adminKey), 'the admin key is never printed');
     assert.deepEqual(await entries(), rowsOf(before), 'the live app has exactly the rows of T');
-    const dumps = readdirSync(t.stack.paths.backups).filter((f) => f.startsWith('app_ledger-'));
+    const dumps = readdirSync(t.stack.paths.backups).filter((f) => f.startsWith('app_ledger-') && f.endsWith('.dump'));
     assert.equal(dumps.length, 1);
     assert.match(dumps[0]!, /^app_ledger-[0-9a-f]{16}-\d{8}T\d{9}Z\.dump$/);
     assert.equal(statSync(join(t.stack.paths.backups, dumps[0]!)).mode & 0o777, 0o600);
+    // Its checksum beside it, as the service writes its own: sha256sum -c checks it, and the service shows it.
+    await run('sha256sum', ['-c', `${dumps[0]}.sha256`], { cwd: t.stack.paths.backups });
+    assert.equal(statSync(join(t.stack.paths.backups, `${dumps[0]}.sha256`)).mode & 0o777, 0o600);
     const listed = await t.admin('GET', '/apps/ledger/backups');
     assert.ok(JSON.stringify(listed.body).includes(dumps[0]!), 'the service lists it as one of the app\'s backups');
+    assert.match(String((listed.body.backups as Array<{ sha256: unknown }>)[0]?.sha256), /^[0-9a-f]{64}$/, 'with its checksum');
     assert.deepEqual(await asApp(other.connection_string, async (c) => (await c.query('SELECT v FROM mine')).rows), [{ v: 'made after T' }], 'every other app is as it is now');
     assert.deepEqual(readdirSync(work), [], 'the scratch cluster is stopped and removed');
     assert.match(stdout, /the scratch cluster is stopped and removed/);

@@ -31,11 +31,12 @@ export interface ClusterBackups {
   info(): Promise<{ backups: ReadonlyArray<{ type: string; startedAt: Date }> }>;
 }
 
-/** When the newest backup of any type, and the newest full one, started (pgBackRest's own records). */
-async function newestClusterBackups(cluster: ClusterBackups): Promise<{ any?: Date; full?: Date }> {
+/** When the newest backup of any type (and which type), and the newest full one, started (pgBackRest's own records). */
+async function newestClusterBackups(cluster: ClusterBackups): Promise<{ any?: Date; anyType?: string; full?: Date }> {
   const { backups } = await cluster.info();
-  const newest = (of: ReadonlyArray<{ startedAt: Date }>) => of.reduce<Date | undefined>((latest, b) => (!latest || b.startedAt > latest ? b.startedAt : latest), undefined);
-  return { any: newest(backups), full: newest(backups.filter((b) => b.type === 'full')) };
+  const newest = <B extends { startedAt: Date }>(of: readonly B[]) => of.reduce<B | undefined>((latest, b) => (!latest || b.startedAt > latest.startedAt ? b : latest), undefined);
+  const any = newest(backups);
+  return { any: any?.startedAt, anyType: any?.type, full: newest(backups.filter((b) => b.type === 'full'))?.startedAt };
 }
 
 /** The copy off the machine, as the schedules use it. */
@@ -54,7 +55,7 @@ export interface BackupScheduleStatus {
   failures: Record<ScheduledWork, number>;
   /** Apps whose last scheduled dump failed: how many times in a row, and when it is tried again. */
   failingApps: ReadonlyMap<string, { failures: number; retryAt: number; code: string }>;
-  lastClusterBackup?: { at: Date; type: 'full' | 'incr' };
+  lastClusterBackup?: { at: Date; type: 'full' | 'diff' | 'incr' };
   clusterBackupFailing: boolean;
   lastOffsiteCopy?: Date;
   offsiteCopyFailing: boolean;
@@ -122,7 +123,7 @@ export class BackupSchedules {
   private readonly clusterBackoff: Backoff;
   private readonly offsiteBackoff: Backoff;
   private clusterLane?: Promise<void>;
-  private clusterKnown?: { any?: Date; full?: Date };
+  private clusterKnown?: { any?: Date; anyType?: string; full?: Date };
   private offsiteWanted = true; // a copy at start: whatever was made while the service was down
   /** Files retention removed here whose off-site copies could not be removed yet. */
   private readonly remoteRemovals = new Set<string>();
@@ -355,7 +356,7 @@ export class BackupSchedules {
     if (!cluster || this.clusterSchedule.kind === 'off' || this.clusterBackoff.waiting(now)) return;
     try {
       await cluster.ensureStanza(); // made at start in the background: at a first start, the first backup waits for it
-      this.clusterKnown ??= await newestClusterBackups(cluster);
+      this.clusterKnown ??= await this.readClusterRecords(cluster);
       const slot = latestSlot(this.clusterSchedule, now)!;
       if ((this.clusterKnown.any?.getTime() ?? -Infinity) >= slot) return;
       const fullAge = now - (this.clusterKnown.full?.getTime() ?? -Infinity);
@@ -363,7 +364,7 @@ export class BackupSchedules {
       const started = new Date();
       this.log.info({ type }, 'cluster backup (pgBackRest) starting');
       await cluster.backup(type);
-      this.clusterKnown = { any: started, full: type === 'full' ? started : this.clusterKnown.full };
+      this.clusterKnown = { any: started, anyType: type, full: type === 'full' ? started : this.clusterKnown.full };
       this.status.lastClusterBackup = { at: started, type };
       this.clusterBackoff.succeeded();
       this.offsiteWanted = true;
@@ -373,6 +374,13 @@ export class BackupSchedules {
       this.clusterBackoff.failed(Date.now());
       this.failed('cluster_backup', err, 'cluster backup (pgBackRest) failed; it will be tried again', { retry_at: new Date(this.clusterBackoff.retryAt).toISOString() });
     }
+  }
+
+  /** pgBackRest's records of the cluster's backups; the newest becomes the status /metrics shows (also after a restart). */
+  private async readClusterRecords(cluster: ClusterBackups): Promise<{ any?: Date; anyType?: string; full?: Date }> {
+    const known = await newestClusterBackups(cluster);
+    if (known.any && (known.anyType === 'full' || known.anyType === 'diff' || known.anyType === 'incr')) this.status.lastClusterBackup ??= { at: known.any, type: known.anyType };
+    return known;
   }
 
   private async offsiteCopyIfDue(now: number): Promise<void> {
@@ -388,7 +396,7 @@ export class BackupSchedules {
       // The repository goes once it holds a backup: WAL alone restores nothing (and the copy refuses a repository
       // with no backup, as it refuses one that looks lost).
       if (repo && cluster) {
-        if (!this.clusterKnown?.any) this.clusterKnown = await newestClusterBackups(cluster); // one may have been made by hand
+        if (!this.clusterKnown?.any) this.clusterKnown = await this.readClusterRecords(cluster); // one may have been made by hand
         if (this.clusterKnown.any) await offsite.copyClusterRepo(repo);
         else this.log.info('off-site copy: no cluster backup yet, so pgBackRest\'s repository is not copied this time');
       }

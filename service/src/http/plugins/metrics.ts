@@ -123,20 +123,22 @@ export default fp(
     });
     // WAL archiving (pg_stat_archiver), read once per scrape; undefined: off, or Postgres away.
     let archivingOfThisScrape: Awaited<ReturnType<typeof app.statistics.walArchiving>>;
-    /** A gauge of how long ago something happened, in seconds; absent while it never has. */
-    const ageGauge = (name: string, help: string, when: () => Date | null | undefined) =>
+    /**
+     * A gauge of how long ago something happened, in seconds; +Inf while it never has (so `age > limit` alerts on
+     * "never" too). `known` false: nothing to say this scrape (Postgres away, or the feature off): the last value stays.
+     */
+    const ageGauge = (name: string, help: string, when: () => { known: boolean; at?: Date | null }) =>
       new Gauge({
         name,
-        help,
+        help: `${help}, in seconds; +Inf while it never has`,
         registers: [register],
         collect() {
-          this.reset();
-          const at = when();
-          if (at) this.set(Math.max(0, (Date.now() - at.getTime()) / 1000));
+          const { known, at } = when();
+          if (known) this.set(at ? Math.max(0, (Date.now() - at.getTime()) / 1000) : Infinity);
         },
       });
-    ageGauge('pgprov_wal_archive_last_success_age_seconds', 'Age of the last WAL segment archived (pgBackRest archive-push), in seconds (absent until one is)', () => archivingOfThisScrape?.lastArchivedAt);
-    ageGauge('pgprov_wal_archive_last_failure_age_seconds', 'Age of the last failed attempt to archive a WAL segment, in seconds (absent when none failed)', () => archivingOfThisScrape?.lastFailedAt);
+    ageGauge('pgprov_wal_archive_last_success_age_seconds', 'Age of the last WAL segment archived (pgBackRest archive-push)', () => ({ known: archivingOfThisScrape !== undefined, at: archivingOfThisScrape?.lastArchivedAt }));
+    ageGauge('pgprov_wal_archive_last_failure_age_seconds', 'Age of the last failed attempt to archive a WAL segment', () => ({ known: archivingOfThisScrape !== undefined, at: archivingOfThisScrape?.lastFailedAt }));
     new Counter({
       name: 'pgprov_wal_archive_failures_total',
       help: "Failed attempts to archive a WAL segment, as Postgres counts them (pg_stat_archiver.failed_count)",
@@ -169,7 +171,7 @@ export default fp(
     });
     new Gauge({
       name: 'pgprov_cluster_backup_last_success_age_seconds',
-      help: "Age of the last cluster backup (pgBackRest) this service made since it started, by type (absent until one is made)",
+      help: 'Age of the newest cluster backup (pgBackRest), by its type, from pgBackRest\'s own records once read (absent until then, and while there is none)',
       labelNames: ['type'],
       registers: [register],
       collect() {
@@ -186,7 +188,7 @@ export default fp(
         this.set(app.statistics.backupSchedules().offsiteConfigured ? 1 : 0);
       },
     });
-    ageGauge('pgprov_offsite_copy_last_success_age_seconds', 'Age of the last successful copy of the backups off the machine, since this service started (absent until one succeeds)', () => app.statistics.backupSchedules().lastOffsiteCopy);
+    ageGauge('pgprov_offsite_copy_last_success_age_seconds', 'Age of the last successful copy of the backups off the machine, since this service started (+Inf without a remote, or until one succeeds)', () => ({ known: true, at: app.statistics.backupSchedules().lastOffsiteCopy }));
 
     app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });

@@ -24,7 +24,7 @@ import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
 import { AuditTrail } from './audit-trail.js';
-import { BackupFiles } from './backups/backup-files.js';
+import { BackupFiles, incarnationKey } from './backups/backup-files.js';
 import { BackupSchedules, type BackupScheduleStatus } from './backups/schedules.js';
 import { crashPoints } from './crash-points.js';
 import { CredentialStock } from './credential-stock.js';
@@ -205,7 +205,7 @@ export class Provisioner {
       newestAppBackups: async () => {
         const [apps, newest] = await Promise.all([readyApps(store.pool), this.schedules.newestBackups()]);
         return apps.map((app) => {
-          const backup = newest.get(`${app.app_name}/${app.incarnation}`);
+          const backup = newest.get(incarnationKey(app.app_name, app.incarnation));
           return { app: app.app_name, newestAt: backup ? new Date(backup.created_at) : null };
         });
       },

@@ -28,6 +28,21 @@ export interface BackupFile {
 /** A backup file as its name tells it: no disk access beyond reading the directory. */
 export type BackupName = Omit<BackupFile, 'size_bytes' | 'sha256'>;
 
+/** Names one incarnation of an app, as the keys of newestOfEach's map. */
+export function incarnationKey(appName: string, incarnation: string | null): string {
+  return `${appName}/${incarnation}`;
+}
+
+/** The newest backup of each incarnation of each app, keyed by incarnationKey, out of `backups` newest first (as names() lists them). */
+export function newestOfEach(backups: readonly BackupName[]): Map<string, BackupName> {
+  const newest = new Map<string, BackupName>();
+  for (const backup of backups) {
+    const key = incarnationKey(backup.app_name, backup.incarnation);
+    if (!newest.has(key)) newest.set(key, backup);
+  }
+  return newest;
+}
+
 /** The checksum file beside a dump: `<hex>  <file>`, as sha256sum writes it. */
 export const CHECKSUM_SUFFIX = '.sha256';
 

@@ -17,7 +17,7 @@ import type { Config } from '../../shared/config.js';
 import { AppNotFoundError } from '../../shared/errors.js';
 import { latestSlot, latestTurn, parseSchedule, type Schedule } from '../../shared/schedule.js';
 import type { AuditTrail } from '../audit-trail.js';
-import type { BackupFile, BackupFiles, BackupName } from './backup-files.js';
+import { incarnationKey, newestOfEach, type BackupFile, type BackupFiles, type BackupName } from './backup-files.js';
 import { backupsToPrune, type PruneDecision, type RetentionPolicy } from './retention.js';
 import { outcomeOf, type OperationEnvelope } from '../operation-envelope.js';
 import { dumpApp } from '../operations/backup.js';
@@ -56,7 +56,6 @@ export interface BackupScheduleStatus {
   /** Apps whose last scheduled dump failed: how many times in a row, and when it is tried again. */
   failingApps: ReadonlyMap<string, { failures: number; retryAt: number; code: string }>;
   lastClusterBackup?: { at: Date; type: 'full' | 'diff' | 'incr' };
-  clusterBackupFailing: boolean;
   lastOffsiteCopy?: Date;
   offsiteCopyFailing: boolean;
   offsiteConfigured: boolean;
@@ -76,14 +75,19 @@ class Backoff {
     this.baseMs = baseMs;
   }
 
-  failed(now: number): void {
+  /** The last failure's code, as the audit log records it (outcomeOf): ours, never the error's words. */
+  error = '';
+
+  failed(now: number, error = ''): void {
     this.failures++;
+    this.error = error;
     this.retryAt = now + Math.min(this.baseMs * 2 ** (this.failures - 1), MAX_RETRY_DELAY_MS);
   }
 
   succeeded(): void {
     this.failures = 0;
     this.retryAt = 0;
+    this.error = '';
   }
 
   waiting(now: number): boolean {
@@ -119,7 +123,7 @@ export class BackupSchedules {
   /** Dumps due and waiting for one of the BACKUP_SCHEDULED_CONCURRENCY lanes, oldest turn first. */
   private readonly queue: Array<{ app: string; incarnation: string }> = [];
   private activeDumps = 0;
-  private readonly appBackoff = new Map<string, Backoff & { code: string }>();
+  private readonly appBackoff = new Map<string, Backoff>();
   private readonly clusterBackoff: Backoff;
   private readonly offsiteBackoff: Backoff;
   private clusterLane?: Promise<void>;
@@ -127,7 +131,6 @@ export class BackupSchedules {
   private offsiteWanted = true; // a copy at start: whatever was made while the service was down
   /** Files retention removed here whose off-site copies could not be removed yet. */
   private readonly remoteRemovals = new Set<string>();
-  private readonly running = new Set<Promise<unknown>>();
   readonly status: BackupScheduleStatus;
 
   constructor(deps: BackupSchedulesDeps) {
@@ -142,15 +145,11 @@ export class BackupSchedules {
     this.clusterBackoff = new Backoff(config.BACKUP_RETRY_DELAY_MS);
     this.offsiteBackoff = new Backoff(config.BACKUP_RETRY_DELAY_MS);
     const appBackoff = this.appBackoff;
-    const clusterBackoff = this.clusterBackoff;
     const offsiteBackoff = this.offsiteBackoff;
     this.status = {
       failures: { app_dump: 0, retention: 0, cluster_backup: 0, offsite_copy: 0 },
       get failingApps() {
-        return new Map([...appBackoff].map(([app, b]) => [app, { failures: b.failures, retryAt: b.retryAt, code: b.code }]));
-      },
-      get clusterBackupFailing() {
-        return clusterBackoff.failures > 0;
+        return new Map([...appBackoff].map(([app, b]) => [app, { failures: b.failures, retryAt: b.retryAt, code: b.error }]));
       },
       get offsiteCopyFailing() {
         return offsiteBackoff.failures > 0;
@@ -174,28 +173,21 @@ export class BackupSchedules {
     await this.ticking;
   }
 
-  /** Waits for every piece of work started so far (tests, and a graceful stop that can afford it). */
-  async idle(): Promise<void> {
-    while (this.running.size > 0) await Promise.allSettled([...this.running]);
-  }
-
   /** One look at what is due; never two at once. Each lane reports its own failures. */
   tick(): Promise<void> {
     this.ticking ??= (async () => {
       const now = Date.now();
-      await this.queueDueDumps(now).catch((err) => this.log.warn({ err }, 'could not look for scheduled dumps that are due; trying again at the next tick'));
-      await this.applyRetention(now).catch((err) => this.failed('retention', err, 'retention could not run; it runs again at the next tick'));
+      // The backup directory, read once for both looks (each app's retention reads its own files again under its lock).
+      const names = await this.deps.backupFiles.names().catch((err: unknown) => this.failed('retention', err, 'could not read the backup directory; trying again at the next tick'));
+      if (names) {
+        await this.queueDueDumps(now, names).catch((err) => this.log.warn({ err }, 'could not look for scheduled dumps that are due; trying again at the next tick'));
+        await this.applyRetention(now, names).catch((err) => this.failed('retention', err, 'retention could not run; it runs again at the next tick'));
+      }
       this.runClusterLane(now);
     })().finally(() => {
       this.ticking = undefined;
     });
     return this.ticking;
-  }
-
-  private track<T>(work: Promise<T>): Promise<T> {
-    this.running.add(work);
-    void work.finally(() => this.running.delete(work)).catch(() => {});
-    return work;
   }
 
   private failed(work: ScheduledWork, err: unknown, message: string, extra: Record<string, unknown> = {}): void {
@@ -205,24 +197,21 @@ export class BackupSchedules {
 
   // --- each app's dump ----------------------------------------------------------------------------------------
 
-  private async queueDueDumps(now: number): Promise<void> {
+  private async queueDueDumps(now: number, names: readonly BackupName[]): Promise<void> {
     if (this.dumps.kind === 'off' || this.stopped) return;
     const spreadMs = this.deps.config.BACKUP_SPREAD_MINUTES * 60_000;
-    const [apps, names] = await Promise.all([readyApps(this.deps.store.pool), this.deps.backupFiles.names()]);
+    const apps = await readyApps(this.deps.store.pool);
     // An app deleted while its dumps failed is no longer failing: it is gone.
     const ready = new Set(apps.map((app) => app.app_name));
     for (const appName of this.appBackoff.keys()) if (!ready.has(appName)) this.appBackoff.delete(appName);
-    const newest = new Map<string, number>();
-    for (const backup of names) {
-      const key = `${backup.app_name}/${backup.incarnation}`;
-      if (!newest.has(key)) newest.set(key, Date.parse(backup.created_at)); // names() is newest first
-    }
+    const newest = newestOfEach(names);
     const due: Array<{ app: string; incarnation: string; turn: number }> = [];
     for (const app of apps) {
       if (this.busy.has(app.app_name) || this.appBackoff.get(app.app_name)?.waiting(now)) continue;
       const turn = latestTurn(this.dumps, app.app_name, spreadMs, now)!;
       // An app made after its turn waits for the next one; one dumped since (scheduled or not) is not due.
-      if (app.created_at.getTime() > turn || (newest.get(`${app.app_name}/${app.incarnation}`) ?? -Infinity) >= turn) continue;
+      const newestAt = newest.get(incarnationKey(app.app_name, app.incarnation))?.created_at;
+      if (app.created_at.getTime() > turn || (newestAt ? Date.parse(newestAt) : -Infinity) >= turn) continue;
       due.push({ app: app.app_name, incarnation: app.incarnation, turn });
     }
     due.sort((x, y) => x.turn - y.turn);
@@ -238,7 +227,7 @@ export class BackupSchedules {
     while (this.activeDumps < this.deps.config.BACKUP_SCHEDULED_CONCURRENCY && this.queue.length > 0 && !this.stopped) {
       const { app, incarnation } = this.queue.shift()!;
       this.activeDumps++;
-      void this.track(this.dumpOne(app, incarnation)).finally(() => {
+      void this.dumpOne(app, incarnation).finally(() => {
         this.activeDumps--;
         this.busy.delete(app);
         this.pump();
@@ -271,9 +260,8 @@ export class BackupSchedules {
       if (file) this.log.info({ app: appName, file: file.file, size_bytes: file.size_bytes }, 'scheduled backup written and verified');
     } catch (err) {
       if (err instanceof AppNotFoundError) return; // deleted since its turn came: nothing to back up, nothing failed
-      const backoff = this.appBackoff.get(appName) ?? Object.assign(new Backoff(this.deps.config.BACKUP_RETRY_DELAY_MS), { code: '' });
-      backoff.failed(Date.now());
-      backoff.code = outcomeOf(err); // as the audit log records it: our code, never the error's words
+      const backoff = this.appBackoff.get(appName) ?? new Backoff(this.deps.config.BACKUP_RETRY_DELAY_MS);
+      backoff.failed(Date.now(), outcomeOf(err));
       this.appBackoff.set(appName, backoff);
       this.failed('app_dump', err, 'scheduled backup failed; it will be tried again', { app: appName, failures: backoff.failures, retry_at: new Date(backoff.retryAt).toISOString() });
     }
@@ -292,11 +280,11 @@ export class BackupSchedules {
   }
 
   /** Every app name with something to remove, each under its lock (an app busy now is done at a later tick). */
-  private async applyRetention(now: number): Promise<void> {
+  private async applyRetention(now: number, names: readonly BackupName[]): Promise<void> {
     if (this.stopped) return;
     const leftovers = await this.deps.backupFiles.removeLeftovers(this.deps.config.BACKUP_TIMEOUT_MS + 60_000);
     if (leftovers.length > 0) this.log.info({ files: leftovers }, 'removed what dumps cut short left behind');
-    const [names, live] = await Promise.all([this.deps.backupFiles.names(), registeredIncarnations(this.deps.store.pool)]);
+    const live = await registeredIncarnations(this.deps.store.pool);
     const byApp = new Set(backupsToPrune(names, live, this.policy, now).map((d) => d.backup.app_name));
     for (const appName of byApp) {
       if (this.busy.has(appName) || this.stopped) continue;
@@ -341,12 +329,10 @@ export class BackupSchedules {
 
   private runClusterLane(now: number): void {
     if (this.clusterLane || this.stopped) return;
-    this.clusterLane = this.track(
-      (async () => {
-        await this.clusterBackupIfDue(now);
-        await this.offsiteCopyIfDue(now);
-      })(),
-    ).finally(() => {
+    this.clusterLane = (async () => {
+      await this.clusterBackupIfDue(now);
+      await this.offsiteCopyIfDue(now);
+    })().finally(() => {
       this.clusterLane = undefined;
     });
   }
@@ -411,13 +397,8 @@ export class BackupSchedules {
     }
   }
 
-  /** The newest backup of each incarnation of each app, keyed `<app>/<incarnation>`, from the directory (for /metrics). */
+  /** The newest backup of each incarnation of each app, keyed by incarnationKey, from the directory (for /metrics). */
   async newestBackups(): Promise<Map<string, BackupName>> {
-    const newest = new Map<string, BackupName>();
-    for (const backup of await this.deps.backupFiles.names()) {
-      const key = `${backup.app_name}/${backup.incarnation}`;
-      if (!newest.has(key)) newest.set(key, backup); // names() is newest first
-    }
-    return newest;
+    return newestOfEach(await this.deps.backupFiles.names());
   }
 }

@@ -8,21 +8,15 @@
 // runbooks/restore-cluster.sh restores a scratch cluster to T from it, and every row of T is checked, nothing later.
 // Each step's duration is reported (t.diagnostic), never asserted. Needs root (its own sshd; the runbooks), as CI.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import pg from 'pg';
+import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { asApp } from '../helpers/app-sessions.js';
 import { eventually } from '../helpers/conditions.js';
 import { startSftpRemote, type SftpRemote } from '../helpers/sftp-remote.js';
-import { freePort, startTestStack, type TestStack } from '../helpers/stack.js';
-
-const run = promisify(execFile);
-const PG_OS_USER = process.env.STACK_PG_OS_USER || 'postgres';
-const STANZA = 'pgprov';
+import { assertRepositoryModes, PG_OS_USER, pitrTools, run, STANZA, timedStep } from '../helpers/pitr.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
 
 let remote: SftpRemote;
 let t: TestStack;
@@ -51,50 +45,8 @@ after(async () => {
   await remote?.stop();
 });
 
-/** Timed step: its duration goes to the test's diagnostics, never into an assertion. */
-async function step<T>(ctx: TestContext, what: string, work: () => Promise<T> | T): Promise<T> {
-  const started = process.hrtime.bigint();
-  const result = await work();
-  ctx.diagnostic(`${what}: ${Number((process.hrtime.bigint() - started) / 1_000_000n)} ms`);
-  return result;
-}
-
-/** The runbooks' settings for this stack (README: the local stack's variant). */
-function runbookEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const { stack } = t;
-  return {
-    PATH: process.env.PATH,
-    ...stack.postgres.pgbackrestEnvironment(),
-    PG_OS_USER,
-    PG_BIN_DIR: stack.settings.pgBinDir,
-    POSTGRES_CONF: join(stack.paths.pgConf, 'postgres.conf'),
-    STANZA,
-    ...extra,
-  };
-}
-
-/** pgBackRest as the Postgres OS user, with the stack's configuration: as archive_command and the service run it. */
-async function pgbackrest(...args: string[]): Promise<string> {
-  const { stdout } = await run('setpriv', ['--reuid', PG_OS_USER, '--regid', PG_OS_USER, '--init-groups', '--', 'pgbackrest', `--stanza=${STANZA}`, ...args], {
-    env: { PATH: process.env.PATH, ...t.stack.postgres.pgbackrestEnvironment() },
-  });
-  return stdout;
-}
-
-type Archiver = { last_archived_wal: string | null; failed_count: string };
-const archiver = () => t.superuser(async (c) => (await c.query<Archiver>('SELECT last_archived_wal, failed_count FROM pg_stat_archiver')).rows[0]!);
-
-/** Ends the current WAL segment and waits until pgBackRest has it (pg_stat_archiver); returns the segment's name. */
-async function switchAndWaitArchived(): Promise<string> {
-  const wal = await t.superuser(async (c) => (await c.query<{ wal: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS wal')).rows[0]!.wal);
-  const status = await eventually(archiver, (s) => (s.last_archived_wal ?? '') >= wal, 60_000);
-  assert.ok((status.last_archived_wal ?? '') >= wal, `WAL segment ${wal} was archived (last: ${status.last_archived_wal})`);
-  return wal;
-}
-
-/** The server's clock now (after whatever was committed before), as restore-cluster.sh's TARGET_TIME takes it. */
-const serverNow = () =>
-  t.superuser(async (c) => (await c.query<{ now: string }>("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' AS now")).rows[0]!.now);
+const { pgbackrest, archiver, switchAndWaitArchived, serverNow, inScratchCluster } = pitrTools(() => t);
+const step = timedStep;
 
 /** Files under `dir` whose base name starts with `prefix` (none when `dir` is missing). */
 function filesStartingWith(dir: string, prefix: string): string[] {
@@ -203,13 +155,11 @@ describe('point-in-time restore drill: from the off-site copy alone', () => {
     // As pgBackRest makes them (pitr.test.ts checks the same of a repository it wrote): the Postgres OS user's,
     // directories 0750 and files 0640 (compose's service reads the volume through the group).
     const pgData = statSync(t.stack.paths.pgData);
-    assert.equal(statSync(repo).mode & 0o777, 0o750);
+    assertRepositoryModes(repo);
     for (const entry of readdirSync(repo, { recursive: true, withFileTypes: true })) {
-      const path = join(entry.parentPath ?? entry.path, entry.name);
-      const stat = statSync(path);
-      assert.equal(stat.uid, pgData.uid, `${path} is the Postgres OS user's`);
-      assert.equal(stat.gid, pgData.gid, `${path} is the Postgres OS user's group's`);
-      assert.equal(stat.mode & 0o777, stat.isDirectory() ? 0o750 : 0o640, `${path} is ${(stat.mode & 0o777).toString(8)}`);
+      const stat = statSync(join(entry.parentPath ?? entry.path, entry.name));
+      assert.equal(stat.uid, pgData.uid, `${entry.name} is the Postgres OS user's`);
+      assert.equal(stat.gid, pgData.gid, `${entry.name} is the Postgres OS user's group's`);
     }
     assert.ok(filesStartingWith(join(repo, 'archive', STANZA, '15-1', wal.slice(0, 16)), `${wal}-`).length === 1, `${wal} was fetched`);
 
@@ -222,32 +172,12 @@ describe('point-in-time restore drill: from the off-site copy alone', () => {
     assert.ok(info!.archive[0]!.max >= wal, `the archive reaches ${wal} (max ${info!.archive[0]!.max})`);
 
     // restore-cluster.sh, scratch, at T, from the fetched repository.
-    const work = mkdtempSync(join(t.stack.paths.dir, 'scratch-'));
-    chmodSync(work, 0o755); // reachable by the Postgres OS user
-    const scratch = join(work, 'pgdata');
-    const port = await freePort();
-    try {
-      const { stdout } = await step(ctx, 'restore-cluster.sh (scratch): restore and recover to T, started', () =>
-        run('sh', [join(REPO_ROOT, 'runbooks', 'restore-cluster.sh')], { env: runbookEnv({ MODE: 'scratch', TARGET_TIME: T, SCRATCH_DIR: scratch, SCRATCH_PORT: String(port) }) }),
-      );
-      assert.match(stdout, /the scratch cluster is up, as at/);
-      const client = new pg.Client({ host: `${scratch}.run`, port, user: 'postgres', database: 'app_drill' });
-      await client.connect();
-      try {
-        const rows = await step(ctx, 'read and check every row of T (500)', async () => (await client.query<Row>(SELECT_ROWS)).rows);
-        assert.equal(rows.length, written1.length);
-        assert.deepEqual(rows, written1, 'every row of write 1, every column, as written; nothing of write 2');
-        assert.equal((await client.query('SELECT pg_is_in_recovery() AS r')).rows[0].r, false, 'promoted');
-      } finally {
-        await client.end();
-      }
-    } finally {
-      // As the runbook says: pg_ctl -m fast stop as the Postgres OS user, then remove the directory and its .run.
-      await step(ctx, 'stop the scratch cluster, remove it', async () => {
-        await run('setpriv', ['--reuid', PG_OS_USER, '--regid', PG_OS_USER, '--init-groups', '--', join(t.stack.settings.pgBinDir, 'pg_ctl'), '-D', scratch, '-m', 'fast', '-w', 'stop']).catch(() => {});
-        rmSync(work, { recursive: true, force: true });
-      });
-    }
+    await inScratchCluster(ctx, T, 'app_drill', async (client) => {
+      const rows = await step(ctx, 'read and check every row of T (500)', async () => (await client.query<Row>(SELECT_ROWS)).rows);
+      assert.equal(rows.length, written1.length);
+      assert.deepEqual(rows, written1, 'every row of write 1, every column, as written; nothing of write 2');
+      assert.equal((await client.query('SELECT pg_is_in_recovery() AS r')).rows[0].r, false, 'promoted');
+    });
 
     // The live cluster back up: it archives into the fetched repository as before (the table is still dropped there).
     await step(ctx, 'start Postgres again', () => t.stack.startPostgres());

@@ -6,20 +6,15 @@
 // app's own connection string (the pooler's), notes a moment T on the server's clock between two writes, destroys,
 // and gets back exactly the rows of T. Each step's duration is reported (t.diagnostic), never asserted.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import pg from 'pg';
+import { after, before, describe, it } from 'node:test';
 import { REPO_ROOT } from '../../scripts/lib/local-stack.js';
 import { asApp } from '../helpers/app-sessions.js';
 import { eventually } from '../helpers/conditions.js';
+import { assertRepositoryModes, pitrTools, run, timedStep } from '../helpers/pitr.js';
 import { freePort, startTestStack, type TestStack } from '../helpers/stack.js';
 import type { ProvisionedApp } from '../helpers/service-client.js';
-
-const run = promisify(execFile);
-const PG_OS_USER = process.env.STACK_PG_OS_USER || 'postgres';
 
 let t: TestStack;
 let app: ProvisionedApp;
@@ -35,53 +30,15 @@ after(async () => {
   await t?.stop();
 });
 
-/** The runbooks' settings for this stack (README: the local stack's variant). */
-function runbookEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const { stack } = t;
-  return {
-    PATH: process.env.PATH,
-    ...stack.postgres.pgbackrestEnvironment(),
-    PG_OS_USER,
-    PG_BIN_DIR: stack.settings.pgBinDir,
-    POSTGRES_CONF: join(stack.paths.pgConf, 'postgres.conf'),
-    STANZA: 'pgprov',
-    ...extra,
-  };
-}
-
-/** pgBackRest as the Postgres OS user, with the stack's configuration: as archive_command and the service run it. */
-async function pgbackrest(...args: string[]): Promise<string> {
-  const { stdout } = await run('setpriv', ['--reuid', PG_OS_USER, '--regid', PG_OS_USER, '--init-groups', '--', 'pgbackrest', '--stanza=pgprov', ...args], {
-    env: { PATH: process.env.PATH, ...t.stack.postgres.pgbackrestEnvironment() },
-  });
-  return stdout;
-}
-
-/** Timed step: its duration goes to the test's diagnostics (for RELIABILITY.md), never into an assertion. */
-async function step<T>(ctx: TestContext, what: string, work: () => Promise<T>): Promise<T> {
-  const started = process.hrtime.bigint();
-  const result = await work();
-  ctx.diagnostic(`${what}: ${Number((process.hrtime.bigint() - started) / 1_000_000n)} ms`);
-  return result;
-}
-
-type Archiver = { last_archived_wal: string | null; archived_count: string; failed_count: string };
-const archiver = () => t.superuser(async (c) => (await c.query<Archiver>('SELECT last_archived_wal, archived_count, failed_count FROM pg_stat_archiver')).rows[0]!);
-
-/** Ends the current WAL segment and waits until pgBackRest has it: everything committed so far is in the repository. */
-async function switchAndWaitArchived(): Promise<string> {
-  const wal = await t.superuser(async (c) => (await c.query<{ wal: string }>('SELECT pg_walfile_name(pg_switch_wal()) AS wal')).rows[0]!.wal);
-  const status = await eventually(archiver, (s) => (s.last_archived_wal ?? '') >= wal, 60_000);
-  assert.ok((status.last_archived_wal ?? '') >= wal, `WAL segment ${wal} was archived (last: ${status.last_archived_wal})`);
-  return wal;
-}
+const { runbookEnv, pgbackrest, archiver, switchAndWaitArchived, serverNow, inScratchCluster } = pitrTools(() => t);
+const step = timedStep;
 
 /** Writes `rows` through the app's own connection string (the pooler's), then the server's clock after the commit. */
 async function write(rows: Array<[number, string]>): Promise<string> {
   await asApp(app.connection_string, async (c) => {
     for (const [id, note] of rows) await c.query('INSERT INTO entries VALUES ($1, $2)', [id, note]);
   });
-  return t.superuser(async (c) => (await c.query<{ now: string }>("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' AS now")).rows[0]!.now);
+  return serverNow();
 }
 
 const entries = (connectionString = app.connection_string) => asApp(connectionString, async (c) => (await c.query<{ id: number; note: string }>('SELECT id, note FROM entries ORDER BY id')).rows);
@@ -112,11 +69,7 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
     const pgUid = statSync(t.stack.paths.pgData).uid;
     for (const sub of readdirSync(repo)) assert.equal(statSync(join(repo, sub)).uid, pgUid, `${sub} is the Postgres OS user's`);
     // Group-readable throughout (files 0640, directories 0750): compose's service reads the volume through group 999.
-    for (const entry of readdirSync(repo, { recursive: true, withFileTypes: true })) {
-      const path = join(entry.parentPath ?? entry.path, entry.name);
-      const stat = statSync(path); // through a symbolic link (backup/pgprov/latest) to what it names
-      assert.equal(stat.mode & 0o777, stat.isDirectory() ? 0o750 : 0o640, `${path} is ${(stat.mode & 0o777).toString(8)}`);
-    }
+    assertRepositoryModes(repo);
   });
 
   it('restore-cluster.sh into a scratch directory at T: every row written before T is there, the later one is not', async (ctx) => {
@@ -126,29 +79,12 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
     await step(ctx, 'archive the later write', switchAndWaitArchived);
     await asApp(app.connection_string, (c) => c.query('DROP TABLE entries'));
 
-    const work = mkdtempSync(join(t.stack.paths.dir, 'scratch-'));
-    chmodSync(work, 0o755); // reachable by the Postgres OS user
-    const scratch = join(work, 'pgdata');
-    const port = await freePort();
-    try {
-      const { stdout } = await step(ctx, 'restore-cluster.sh (scratch): restore and recover to T, started', () =>
-        run('sh', [join(REPO_ROOT, 'runbooks', 'restore-cluster.sh')], { env: runbookEnv({ MODE: 'scratch', TARGET_TIME: T, SCRATCH_DIR: scratch, SCRATCH_PORT: String(port) }) }),
-      );
-      assert.match(stdout, /the scratch cluster is up, as at/);
-      const client = new pg.Client({ host: `${scratch}.run`, port, user: 'postgres', database: 'app_ledger' });
-      await client.connect();
-      try {
-        const rows = (await client.query<{ id: number; note: string }>('SELECT id, note FROM entries ORDER BY id')).rows;
-        assert.deepEqual(rows, rowsOf(before), 'exactly the rows of T');
-        assert.equal((await client.query('SELECT pg_is_in_recovery() AS r')).rows[0].r, false, 'promoted');
-        assert.equal((await client.query('SHOW archive_mode')).rows[0].archive_mode, 'off', 'it never archives into the live repository');
-      } finally {
-        await client.end();
-      }
-    } finally {
-      await run('setpriv', ['--reuid', PG_OS_USER, '--regid', PG_OS_USER, '--init-groups', '--', join(t.stack.settings.pgBinDir, 'pg_ctl'), '-D', scratch, '-m', 'fast', '-w', 'stop']).catch(() => {});
-      rmSync(work, { recursive: true, force: true });
-    }
+    await inScratchCluster(ctx, T, 'app_ledger', async (client) => {
+      const rows = (await client.query<{ id: number; note: string }>('SELECT id, note FROM entries ORDER BY id')).rows;
+      assert.deepEqual(rows, rowsOf(before), 'exactly the rows of T');
+      assert.equal((await client.query('SELECT pg_is_in_recovery() AS r')).rows[0].r, false, 'promoted');
+      assert.equal((await client.query('SHOW archive_mode')).rows[0].archive_mode, 'off', 'it never archives into the live repository');
+    });
     // The live stack was not touched: the table is still gone there, until recover-app.sh (next test).
     assert.equal((await archiver()).failed_count, '0');
   });
@@ -191,7 +127,7 @@ describe('WAL archiving and cluster backups (pgBackRest)', () => {
   it('restore-cluster.sh in place: Postgres stopped, restored to T, started; the service finds it again by itself', async (ctx) => {
     await write([[10, 'before the in-place T']]);
     const expected = await entries();
-    const T = await t.superuser(async (c) => (await c.query<{ now: string }>("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00' AS now")).rows[0]!.now);
+    const T = await serverNow();
     await write([[11, 'after the in-place T']]);
     await switchAndWaitArchived();
     await asApp(app.connection_string, (c) => c.query('TRUNCATE entries'));

@@ -163,8 +163,9 @@ export class BackupFiles {
       const stats = await stat(path).catch(() => undefined);
       if (!stats || Date.now() - stats.mtimeMs < olderThanMs) continue;
       const file = name.slice(0, -'.partial'.length);
-      await rm(path, { force: true });
+      // The checksum first: once the .partial is gone, nothing of the cut-short dump is left.
       await rm(join(this.dir, `${file}${CHECKSUM_SUFFIX}`), { force: true });
+      await rm(path, { force: true });
       removed.push(name);
     }
     return removed;

@@ -15,6 +15,7 @@ import { SchemaNewerThanCodeError } from '../../shared/errors.js';
 import type { Queryable } from '../queryable.js';
 import { lockMigrations, unlockMigrations } from './locks.js';
 import { initial } from './migrations/001-initial.js';
+import { appSettings } from './migrations/002-app-settings.js';
 
 export interface Migration {
   /** 1, 2, 3…: the order they run in, once each; a version is never reused or renumbered. */
@@ -26,7 +27,7 @@ export interface Migration {
 }
 
 /** Every migration, oldest first: add a new one at the end, in a module of its own; never edit one that shipped. */
-export const MIGRATIONS: readonly Migration[] = [initial];
+export const MIGRATIONS: readonly Migration[] = [initial, appSettings];
 
 const MIGRATIONS_TABLE_SQL = `
 CREATE TABLE IF NOT EXISTS schema_migrations (

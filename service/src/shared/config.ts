@@ -262,7 +262,48 @@ export const ConfigSchema = z.object({
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
   APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+
+  // --- Storage quota per app (src/domain/storage-quota.ts) -------------------------------------------------------
+  /**
+   * How much disk one app may use: its database and its companion databases together (Postgres has no quota of
+   * its own; the service measures and enforces, README "Storage quota"). A size in Postgres's units (1024-based:
+   * 500MB, 1GB, 2TB), or `off`: no limit for apps without one of their own (app_settings.storage_limit_bytes, which
+   * still holds). Default 1GB: the design point is a VM of 1 GB of RAM, where Postgres's cache is 768 MB
+   * (effective_cache_size) and the disk is typically 20 to 50 GB shared by hundreds of apps (an empty app takes
+   * 7.5 MB, 2,000 of them 16 GB: BENCHMARKS.md). An app that outgrows the cache is one to size by hand, and at 1 GB
+   * one runaway app can take 1.2 GB (the hard limit below) plus what it writes between two checks, not the disk.
+   */
+  APP_STORAGE_LIMIT: z
+    .string()
+    .regex(/^(off|[1-9]\d*(kB|MB|GB|TB))$/, 'use a size such as 500MB or 1GB, or off')
+    .default('1GB')
+    .transform((text) => (text === 'off' ? undefined : sizeInBytes(text))),
+  /** GET /apps/:name and /metrics say "warning" once an app uses this share of its limit. */
+  APP_STORAGE_WARN_PERCENT: z.coerce.number().int().min(1).max(100).default(80),
+  /**
+   * Over its limit an app is made read-only (default_transaction_read_only, which a session can lift for itself);
+   * over this share of its limit its logins are suspended too (CONNECTION LIMIT 0, which it cannot lift), until it
+   * is under its limit again or the limit is raised.
+   */
+  APP_STORAGE_HARD_LIMIT_PERCENT: z.coerce.number().int().min(100).max(1000).default(120),
+  /**
+   * How often the apps' sizes are checked against their limits. Each check measures only the databases that were
+   * written or used since the last one (pg_stat_database, pg_stat_activity), and every database at least every
+   * RECONCILE_INTERVAL_MS; so it stays cheap at 2,000 mostly idle apps. What an app can write between two checks
+   * is the disk reserve to keep (README, "Storage quota": 5 s at the fastest rate measured here, 190 MB/s, is ~1 GB).
+   */
+  STORAGE_CHECK_INTERVAL_MS: durationMs.default(5_000),
+  // --- end storage quota ----------------------------------------------------------------------------------------
 });
+
+const SIZE_UNITS: Record<string, number> = { kB: 2 ** 10, MB: 2 ** 20, GB: 2 ** 30, TB: 2 ** 40 };
+
+/** A size in Postgres's units (1024-based: 64kB, 500MB, 1GB, 2TB), in bytes. */
+export function sizeInBytes(text: string): number {
+  const match = /^(\d+)(kB|MB|GB|TB)$/.exec(text);
+  if (!match) throw new TypeError(`not a size: ${JSON.stringify(text)}`);
+  return Number(match[1]) * SIZE_UNITS[match[2]!]!;
+}
 
 export type Config = z.infer<typeof ConfigSchema>;
 

@@ -150,3 +150,17 @@ export function appOfAgent(role: string): string | undefined {
 export function appOfWorkDatabase(database: string): string {
   return database.replace(WORK_DATABASE_PREFIXES.restoring, '').replace(WORK_DATABASE_PREFIXES.retired, '');
 }
+
+// --- the app's other objects, which its storage quota counts and its enforcement reaches ------------------------
+// Companion databases (app_<app>-<companion>) and extra credentials' login roles (app_<app>.<credential>) are
+// made by their own features; the storage quota (src/domain/storage-quota.ts) only needs to find them by name.
+// `-` and `.` are in no app name, so neither family can meet an app's own names or each other.
+
+/** A companion's or a credential's own name, as the API takes it. */
+const APP_PART_REGEX = '[a-z0-9_]{1,20}';
+
+/** Companion databases: capture the app (1) and the companion (2). */
+export const COMPANION_DATABASE_SQL_PATTERN = `^${APP_PREFIX}(${APP_NAME_REGEX})-(${APP_PART_REGEX})$`;
+
+/** Extra credentials' login roles: capture the app (1) and the credential (2). */
+export const CREDENTIAL_ROLE_SQL_PATTERN = `^${APP_PREFIX}(${APP_NAME_REGEX})\\.(${APP_PART_REGEX})$`;

@@ -6,7 +6,7 @@
 // anything an app set for itself, and what to put back: a role's connection limit before its suspension.
 // Decisions are src/domain/storage-quota.ts's; nothing here decides.
 import pg from 'pg';
-import { APP_SQL, COMPANION_DATABASE_SQL_PATTERN, CREDENTIAL_ROLE_SQL_PATTERN } from '../../shared/object-names.js';
+import { APP_SQL, appIdentifiers, COMPANION_DATABASE_SQL_PATTERN, CREDENTIAL_ROLE_SQL_PATTERN, sqlLikePrefix } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
@@ -29,8 +29,8 @@ export interface AppDatabaseActivity {
 
 /**
  * Every app database and companion database, with what tells whether it may have grown: its ended transactions
- * and whether a session is busy in it. Reads shared memory only (a few ms for 300 databases, measured): no file
- * is looked at. A write happens in a transaction, which is either still open (busy) or ended (counted), so a
+ * and whether a session is busy in it. Reads shared memory only (20 to 50 ms for 2,000 databases, measured): no
+ * file is looked at. A write happens in a transaction, which is either still open (busy) or ended (counted), so a
  * database whose count has not moved and where nobody is busy has not been written since.
  */
 export async function appDatabaseActivity(db: Queryable): Promise<AppDatabaseActivity[]> {
@@ -46,7 +46,7 @@ export async function appDatabaseActivity(db: Queryable): Promise<AppDatabaseAct
 
 /**
  * The sizes of the databases whose oids are given, by oid: pg_database_size, which walks every file of the
- * database (about a millisecond each). A database dropped meanwhile is absent.
+ * database (0.6 to 0.8 ms each, measured over 2,000 new ones). A database dropped meanwhile is absent.
  */
 export async function databaseSizes(db: Queryable, oids: number[]): Promise<Map<number, number>> {
   if (oids.length === 0) return new Map();
@@ -88,26 +88,48 @@ export interface LoginRoleStorage {
   limitBefore: number | null;
 }
 
+/** A login role's storage columns, from pg_roles `r` and its settings in every database `s` (setdatabase 0). */
+const LOGIN_ROLE_STORAGE_COLUMNS = `
+  r.rolname AS role,
+  COALESCE(substring(r.rolname FROM '${APP_SQL.loginRolePattern}'), substring(r.rolname FROM '${CREDENTIAL_ROLE_SQL_PATTERN}')) AS app,
+  COALESCE((SELECT substring(c FROM '^${ENFORCEMENT_SETTING.replace('.', '\\.')}=(read_only|suspended)$') FROM unnest(s.setconfig) c
+             WHERE c LIKE '${ENFORCEMENT_SETTING}=%' LIMIT 1), 'none') AS enforcement,
+  COALESCE(s.setconfig @> ARRAY['${READ_ONLY_SETTING}=on'], false) AS "readOnlySet",
+  r.rolconnlimit AS "connectionLimit",
+  (SELECT substring(c FROM '^${LIMIT_BEFORE_SETTING.replace('.', '\\.')}=(-?[0-9]{1,6})$')::int FROM unnest(s.setconfig) c
+    WHERE c LIKE '${LIMIT_BEFORE_SETTING}=%' LIMIT 1) AS "limitBefore"`;
+const IS_APP_LOGIN_ROLE = `(r.rolname ~ '${APP_SQL.loginRolePattern}' OR r.rolname ~ '${CREDENTIAL_ROLE_SQL_PATTERN}') AND NOT r.rolsuper`;
+
 /**
- * The apps' login roles (all apps', or one app's), each with what the quota enforces on it: the app's own login
- * role and its extra credentials' roles, whatever their LOGIN attribute (a rotation refuses a login for a while).
+ * The login roles of the apps named, each with what the quota enforces on it: the app's own login role and its
+ * extra credentials' roles, whatever their LOGIN attribute (a rotation refuses a login for a while). Found by
+ * name first (an index lookup and a prefix), so that it costs little however many apps there are.
  */
-export async function loginRoleStorage(db: Queryable, appName?: string): Promise<LoginRoleStorage[]> {
+export async function loginRoleStorage(db: Queryable, appNames: string[]): Promise<LoginRoleStorage[]> {
+  if (appNames.length === 0) return [];
+  const apps = appNames.map(appIdentifiers);
   const { rows } = await db.query<LoginRoleStorage>(
-    `SELECT role, app, enforcement, "readOnlySet", "connectionLimit", "limitBefore" FROM (
-       SELECT r.rolname AS role,
-              COALESCE(substring(r.rolname FROM '${APP_SQL.loginRolePattern}'), substring(r.rolname FROM '${CREDENTIAL_ROLE_SQL_PATTERN}')) AS app,
-              COALESCE((SELECT substring(c FROM '^${ENFORCEMENT_SETTING.replace('.', '\\.')}=(read_only|suspended)$') FROM unnest(s.setconfig) c
-                         WHERE c LIKE '${ENFORCEMENT_SETTING}=%' LIMIT 1), 'none') AS enforcement,
-              COALESCE(s.setconfig @> ARRAY['${READ_ONLY_SETTING}=on'], false) AS "readOnlySet",
-              r.rolconnlimit AS "connectionLimit",
-              (SELECT substring(c FROM '^${LIMIT_BEFORE_SETTING.replace('.', '\\.')}=(-?[0-9]{1,6})$')::int FROM unnest(s.setconfig) c
-                WHERE c LIKE '${LIMIT_BEFORE_SETTING}=%' LIMIT 1) AS "limitBefore"
+    `SELECT * FROM (
+       SELECT ${LOGIN_ROLE_STORAGE_COLUMNS}
          FROM pg_roles r LEFT JOIN pg_db_role_setting s ON s.setrole = r.oid AND s.setdatabase = 0
-        WHERE (r.rolname ~ '${APP_SQL.loginRolePattern}' OR r.rolname ~ '${CREDENTIAL_ROLE_SQL_PATTERN}') AND NOT r.rolsuper) roles
-      WHERE $1::text IS NULL OR app = $1
+        WHERE (r.rolname = ANY ($2::text[]) OR r.rolname LIKE ANY ($3::text[])) AND ${IS_APP_LOGIN_ROLE}) roles
+      WHERE app = ANY ($1::text[])
       ORDER BY app, role`,
-    [appName ?? null],
+    [appNames, apps.map((app) => app.username), apps.map((app) => sqlLikePrefix(`${app.database}.`))],
+  );
+  return rows;
+}
+
+/**
+ * Every app login role on which the quota enforces something: found from the roles' settings (a few ms at 2,000
+ * apps, measured, where reading every app's roles took 50 to 110 ms). Every other role is at 'none'.
+ */
+export async function enforcedLoginRoles(db: Queryable): Promise<LoginRoleStorage[]> {
+  const { rows } = await db.query<LoginRoleStorage>(
+    `SELECT ${LOGIN_ROLE_STORAGE_COLUMNS}
+       FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+      WHERE s.setdatabase = 0 AND array_to_string(s.setconfig, ',') LIKE '%${ENFORCEMENT_SETTING}=%' AND ${IS_APP_LOGIN_ROLE}
+      ORDER BY app, role`,
   );
   return rows;
 }

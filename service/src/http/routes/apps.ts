@@ -23,6 +23,16 @@ const AppDetailSchema = AppSchema.extend({
   newest_backup: BackupSchema.nullable(),
   /** Set while its scheduled backups fail: how many times in a row, when the next try is, and the error's code. */
   backup_failing: z.object({ failures: z.number().int(), retry_at: z.string(), error: z.string() }).nullable(),
+  /**
+   * Its storage (its database and companion databases) against its limit (README, "Storage quota"): ok; warning
+   * (APP_STORAGE_WARN_PERCENT of the limit or over); read_only (over the limit); suspended (over the hard limit: no login).
+   */
+  storage: z.object({
+    used_bytes: z.number().int(),
+    limit_bytes: z.number().int().nullable(),
+    hard_limit_bytes: z.number().int().nullable(),
+    state: z.enum(['ok', 'warning', 'read_only', 'suspended']),
+  }),
 });
 
 const RestoreBodySchema = z.strictObject(
@@ -69,10 +79,16 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
 
   app.get(
     '/apps/:name',
-    { schema: { summary: "One app, with its newest backup and whether its scheduled backups fail", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
+    { schema: { summary: "One app, with its newest backup, whether its scheduled backups fail, and its storage against its limit", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
     async (request) => {
       const detail: AppDetail = await app.operations.get(request.params.name);
-      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing };
+      const { storage } = detail;
+      return {
+        ...appBody(detail),
+        newest_backup: detail.newest_backup,
+        backup_failing: detail.backup_failing,
+        storage: { ...storage, used_bytes: Math.round(storage.used_bytes) },
+      };
     },
   );
 

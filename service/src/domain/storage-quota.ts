@@ -213,9 +213,7 @@ export class StorageQuota {
       const target = targets.get(name)!;
       const appRoles = rolesOf.get(name) ?? [];
       let inForce = enforcementOf(appRoles);
-      const audited = this.audited.get(name);
-      const lastAudited = audited?.incarnation === app.incarnation ? audited.action : 'storage_writable';
-      if (appRoles.some((role) => !roleIsAt(role, target)) || lastAudited !== AUDIT_ACTION_OF[target]) {
+      if (appRoles.some((role) => !roleIsAt(role, target)) || this.lastAudited(app) !== AUDIT_ACTION_OF[target]) {
         if (await this.enforce(app, target, appUsed, limits)) inForce = target;
       }
       totalUsed += appUsed;
@@ -227,6 +225,12 @@ export class StorageQuota {
     for (const name of this.audited.keys()) if (!ready.has(name)) this.audited.delete(name);
     Object.assign(this.status, { lastCheckAt: new Date(), watched, overLimit, totalUsed });
     this.deps.log.debug({ databases: activity.length, measured, apps: apps.length, ms: Date.now() - started }, 'storage check finished');
+  }
+
+  /** The last storage action audited for this incarnation of the app; an app never enforced is writable. */
+  private lastAudited(app: RegisteredApp): StorageAuditAction {
+    const audited = this.audited?.get(app.app_name);
+    return audited?.incarnation === app.incarnation ? audited.action : 'storage_writable';
   }
 
   /**
@@ -264,7 +268,12 @@ export class StorageQuota {
         server.withClientBeside(store, storeClient, async (client) => {
           const found = await findApp(storeClient, name);
           if (found?.state !== 'ready' || found.incarnation !== app.incarnation) return false;
-          const roles = await loginRoleStorage(client, [name]);
+          // Looked at again under the lock: what the check saw may have changed since (the app freed space), or
+          // been an operation's middle (a restore puts the login role's settings back before it lets the lock go).
+          const [roles, usedNow] = await Promise.all([loginRoleStorage(client, [name]), appStorageBytes(client, name)]);
+          if (StorageQuota.decide(usedNow, limits) !== target) return false; // the next check decides afresh
+          if (roles.every((role) => roleIsAt(role, target)) && this.lastAudited(app) === AUDIT_ACTION_OF[target]) return true;
+          used = usedNow;
           const from = enforcementOf(roles);
           const changed: string[] = [];
           for (const role of roles) if (!roleIsAt(role, target) && (await enforceOnLoginRole(client, role, target))) changed.push(role.role);

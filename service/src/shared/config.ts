@@ -265,7 +265,7 @@ export const ConfigSchema = z.object({
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
   /**
    * idle_session_timeout of every app login role: a session idle (outside a transaction) this long is ended. 0
-   * (default): never. It ends the pooler's idle server connections too, which PgBouncer then opens again.
+   * (default): never. It ends PgBouncer's idle server connections to the app too.
    */
   APP_IDLE_SESSION_TIMEOUT: z.string().regex(DURATION_PATTERN, 'use a duration such as 30min, or 0 (off)').default('0'),
   /**

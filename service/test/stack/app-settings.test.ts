@@ -228,6 +228,10 @@ describe('what an app can undo itself', () => {
     });
     assert.equal(await show(direct(app), 'statement_timeout'), '0', 'until the next reconcile, new sessions get what the app set');
     assert.equal(await show(direct(app), 'timezone'), 'Europe/Paris');
+    // A role may also set its own defaults for one database, which win over its role-wide ones: not undone.
+    const other = await t.provision('lifter_in_db');
+    assert.equal((await t.admin('PATCH', '/apps/lifter_in_db/settings', { statement_timeout: '1s' })).status, 200);
+    await asApp(direct(other), (c) => c.query("ALTER ROLE app_lifter_in_db_user IN DATABASE app_lifter_in_db SET statement_timeout = '0'"));
     const from = t.serviceLines.length;
     await t.stack.stopService();
     await t.stack.startService();
@@ -235,6 +239,7 @@ describe('what an app can undo itself', () => {
     assert.equal(await show(direct(app), 'statement_timeout'), '1s', "the reconciler put the operator's value back");
     const repairs = await auditOf('lifter', 'reconcile');
     assert.deepEqual(repairs.map((row) => row.outcome), ['applied its settings again (statement_timeout)']);
+    assert.equal(await show(direct(other), 'statement_timeout'), '0', 'a per-database default the app set itself stays: the timeouts are guards, not walls');
   });
 
   it('writes each change to the audit log, with the names and values changed', async () => {

@@ -27,19 +27,23 @@ function databaseSettingSql(database: string, { name, value }: DatabaseSetting):
   return `ALTER DATABASE ${ident(database)} SET ${name} = ${written};`;
 }
 
+/** A login role's connection limit and settings (roleSettingsSql): an app's own, or any other login of the app's. */
+function loginRoleLimitsSql(role: string, limits: AppRoleLimits): string {
+  return `ALTER ROLE ${ident(role)} WITH CONNECTION LIMIT ${Math.trunc(limits.connectionLimit)};\n${roleSettingsSql(role, limits)}`;
+}
+
 /**
  * Puts an app's settings in force, in one message (one implicit transaction, or a part of the caller's): the login
  * role's connection limit and settings (as roleSettingsSql), and each of `databaseSettings` on its database, set or
  * reset. Database settings not named are left as they are. Sessions already open keep the values they started with.
  */
 export async function applyAppSettings(db: Queryable, role: string, limits: AppRoleLimits, database: string, databaseSettings: DatabaseSetting[]): Promise<void> {
-  await db.query(
-    [
-      `ALTER ROLE ${ident(role)} WITH CONNECTION LIMIT ${Math.trunc(limits.connectionLimit)};`,
-      roleSettingsSql(role, limits),
-      ...databaseSettings.map((setting) => databaseSettingSql(database, setting)),
-    ].join('\n'),
-  );
+  await db.query([loginRoleLimitsSql(role, limits), ...databaseSettings.map((setting) => databaseSettingSql(database, setting))].join('\n'));
+}
+
+/** Puts `limits` on one login role (e.g. another login of the app, which is held to the app's limits). */
+export async function applyLoginRoleLimits(db: Queryable, role: string, limits: AppRoleLimits): Promise<void> {
+  await db.query(loginRoleLimitsSql(role, limits));
 }
 
 /** Sets or resets `databaseSettings` on `database` (a restore's copy, before it is swapped in). */

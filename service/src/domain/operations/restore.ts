@@ -10,7 +10,7 @@ import { findApp } from '../../db/system-store/registry.js';
 import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
-import { databaseSettingsToApply, defaultRoleLimits, mergeRoleLimits } from '../app-settings.js';
+import { databaseSettingsToApply, effectiveAppLimits } from '../app-settings.js';
 import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
@@ -51,7 +51,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
         });
       } finally {
         // The app's own limits (its overrides, else today's defaults), not the defaults alone.
-        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, mergeRoleLimits(defaultRoleLimits(deps.config), settings)) : [];
+        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, await effectiveAppLimits(store, deps.config, appName)) : [];
         if (putBack.length > 0) {
           source.login_role_put_back = putBack;
           log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");

@@ -15,6 +15,7 @@ import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
 import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
+import settingsRoutes from './http/routes/settings.js';
 import tlsRoutes from './http/routes/tls.js';
 import { TrustedProxies } from './http/trusted-proxy.js';
 import type { Config } from './shared/config.js';
@@ -90,6 +91,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(provisionRoutes, { config });
   await app.register(appsRoutes, { config });
   await app.register(backupsRoutes);
+  await app.register(settingsRoutes);
   await app.register(tlsRoutes, { config });
 
   return app;

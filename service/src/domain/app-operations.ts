@@ -1,5 +1,5 @@
 // Owns the operations the service offers on apps, as one object for the routes to call: provision, list, get,
-// rotate, back up, list backups, restore, delete. Each is a module of src/domain/operations/ and runs in the one
+// rotate, back up, list backups, restore, delete, read and change settings. Each is a module of src/domain/operations/ and runs in the one
 // envelope (src/domain/operation-envelope.ts): audited, and on an existing app under its lock.
 import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
@@ -10,10 +10,14 @@ import { provision } from './operations/provision.js';
 import type { AppDetail, AppSummary } from './operations/read.js';
 import { restore } from './operations/restore.js';
 import { rotate } from './operations/rotate.js';
+import { changeAppSettings, readAppSettings, type ChangedSettings } from './operations/settings.js';
+import type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
 
 export type { Credentials } from './operations/deps.js';
 export type { AppDetail, AppSummary } from './operations/read.js';
 export type { OperationObserver, RequestContext } from './operation-envelope.js';
+export type { ChangedSettings } from './operations/settings.js';
+export type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
 
 export class AppOperations {
   private readonly deps: OperationDeps;
@@ -61,5 +65,13 @@ export class AppOperations {
 
   delete(appName: string, options: { backup: boolean }, request: RequestContext): Promise<{ backup: string | null }> {
     return deleteApp(this.deps, appName, options, request);
+  }
+
+  settings(appName: string): Promise<AppSettingsView> {
+    return readAppSettings(this.deps, appName);
+  }
+
+  changeSettings(appName: string, patch: AppSettingsPatch, options: { endSessions: boolean }, request: RequestContext): Promise<ChangedSettings> {
+    return changeAppSettings(this.deps, appName, patch, options, request);
   }
 }

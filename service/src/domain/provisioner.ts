@@ -23,6 +23,7 @@ import type { Config } from '../shared/config.js';
 import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
+import { defaultRoleLimits } from './app-settings.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles, incarnationKey } from './backups/backup-files.js';
 import { BackupSchedules, type BackupScheduleStatus } from './backups/schedules.js';
@@ -83,14 +84,8 @@ export interface ProvisionerStatistics {
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
 const START_CHECK_WAIT_MS = 2_000;
 
-export function appRoleLimits(config: Config): AppRoleLimits {
-  return {
-    connectionLimit: config.APP_CONNECTION_LIMIT,
-    tempFileLimit: config.APP_TEMP_FILE_LIMIT,
-    statementTimeout: config.APP_STATEMENT_TIMEOUT,
-    idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
-  };
-}
+/** The limits every app's login role gets unless the operator set its own (src/domain/app-settings.ts). */
+export const appRoleLimits: (config: Config) => AppRoleLimits = defaultRoleLimits;
 
 /**
  * Today's wiring of the two seams: one Postgres server (DATABASE_HOST, DATABASE_PORT, the superuser), which also
@@ -182,7 +177,7 @@ export class Provisioner {
     this.operations = new AppOperations(operationDeps);
     this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, cluster: server.clusterBackup, offsite: new OffsiteCopy(config, log), config, log });
     this.listing.failingBackups = () => this.schedules.status.failingApps;
-    this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
+    this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, config, log, crashPoint });
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
     // One ping when the store lives on the server (the hot route pays for nothing more), else one each.
     const pooler = () => (server.pooler.enabled ? (server.pooler.isUp() ? 'ok' : 'unavailable') : 'none');

@@ -1,7 +1,8 @@
 // Owns the reconciler: finds and repairs what crashes left, one function per kind of repair. Apps half-made
 // (creating) are removed, apps half-removed (deleting) are finished, leftover agent roles and restore databases
 // are dropped, a database left refusing connections or a login left refused is opened again, half-prepared
-// ready-pool sets are removed, and complete apps missing from the registry (made before it existed) are adopted.
+// ready-pool sets are removed, complete apps missing from the registry (made before it existed) are adopted, and
+// ready apps whose login role or database no longer carries their settings get them again.
 // Each repair runs under the app's lock, taken only if it is free: an app being worked on right now is skipped
 // until the next run. A repair that fails (Postgres away, a tenant's lock) is tried again at the next run and
 // never keeps the others from running.
@@ -12,6 +13,8 @@ import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { adoptApp, appsInState, findApp, registeredAppNames, unregisterApp } from '../db/system-store/registry.js';
 import type { SystemStore } from '../db/system-store/system-store.js';
 import { appIdentifiers, appOfAgent, appOfWorkDatabase } from '../shared/object-names.js';
+import type { Config } from '../shared/config.js';
+import { appsWithSettingsAdrift, bringSettingsInForce } from './app-settings.js';
 import type { AuditTrail } from './audit-trail.js';
 import type { CrashPoint } from './crash-points.js';
 import type { AppSession } from './operation-envelope.js';
@@ -30,6 +33,8 @@ export interface ReconcilerDeps {
   server: PostgresServer;
   audit: AuditTrail;
   readyPool: ReadyPool;
+  /** The defaults of the apps' settings (APP_CONNECTION_LIMIT, …). */
+  config: Config;
   log: Logger;
   crashPoint: CrashPoint;
 }
@@ -168,8 +173,24 @@ async function adoptUnregisteredApps(run: ReconcileRun): Promise<void> {
   }
 }
 
+/**
+ * Ready apps whose login role or database does not carry their settings (their overrides, else today's defaults):
+ * the defaults changed (a restart with other APP_… settings), the app set one of its role's settings itself, or a
+ * change was cut short. Applied again, under the app's lock.
+ */
+async function applyAppSettingsAgain(run: ReconcileRun): Promise<void> {
+  const { store, server, config } = run.deps;
+  for (const appName of await appsWithSettingsAdrift(store.pool, server.pool, config)) {
+    await run.locked(appName, async (session) => {
+      if ((await findApp(session.store, appName))?.state !== 'ready') return;
+      const adrift = await bringSettingsInForce(session, config, appIdentifiers(appName));
+      if (adrift.length > 0) await run.repaired(appName, `applied its settings again (${adrift.join(', ')})`);
+    });
+  }
+}
+
 /** The repairs, in the order they run. */
-const REPAIRS = [finishHalfDoneApps, removeLeftoverAgents, dropRestoreLeftovers, reopenReadyApps, removeLeftoverReadySets, adoptUnregisteredApps];
+const REPAIRS = [finishHalfDoneApps, removeLeftoverAgents, dropRestoreLeftovers, reopenReadyApps, removeLeftoverReadySets, adoptUnregisteredApps, applyAppSettingsAgain];
 
 export class Reconciler {
   private readonly deps: ReconcilerDeps;

@@ -2,6 +2,7 @@
 // Handlers never read process.env; they get the parsed Config.
 import { z } from 'zod';
 import { parseSchedule, ScheduleError } from './schedule.js';
+import { DURATION_PATTERN, SIZE_PATTERN } from './setting-values.js';
 
 const port = z.coerce.number().int().min(1).max(65535);
 const durationMs = z.coerce.number().int().min(1);
@@ -262,6 +263,16 @@ export const ConfigSchema = z.object({
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
   APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+  /**
+   * idle_session_timeout of every app login role: a session idle (outside a transaction) this long is ended. 0
+   * (default): never. It ends PgBouncer's idle server connections to the app too.
+   */
+  APP_IDLE_SESSION_TIMEOUT: z.string().regex(DURATION_PATTERN, 'use a duration such as 30min, or 0 (off)').default('0'),
+  /**
+   * The storage limit of every app without one of its own (PATCH /apps/:name/settings storage_limit), as a size
+   * such as 1GB. The storage quota (measured, not enforced by Postgres) reads it.
+   */
+  APP_STORAGE_LIMIT: z.string().regex(SIZE_PATTERN, 'use a size such as 1GB or 512MB').default('1GB'),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -22,7 +22,9 @@ export type ServiceErrorCode =
   | 'DATABASE_UNAVAILABLE'
   | 'OFFSITE_COPY_FAILED'
   | 'OFFSITE_COPY_REFUSED'
-  | 'SCHEMA_NEWER_THAN_CODE';
+  | 'SCHEMA_NEWER_THAN_CODE'
+  | 'SETTING_NOT_ALLOWED'
+  | 'SETTING_VALUE_REFUSED';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -202,6 +204,23 @@ export class SchemaNewerThanCodeError extends ServiceError {
     );
     this.databaseVersion = databaseVersion;
     this.codeVersion = codeVersion;
+  }
+}
+
+/** PATCH /apps/:name/settings named settings it does not change: which, and every one it does. */
+export class SettingNotAllowedError extends ServiceError {
+  constructor(names: string[], allowed: string[]) {
+    super(
+      'SETTING_NOT_ALLOWED',
+      `${names.map((name) => `'${name}'`).join(', ')} ${names.length === 1 ? 'is not a setting' : 'are not settings'} this API changes; nothing was changed. Allowed: ${allowed.join(', ')}`,
+    );
+  }
+}
+
+/** PATCH /apps/:name/settings gave values this server cannot take (each problem in words); nothing was changed. */
+export class SettingValueRefusedError extends ServiceError {
+  constructor(problems: string[]) {
+    super('SETTING_VALUE_REFUSED', `${problems.join('; ')}; nothing was changed`);
   }
 }
 

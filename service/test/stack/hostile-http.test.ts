@@ -235,6 +235,8 @@ describe('methods and paths', () => {
     ['PUT', '/apps/some_app/restore', 405, 'POST'],
     ['DELETE', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
     ['PUT', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
+    ['PUT', '/apps/some_app/settings', 405, 'GET, HEAD, PATCH'],
+    ['POST', '/apps/some_app/settings', 405, 'GET, HEAD, PATCH'],
     ['GET', '/apps/', 404],
     ['DELETE', '/apps/', 404],
     ['PUT', '/apps/', 404],

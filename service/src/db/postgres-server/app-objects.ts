@@ -17,21 +17,26 @@ export interface AppRoleLimits {
   tempFileLimit: string;
   statementTimeout: string;
   idleInTransactionTimeout: string;
+  idleSessionTimeout: string;
 }
 
 /**
- * The settings every app login role carries: its limits, and log_min_messages = fatal, so that nothing a
- * tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and PANIC
- * lines still do. All are superuser-only or settable by the app for its own sessions only.
+ * The settings every app login role carries, by Postgres's name: its limits, and log_min_messages = fatal, so that
+ * nothing a tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and
+ * PANIC lines still do. All are superuser-only or settable by the app for its own sessions only.
  */
-export function roleSettingsSql(role: string, limits: AppRoleLimits): string {
-  const settings: Array<[string, string]> = [
+export function roleSettings(limits: AppRoleLimits): Array<[string, string]> {
+  return [
     ['temp_file_limit', limits.tempFileLimit],
     ['statement_timeout', limits.statementTimeout],
     ['idle_in_transaction_session_timeout', limits.idleInTransactionTimeout],
+    ['idle_session_timeout', limits.idleSessionTimeout],
     ['log_min_messages', 'fatal'],
   ];
-  return settings.map(([name, value]) => `ALTER ROLE ${ident(role)} SET ${name} = ${literal(value)};`).join('\n     ');
+}
+
+export function roleSettingsSql(role: string, limits: AppRoleLimits): string {
+  return roleSettings(limits).map(([name, value]) => `ALTER ROLE ${ident(role)} SET ${name} = ${literal(value)};`).join('\n     ');
 }
 
 /**

@@ -3,11 +3,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { withAgent } from '../../db/postgres-server/agent-roles.js';
 import { allowConnections, createDatabase, dropDatabase, handDatabaseToApp, loginRoleState, putBackLoginRoleState, swapInDatabase } from '../../db/postgres-server/app-objects.js';
+import { applyDatabaseSettings } from '../../db/postgres-server/app-settings-objects.js';
+import { findAppSettings } from '../../db/system-store/app-settings.js';
 import type { Queryable } from '../../db/queryable.js';
 import { findApp } from '../../db/system-store/registry.js';
 import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import { databaseSettingsToApply, effectiveAppLimits } from '../app-settings.js';
 import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
@@ -33,6 +36,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
     }
     // Named like the restore's agent, so that pg_hba.conf admits the agent there (src/shared/object-names.ts).
     const restoring = agentName('restore', app);
+    const settings = await findAppSettings(store, appName);
     const retired = WORK_DATABASE_PREFIXES.retired + appName;
     await dropDatabase(client, restoring);
     await createDatabase(client, restoring);
@@ -46,13 +50,17 @@ export async function restore(deps: OperationDeps, appName: string, file: string
           await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
         });
       } finally {
-        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, deps.limits) : [];
+        // The app's own limits (its overrides, else today's defaults), not the defaults alone.
+        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, await effectiveAppLimits(store, deps.config, appName)) : [];
         if (putBack.length > 0) {
           source.login_role_put_back = putBack;
           log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
         }
       }
       await crashPoint('restore:after-restore');
+      // Database settings belong to a database (ALTER DATABASE … SET), not to its name: the restored copy gets the
+      // app's before it is swapped in, so that no session of the restored database starts without them.
+      await applyDatabaseSettings(client, restoring, databaseSettingsToApply(settings));
       // The swap ends every session in the app's database, the pooler's server connections among them; those
       // also close at the pooler as they are released. Its clients stay, and their next transaction runs on the
       // restored database. (KILL would end them too, but it is unsafe while the app's logins go on: apps-door.ts.)

@@ -1,6 +1,7 @@
 // Owns the service's settings: one zod schema for the environment, parsed once at start.
 // Handlers never read process.env; they get the parsed Config.
 import { z } from 'zod';
+import { DEFAULT_ALLOWED_EXTENSIONS, parseAllowedExtensions } from './extension-policy.js';
 import { parseSchedule, ScheduleError } from './schedule.js';
 
 const port = z.coerce.number().int().min(1).max(65535);
@@ -262,6 +263,23 @@ export const ConfigSchema = z.object({
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
   APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+
+  // --- APP_EXTENSIONS_ALLOWED (src/shared/extension-policy.ts) -----------------------------------------------------
+  /**
+   * Extensions the service installs as the superuser into an app's database on request (POST
+   * /apps/:name/extensions): comma-separated names; empty: none. Only extensions Postgres lets a superuser alone
+   * create; trusted ones an app creates itself. Names the service refuses (dblink, postgres_fdw, file_fdw, …) stop
+   * the start, each with its reason.
+   */
+  APP_EXTENSIONS_ALLOWED: z
+    .string()
+    .default(DEFAULT_ALLOWED_EXTENSIONS.join(','))
+    .transform((text, ctx) => {
+      const { names, problems } = parseAllowedExtensions(text);
+      for (const message of problems) ctx.addIssue({ code: 'custom', message });
+      return names;
+    }),
+  // --- end APP_EXTENSIONS_ALLOWED ------------------------------------------------------------------------------------
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

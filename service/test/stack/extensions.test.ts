@@ -31,7 +31,9 @@ describe('service start-up', () => {
 let t: TestStack;
 before(async () => {
   // The default list, and one name the server does not have (to be told so).
-  t = await startTestStack({ serviceEnv: { APP_EXTENSIONS_ALLOWED: 'pg_stat_statements,pgstattuple,no_such_extension' } });
+  // The default list; earthdistance, which requires cube (trusted: the app's to create); and one name the server
+  // does not have (to be told so).
+  t = await startTestStack({ serviceEnv: { APP_EXTENSIONS_ALLOWED: 'pg_stat_statements,pgstattuple,earthdistance,no_such_extension' } });
 });
 after(async () => {
   await t?.stop();
@@ -154,7 +156,7 @@ describe('installing an extension the operator allows', () => {
     assert.match(String(refused.body.message), /extension 'dblink' is refused by this service whatever its settings say: it opens connections out of the app's database/);
     const notListed = await install('ext_main', 'pgrowlocks');
     assert.equal(notListed.status, 422);
-    assert.match(String(notListed.body.message), /extension 'pgrowlocks' is not in APP_EXTENSIONS_ALLOWED \(pg_stat_statements, pgstattuple, no_such_extension\)/);
+    assert.match(String(notListed.body.message), /extension 'pgrowlocks' is not in APP_EXTENSIONS_ALLOWED \(pg_stat_statements, pgstattuple, earthdistance, no_such_extension\)/);
     const missing = await install('ext_main', 'no_such_extension');
     assert.equal(missing.status, 422);
     assert.match(String(missing.body.message), /this Postgres server does not have it/);
@@ -275,6 +277,36 @@ describe("a superuser's CREATE EXTENSION in a tenant's database", () => {
       { name: 'pg_stat_statements', schema: 'extensions', owner: 'postgres' },
       { name: 'pgstattuple', schema: 'extensions', owner: 'postgres' },
     ]);
+  });
+
+  it("installs one that requires another only when that one is in the service's schema, never with the app's public on the script's path", async () => {
+    const tenant = await t.provision('ext_requires');
+    const first = await install('ext_requires', 'earthdistance');
+    assert.equal(first.status, 422);
+    assert.match(String(first.body.message), /it requires extension cube: install that first/);
+    await sql(tenant, 'CREATE EXTENSION cube');
+    const inPublic = await install('ext_requires', 'earthdistance');
+    assert.equal(inPublic.status, 422);
+    assert.match(String(inPublic.body.message), /it requires extension cube, which is in schema public: .*Move it into extensions/);
+    assert.deepEqual(await extensionRows('app_ext_requires'), [{ name: 'cube', schema: 'public', owner: 'app_ext_requires_user' }]);
+
+    assert.equal((await install('ext_requires', 'pgstattuple')).status, 201);
+    // The app cannot move its cube, and its own functions with it, into the service's schema…
+    await assert.rejects(sql(tenant, 'ALTER EXTENSION cube SET SCHEMA extensions'), { code: '42501' });
+    // …but it may create a trusted extension there: its objects are a superuser's, made by Postgres's own script.
+    await sql(tenant, 'DROP EXTENSION cube; CREATE EXTENSION cube SCHEMA extensions');
+    const created = await install('ext_requires', 'earthdistance');
+    assert.equal(created.status, 201, created.text);
+    assert.deepEqual(created.body, { name: 'earthdistance', version: '1.1', schema: 'extensions', installed_by: 'service' });
+    // Its SQL functions name cube's unqualified: the app calls them with extensions on its path.
+    const metres = await asApp(tenant.connection_string, async (c) => {
+      await c.query('BEGIN');
+      await c.query('SET LOCAL search_path = public, extensions');
+      const { rows } = await c.query('SELECT earth_distance(ll_to_earth(0, 0), ll_to_earth(0, 1)) AS m');
+      await c.query('COMMIT');
+      return Number(rows[0].m);
+    });
+    assert.ok(metres > 111_000 && metres < 112_000, String(metres));
   });
 
   it("refuses (409) a schema named like the service's that the app owns, could write to, or holds objects in; nothing runs, nothing is installed", async () => {

@@ -84,17 +84,20 @@ export function installExtension(deps: OperationDeps, appName: string, name: str
 }
 
 /**
- * The extensions `available` requires must be installed already, in pg_catalog or in the service's schema: CREATE
- * EXTENSION puts their schemas on the script's search_path, and a schema the app can write to must never be there.
+ * The extensions `available` requires must be installed already, in pg_catalog or in the service's schema (by the
+ * service, or by the app: a trusted one's objects there are a superuser's, which ensureServiceSchema checks):
+ * CREATE EXTENSION puts their schemas on the script's search_path, and a schema the app can write to must never be
+ * there.
  */
 async function checkRequirements(db: Queryable, available: AvailableExtension): Promise<void> {
   for (const required of available.requires) {
     const installed = await installedExtension(db, required);
     if (!installed) throw new ExtensionNotAvailableError(available.name, `it requires extension ${required}: install that first`);
-    if (installed.schema !== 'pg_catalog' && installed.installedBy !== 'service') {
+    if (installed.schema !== 'pg_catalog' && installed.schema !== SERVICE_EXTENSIONS_SCHEMA) {
       throw new ExtensionNotAvailableError(
         available.name,
-        `it requires extension ${required}, which is in schema ${installed.schema}: the install script would run as the superuser with that schema, which the app can write to, on its search_path`,
+        `it requires extension ${required}, which is in schema ${installed.schema}: the install script would run as the superuser with that schema, ` +
+          `which the app can write to, on its search_path. Move it into ${SERVICE_EXTENSIONS_SCHEMA} (the app: DROP EXTENSION ${required}; CREATE EXTENSION ${required} SCHEMA ${SERVICE_EXTENSIONS_SCHEMA};)`,
       );
     }
   }

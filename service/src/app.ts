@@ -13,6 +13,7 @@ import provisioner from './http/plugins/provisioner.js';
 import { logEachRequest, requestIdMixin, requestIdOf, requestLogger } from './http/request-log.js';
 import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
+import extensionsRoutes from './http/routes/extensions.js';
 import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
 import settingsRoutes from './http/routes/settings.js';
@@ -92,6 +93,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(appsRoutes, { config });
   await app.register(backupsRoutes);
   await app.register(settingsRoutes);
+  await app.register(extensionsRoutes);
   await app.register(tlsRoutes, { config });
 
   return app;

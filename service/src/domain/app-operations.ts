@@ -1,6 +1,7 @@
 // Owns the operations the service offers on apps, as one object for the routes to call: provision, list, get,
 // rotate, back up, list backups, restore, delete, read and change settings. Each is a module of src/domain/operations/ and runs in the one
 // envelope (src/domain/operation-envelope.ts): audited, and on an existing app under its lock.
+import { AppExtensions } from './app-extensions.js';
 import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
 import { backup } from './operations/backup.js';
@@ -21,9 +22,12 @@ export type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
 
 export class AppOperations {
   private readonly deps: OperationDeps;
+  /** The extensions an operator enables (APP_EXTENSIONS_ALLOWED): install, list, remove. */
+  readonly extensions: AppExtensions;
 
   constructor(deps: OperationDeps) {
     this.deps = deps;
+    this.extensions = new AppExtensions(deps);
   }
 
   /** Tells `observer` of every operation's end (metrics): the operations know nothing of who listens. */

@@ -26,6 +26,14 @@ const SERVICE_ERROR_STATUSES: Record<ServiceErrorCode, number> = {
   SCHEMA_NEWER_THAN_CODE: 500, // the service refuses to start; should a request meet it, it is the service's fault
   SETTING_NOT_ALLOWED: 422,
   SETTING_VALUE_REFUSED: 422,
+  EXTENSION_NOT_ALLOWED: 422,
+  EXTENSION_TRUSTED: 422, // the app creates it itself
+  EXTENSION_NOT_AVAILABLE: 422,
+  EXTENSION_SCHEMA_TAKEN: 409,
+  EXTENSION_NOT_INSTALLED: 404,
+  EXTENSION_NOT_REMOVABLE: 422,
+  EXTENSION_IN_USE: 409,
+  BACKUP_EXTENSION_REFUSED: 422,
 };
 
 /**

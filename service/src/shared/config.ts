@@ -1,6 +1,7 @@
 // Owns the service's settings: one zod schema for the environment, parsed once at start.
 // Handlers never read process.env; they get the parsed Config.
 import { z } from 'zod';
+import { DEFAULT_ALLOWED_EXTENSIONS, parseAllowedExtensions } from './extension-policy.js';
 import { parseSchedule, ScheduleError } from './schedule.js';
 import { DURATION_PATTERN, SIZE_PATTERN } from './setting-values.js';
 
@@ -273,6 +274,23 @@ export const ConfigSchema = z.object({
    * such as 1GB. The storage quota (measured, not enforced by Postgres) reads it.
    */
   APP_STORAGE_LIMIT: z.string().regex(SIZE_PATTERN, 'use a size such as 1GB or 512MB').default('1GB'),
+
+  // --- APP_EXTENSIONS_ALLOWED (src/shared/extension-policy.ts) -----------------------------------------------------
+  /**
+   * Extensions the service installs as the superuser into an app's database on request (POST
+   * /apps/:name/extensions): comma-separated names; empty: none. Only extensions Postgres lets a superuser alone
+   * create; trusted ones an app creates itself. Names the service refuses (dblink, postgres_fdw, file_fdw, …) stop
+   * the start, each with its reason.
+   */
+  APP_EXTENSIONS_ALLOWED: z
+    .string()
+    .default(DEFAULT_ALLOWED_EXTENSIONS.join(','))
+    .transform((text, ctx) => {
+      const { names, problems } = parseAllowedExtensions(text);
+      for (const message of problems) ctx.addIssue({ code: 'custom', message });
+      return names;
+    }),
+  // --- end APP_EXTENSIONS_ALLOWED ------------------------------------------------------------------------------------
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -24,7 +24,15 @@ export type ServiceErrorCode =
   | 'OFFSITE_COPY_REFUSED'
   | 'SCHEMA_NEWER_THAN_CODE'
   | 'SETTING_NOT_ALLOWED'
-  | 'SETTING_VALUE_REFUSED';
+  | 'SETTING_VALUE_REFUSED'
+  | 'EXTENSION_NOT_ALLOWED'
+  | 'EXTENSION_TRUSTED'
+  | 'EXTENSION_NOT_AVAILABLE'
+  | 'EXTENSION_SCHEMA_TAKEN'
+  | 'EXTENSION_NOT_INSTALLED'
+  | 'EXTENSION_NOT_REMOVABLE'
+  | 'EXTENSION_IN_USE'
+  | 'BACKUP_EXTENSION_REFUSED';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -221,6 +229,83 @@ export class SettingNotAllowedError extends ServiceError {
 export class SettingValueRefusedError extends ServiceError {
   constructor(problems: string[]) {
     super('SETTING_VALUE_REFUSED', `${problems.join('; ')}; nothing was changed`);
+  }
+}
+
+// --- extensions an operator enables (src/domain/operations/extensions.ts) -----------------------------------------
+
+/** Not on APP_EXTENSIONS_ALLOWED, or refused by the service whatever the settings say (`refusal` says why). */
+export class ExtensionNotAllowedError extends ServiceError {
+  constructor(extension: string, refusal: string | undefined, allowed: readonly string[]) {
+    super(
+      'EXTENSION_NOT_ALLOWED',
+      refusal
+        ? `extension '${extension}' is refused by this service whatever its settings say: ${refusal}`
+        : `extension '${extension}' is not in APP_EXTENSIONS_ALLOWED (${allowed.length > 0 ? allowed.join(', ') : 'empty'}): the operator's list of extensions the service installs`,
+    );
+  }
+}
+
+/** Postgres lets any user with CREATE on the database create it: the app does so itself, and owns it. */
+export class ExtensionTrustedError extends ServiceError {
+  constructor(extension: string) {
+    super(
+      'EXTENSION_TRUSTED',
+      `extension '${extension}' is trusted by Postgres: the app creates it itself in its own database (CREATE EXTENSION "${extension}";) and owns it; ` +
+        'the service installs only extensions that need a superuser',
+    );
+  }
+}
+
+/** The server has no such extension, or the service cannot install it safely (`reason`). */
+export class ExtensionNotAvailableError extends ServiceError {
+  constructor(extension: string, reason: string) {
+    super('EXTENSION_NOT_AVAILABLE', `extension '${extension}' cannot be installed: ${reason}`);
+  }
+}
+
+/**
+ * The app's database has a schema named like the service's (src/shared/object-names.ts) that the app owns, could
+ * write to, or has objects in: an extension script run there as the superuser could call the app's code.
+ */
+export class ExtensionSchemaTakenError extends ServiceError {
+  constructor(appName: string, schema: string, reason: string) {
+    super(
+      'EXTENSION_SCHEMA_TAKEN',
+      `app '${appName}' has a schema '${schema}' the service cannot install into (${reason}): the service installs extensions, as the superuser, ` +
+        `only into a schema of its own that no app can write to. Rename or drop the app's (ALTER SCHEMA ${schema} RENAME TO …) and retry`,
+    );
+  }
+}
+
+export class ExtensionNotInstalledError extends ServiceError {
+  constructor(appName: string, extension: string) {
+    super('EXTENSION_NOT_INSTALLED', `extension '${extension}' is not installed in app '${appName}'s database`);
+  }
+}
+
+/** Installed, but not by the service: the app's own (it drops it itself), or one every database has. */
+export class ExtensionNotRemovableError extends ServiceError {
+  constructor(extension: string, installedBy: string) {
+    super(
+      'EXTENSION_NOT_REMOVABLE',
+      installedBy === 'app'
+        ? `extension '${extension}' is the app's own: the app drops it itself (DROP EXTENSION "${extension}";)`
+        : `extension '${extension}' was not installed by the service (it is not in its schema): the service removes only those it installed`,
+    );
+  }
+}
+
+export class ExtensionInUseError extends ServiceError {
+  constructor(appName: string, extension: string) {
+    super('EXTENSION_IN_USE', `extension '${extension}' is in use in app '${appName}'s database: objects of the app depend on it; drop them first`);
+  }
+}
+
+/** A restore found an extension in the dump that the service will not create (`reason`); nothing was changed. */
+export class BackupExtensionRefusedError extends ServiceError {
+  constructor(file: string, extension: string, reason: string) {
+    super('BACKUP_EXTENSION_REFUSED', `backup '${file}' needs extension '${extension}', which the service will not create: ${reason}. The app's database is unchanged`);
   }
 }
 

@@ -150,3 +150,20 @@ export function appOfAgent(role: string): string | undefined {
 export function appOfWorkDatabase(database: string): string {
   return database.replace(WORK_DATABASE_PREFIXES.restoring, '').replace(WORK_DATABASE_PREFIXES.retired, '');
 }
+
+// --- extensions an operator enables (src/shared/extension-policy.ts) ------------------------------------------
+
+/**
+ * The schema the service installs extensions into, in an app's database: owned by the superuser, USAGE for every
+ * role that may connect there, CREATE for no one else. A superuser's CREATE EXTENSION runs its script with this
+ * schema first on its search_path, so nothing in it may be a tenant's (src/db/postgres-server/extensions.ts).
+ */
+export const SERVICE_EXTENSIONS_SCHEMA = 'extensions';
+
+/** An extension's name as the service takes it: lowercase letters, digits, _ and - (uuid-ossp), at most 63. */
+const EXTENSION_NAME_REGEX = '[a-z0-9_][a-z0-9_-]{0,62}';
+export const EXTENSION_NAME_PATTERN = new RegExp(`^${EXTENSION_NAME_REGEX}$`);
+
+export const ExtensionNameSchema = z
+  .string({ error: 'the extension name must be a string' })
+  .regex(EXTENSION_NAME_PATTERN, 'an extension name has 1 to 63 characters: lowercase letters a-z, digits 0-9, _ and -');

@@ -230,8 +230,22 @@ describe('bookkeeping', () => {
     assert.match(docs.openapi, /^3\./);
     const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
     assert.deepEqual(operations.sort(), [
-      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /apps/:name/settings', 'GET /backups', 'GET /health',
-      'GET /tls/ca.crt', 'PATCH /apps/:name/settings', 'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
+      'DELETE /apps/:name',
+      'DELETE /apps/:name/extensions/:extension',
+      'GET /apps',
+      'GET /apps/:name',
+      'GET /apps/:name/backups',
+      'GET /apps/:name/extensions',
+      'GET /apps/:name/settings',
+      'GET /backups',
+      'GET /health',
+      'GET /tls/ca.crt',
+      'PATCH /apps/:name/settings',
+      'POST /apps/:name/backups',
+      'POST /apps/:name/extensions',
+      'POST /apps/:name/restore',
+      'POST /apps/:name/rotate',
+      'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);

@@ -14,6 +14,7 @@ import { databaseSettingsToApply, effectiveAppLimits } from '../app-settings.js'
 import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
+import { planDumpExtensions, prepareDumpExtensions } from './extensions.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -34,6 +35,10 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       if (owner && owner.incarnation === backup.incarnation) throw new BackupOfLiveAppError(file, backup.app_name);
       Object.assign(source, { from_deleted_app: true, source_app: backup.app_name, source_incarnation: backup.incarnation });
     }
+    // Extensions the app's agent cannot create (APP_EXTENSIONS_ALLOWED): refused now, before anything is made, or
+    // made by the service in the restore's database before pg_restore runs (src/domain/operations/extensions.ts).
+    const extensions = await planDumpExtensions(deps, client, backup.path, file, app);
+    if (extensions.install.length > 0) source.extensions = extensions.install;
     // Named like the restore's agent, so that pg_hba.conf admits the agent there (src/shared/object-names.ts).
     const restoring = agentName('restore', app);
     const settings = await findAppSettings(store, appName);
@@ -43,11 +48,12 @@ export async function restore(deps: OperationDeps, appName: string, file: string
     await crashPoint('restore:after-create-copy');
     try {
       await handDatabaseToApp(client, server, restoring, app);
+      await prepareDumpExtensions(deps, restoring, app, extensions);
       const roleBefore = await loginRoleState(client, app);
       try {
         await withAgent(server, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
           await crashPoint('restore:after-create-agent');
-          await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
+          await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent, extensions.useList);
         });
       } finally {
         // The app's own limits (its overrides, else today's defaults), not the defaults alone.

@@ -13,6 +13,7 @@ import provisioner from './http/plugins/provisioner.js';
 import { logEachRequest, requestIdMixin, requestIdOf, requestLogger } from './http/request-log.js';
 import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
+import credentialsRoutes from './http/routes/credentials.js';
 import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
 import tlsRoutes from './http/routes/tls.js';
@@ -90,6 +91,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(provisionRoutes, { config });
   await app.register(appsRoutes, { config });
   await app.register(backupsRoutes);
+  await app.register(credentialsRoutes, { config });
   await app.register(tlsRoutes, { config });
 
   return app;

@@ -1,9 +1,10 @@
 // Owns the operations the service offers on apps, as one object for the routes to call: provision, list, get,
-// rotate, back up, list backups, restore, delete. Each is a module of src/domain/operations/ and runs in the one
+// rotate, back up, list backups, restore, delete; an app's extra credentials. Each is a module of src/domain/operations/ and runs in the one
 // envelope (src/domain/operation-envelope.ts): audited, and on an existing app under its lock.
 import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
 import { backup } from './operations/backup.js';
+import { createCredential, deleteCredential, listCredentials, rotateCredential, type CredentialAccess, type CredentialLogin, type CredentialSummary } from './operations/credentials.js';
 import { deleteApp } from './operations/delete.js';
 import type { Credentials, OperationDeps } from './operations/deps.js';
 import { provision } from './operations/provision.js';
@@ -13,6 +14,7 @@ import { rotate } from './operations/rotate.js';
 
 export type { Credentials } from './operations/deps.js';
 export type { AppDetail, AppSummary } from './operations/read.js';
+export type { CredentialAccess, CredentialLogin, CredentialSummary } from './operations/credentials.js';
 export type { OperationObserver, RequestContext } from './operation-envelope.js';
 
 export class AppOperations {
@@ -61,5 +63,21 @@ export class AppOperations {
 
   delete(appName: string, options: { backup: boolean }, request: RequestContext): Promise<{ backup: string | null }> {
     return deleteApp(this.deps, appName, options, request);
+  }
+
+  createCredential(appName: string, name: string, access: CredentialAccess, request: RequestContext): Promise<CredentialLogin> {
+    return createCredential(this.deps, appName, name, access, request);
+  }
+
+  listCredentials(appName: string): Promise<CredentialSummary[]> {
+    return listCredentials(this.deps, appName);
+  }
+
+  rotateCredential(appName: string, name: string, request: RequestContext): Promise<CredentialLogin & { sessionsEnded: number }> {
+    return rotateCredential(this.deps, appName, name, request);
+  }
+
+  deleteCredential(appName: string, name: string, request: RequestContext): Promise<{ sessionsEnded: number }> {
+    return deleteCredential(this.deps, appName, name, request);
   }
 }

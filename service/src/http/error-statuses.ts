@@ -24,6 +24,9 @@ const SERVICE_ERROR_STATUSES: Record<ServiceErrorCode, number> = {
   OFFSITE_COPY_FAILED: 502, // the remote failed us; raised by the scheduled copy, not by a request today
   OFFSITE_COPY_REFUSED: 409,
   SCHEMA_NEWER_THAN_CODE: 500, // the service refuses to start; should a request meet it, it is the service's fault
+  CREDENTIAL_EXISTS: 409,
+  CREDENTIAL_NOT_FOUND: 404,
+  CREDENTIAL_LIMIT_REACHED: 409,
 };
 
 /**

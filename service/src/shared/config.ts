@@ -262,6 +262,8 @@ export const ConfigSchema = z.object({
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
   APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+  /** How many extra credentials (POST /apps/:name/credentials) one app may have at once. */
+  APP_MAX_CREDENTIALS: z.coerce.number().int().min(0).max(100).default(5),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -22,7 +22,10 @@ export type ServiceErrorCode =
   | 'DATABASE_UNAVAILABLE'
   | 'OFFSITE_COPY_FAILED'
   | 'OFFSITE_COPY_REFUSED'
-  | 'SCHEMA_NEWER_THAN_CODE';
+  | 'SCHEMA_NEWER_THAN_CODE'
+  | 'CREDENTIAL_EXISTS'
+  | 'CREDENTIAL_NOT_FOUND'
+  | 'CREDENTIAL_LIMIT_REACHED';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -202,6 +205,25 @@ export class SchemaNewerThanCodeError extends ServiceError {
     );
     this.databaseVersion = databaseVersion;
     this.codeVersion = codeVersion;
+  }
+}
+
+export class CredentialExistsError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_EXISTS', `app '${appName}' already has a credential named '${credential}'`);
+  }
+}
+
+export class CredentialNotFoundError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_NOT_FOUND', `app '${appName}' has no credential named '${credential}'`);
+  }
+}
+
+/** An app has as many extra credentials as APP_MAX_CREDENTIALS allows. */
+export class CredentialLimitError extends ServiceError {
+  constructor(appName: string, limit: number) {
+    super('CREDENTIAL_LIMIT_REACHED', `app '${appName}' has ${limit} credentials, the most it may have (APP_MAX_CREDENTIALS): delete one first`);
   }
 }
 

@@ -11,6 +11,7 @@ import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
 import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
+import { credentialStates, grantCredentialsIn, putBackCredentialStates } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -40,6 +41,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
     try {
       await handDatabaseToApp(client, server, restoring, app);
       const roleBefore = await loginRoleState(client, app);
+      const credentialsBefore = await credentialStates(client, app);
       try {
         await withAgent(server, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
           await crashPoint('restore:after-create-agent');
@@ -51,7 +53,14 @@ export async function restore(deps: OperationDeps, appName: string, file: string
           source.login_role_put_back = putBack;
           log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
         }
+        const credentialsPutBack = await putBackCredentialStates(client, app, credentialsBefore, deps.limits);
+        if (Object.keys(credentialsPutBack).length > 0) {
+          source.credentials_put_back = credentialsPutBack;
+          log.warn({ app: appName, put_back: credentialsPutBack }, "the restored dump changed the app's credentials; put back as they were");
+        }
       }
+      // The restored database is a new one: the read-only credentials' grants in it are made again.
+      await grantCredentialsIn(server, restoring, app, credentialsBefore);
       await crashPoint('restore:after-restore');
       // The swap ends every session in the app's database, the pooler's server connections among them; those
       // also close at the pooler as they are released. Its clients stay, and their next transaction runs on the
@@ -65,7 +74,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       throw err;
     }
     await dropDatabase(client, retired);
-    if (source.login_role_put_back) await doorTakesLogins(server, app);
+    if (source.login_role_put_back || source.credentials_put_back) await doorTakesLogins(server, app);
   });
 }
 

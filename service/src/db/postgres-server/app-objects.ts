@@ -127,10 +127,14 @@ async function databasesNamingRole(db: Queryable, role: string): Promise<string[
  */
 export async function dropRoleEverywhere(db: Queryable, opener: DatabaseOpener, role: string, reassignTo?: string): Promise<void> {
   if (!(await existingRoles(db, [role])).has(role)) return;
-  for (const name of await databasesNamingRole(db, role)) {
+  const databases = await databasesNamingRole(db, role);
+  for (const name of databases) {
     await opener.inDatabase(name, (inside) => dropOwnedInside(inside, db, role, reassignTo));
   }
-  // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left.
+  // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left. A role
+  // named by no database's objects may still hold such a privilege (an extra credential's CONNECT): DROP OWNED
+  // here, in the service's own database, where no tenant has anything, revokes it.
+  if (databases.length === 0) await db.query(`DROP OWNED BY ${ident(role)}`);
   await db.query(`DROP ROLE IF EXISTS ${ident(role)}`);
 }
 

@@ -1,14 +1,18 @@
 // Owns the DDL and catalog reads of an app's extra credentials: login roles app_<app>.<credential> beside the
 // app's own (src/shared/object-names.ts), each of one of two kinds:
-// - full: a member of the app's login role, INHERIT, so it has the app's privileges (and, through it, pg_hba.conf's
-//   samerole admits it wherever the app's login goes); its sessions start as the app's login role
-//   (ALTER ROLE … SET role), so what it creates is owned by the app;
+// - full: a member of the app's login role (so pg_hba.conf's samerole admits it wherever the app's login goes), with
+//   CONNECT on the app's database; its sessions start as the app's login role (ALTER ROLE … SET role), so it has the
+//   app's privileges and what it creates is owned by the app. NOINHERIT: after SET ROLE NONE it is only itself,
+//   with CONNECT and nothing else, so it makes nothing of its own there (which the app, and its dump agent, could
+//   not read: a backup would stop at it). RESET ROLE goes back to the role's default: the app's login role.
 // - read_only: a member of the app's access role and of provisioned_apps only (so samerole admits it to the
 //   app's main database and nowhere else), NOINHERIT, with CONNECT on that database, USAGE on the schemas the
 //   app's login role owns and SELECT on their tables and sequences, now (GRANT … ON ALL …) and later (ALTER
 //   DEFAULT PRIVILEGES FOR ROLE the app's login role), and default_transaction_read_only = on as a second guard.
-// Both carry the app's limits and log_min_messages = fatal (roleSettingsSql). Postgres's catalogs are the record:
-// nothing of a credential is kept in the system store.
+// Both carry the app's limits and log_min_messages = fatal (roleSettingsSql). Neither inherits: CONNECT is granted
+// to each itself, so a credential that someone made a member of another app's roles still has no CONNECT there (the
+// second lock of SECURITY.md's promise 1, as for the apps' own NOINHERIT login roles). Postgres's catalogs are the
+// record: nothing of a credential is kept in the system store.
 //
 // A credential that is not live (being made, or being removed) is marked by VALID UNTIL '-infinity', which only a
 // superuser (or CREATEROLE) can change: no login is accepted for it, the door refuses it, and the reconciler drops
@@ -35,34 +39,35 @@ export function credentialSettingsSql(app: AppIdentifiers, role: string, access:
 }
 
 /**
- * Makes the credential's login role, not live yet (NOLOGIN, marked): its attributes, memberships, settings and,
- * for read_only, CONNECT on the app's database. One message of several statements: one implicit transaction.
+ * Makes the credential's login role, not live yet (NOLOGIN, marked): its attributes, memberships, settings and
+ * CONNECT on the app's database. One message of several statements: one implicit transaction.
  */
 export async function createCredentialRole(db: Queryable, app: AppIdentifiers, role: string, access: CredentialAccess, passwordVerifier: string, limits: AppRoleLimits): Promise<void> {
   const name = ident(role);
-  const kind =
-    access === 'full'
-      ? `INHERIT CONNECTION LIMIT ${limits.connectionLimit} IN ROLE ${ident(app.username)}`
-      : `NOINHERIT CONNECTION LIMIT ${limits.connectionLimit} IN ROLE ${ident(APPS_GROUP_ROLE)}, ${ident(app.accessRole)}`;
+  const memberOf = access === 'full' ? ident(app.username) : `${ident(APPS_GROUP_ROLE)}, ${ident(app.accessRole)}`;
   await db.query(
     `CREATE ROLE ${name} WITH NOLOGIN PASSWORD ${literal(passwordVerifier)} VALID UNTIL ${literal(NOT_LIVE)}
-       NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS ${kind};
+       NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT ${limits.connectionLimit} IN ROLE ${memberOf};
      ${credentialSettingsSql(app, role, access, limits)}
      COMMENT ON ROLE ${name} IS ${literal(COMMENT_PREFIX + new Date().toISOString())};
-     ${access === 'read_only' ? `GRANT CONNECT ON DATABASE ${ident(app.database)} TO ${name};` : ''}`,
+     GRANT CONNECT ON DATABASE ${ident(app.database)} TO ${name};`,
   );
 }
 
 /**
- * Inside `database` (the app's, or a restore's copy of it): `role` may use every schema the app's login role owns and
- * read every table, view and sequence in them, and will be able to read those the app's login role makes later
- * (default privileges), plus CONNECT on that database. Only catalog changes, run as the superuser: no code of the
- * tenant's runs (SECURITY.md, promise 8's table).
+ * Inside `database` (the app's, or a restore's copy of it), what the credential needs there; only catalog changes,
+ * run as the superuser: no code of the tenant's runs (SECURITY.md, promise 8's table). Both kinds: CONNECT (neither
+ * inherits it: see the header). read_only also: USAGE on every schema the app's login role owns and SELECT on every
+ * table, view and sequence in them, and on those the app's login role makes later (default privileges).
  */
-export async function grantReadAccess(opener: DatabaseOpener, database: string, app: AppIdentifiers, role: string): Promise<void> {
-  const name = ident(role);
+export async function grantCredentialAccess(opener: DatabaseOpener, database: string, app: AppIdentifiers, credential: { role: string; access: CredentialAccess }): Promise<void> {
+  const name = ident(credential.role);
   const owner = ident(app.username);
   await opener.inDatabase(database, async (inside) => {
+    if (credential.access === 'full') {
+      await inside.query(`GRANT CONNECT ON DATABASE ${ident(database)} TO ${name}`);
+      return;
+    }
     const { rows } = await inside.query<{ nspname: string }>(
       `SELECT n.nspname FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE r.rolname = $1 ORDER BY 1`,
       [app.username],

@@ -7,7 +7,7 @@ import type { AppRoleLimits, RoleState } from '../../db/postgres-server/app-obje
 import {
   createCredentialRole,
   credentialRoles,
-  grantReadAccess,
+  grantCredentialAccess,
   makeCredentialLive,
   putBackCredentialState,
   retireCredential,
@@ -67,9 +67,9 @@ export async function putBackCredentialStates(client: Queryable, app: AppIdentif
   return putBack;
 }
 
-/** In `database` (a restore's copy, before it is swapped in), the read-only credentials' grants (grantReadAccess). */
+/** In `database` (a restore's copy, before it is swapped in), each credential's grants there (grantCredentialAccess). */
 export async function grantCredentialsIn(server: PostgresServer, database: string, app: AppIdentifiers, states: CredentialStates): Promise<void> {
-  for (const { credential } of states) if (credential.access === 'read_only') await grantReadAccess(server, database, app, credential.role);
+  for (const { credential } of states) await grantCredentialAccess(server, database, app, credential);
 }
 
 function summaryOf(credential: CredentialRole & { access: CredentialAccess }): CredentialSummary {
@@ -82,8 +82,7 @@ export async function liveCredentials(client: Queryable, app: AppIdentifiers): P
 }
 
 /**
- * Makes a credential: its role, not live yet (NOLOGIN, marked); for read_only, its grants inside the app's
- * database; then live (LOGIN); then the door admits it. A crash before it is live leaves a marked role, which the
+ * Makes a credential: its role, not live yet (NOLOGIN, marked); its grants inside the app's database; then live (LOGIN); then the door admits it. A crash before it is live leaves a marked role, which the
  * reconciler drops (the client got no answer); a failure with a sound connection drops it at once.
  */
 export function createCredential(deps: OperationDeps, appName: string, name: string, access: CredentialAccess, request: RequestContext): Promise<CredentialLogin> {
@@ -102,7 +101,7 @@ export function createCredential(deps: OperationDeps, appName: string, name: str
     }
     try {
       await crashPoint('create-credential:after-create-role');
-      if (access === 'read_only') await grantReadAccess(deps.server, app.database, app, role);
+      await grantCredentialAccess(deps.server, app.database, app, { role, access });
       await crashPoint('create-credential:after-grants');
       await makeCredentialLive(client, role);
       await crashPoint('create-credential:after-live');

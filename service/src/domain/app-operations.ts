@@ -1,10 +1,12 @@
 // Owns the operations the service offers on apps, as one object for the routes to call: provision, list, get,
-// rotate, back up, list backups, restore, delete, read and change settings. Each is a module of src/domain/operations/ and runs in the one
+// rotate, back up, list backups, restore, delete, read and change settings; an app's extra credentials (and, through
+// `extensions`, the extensions the service installs). Each is a module of src/domain/operations/ and runs in the one
 // envelope (src/domain/operation-envelope.ts): audited, and on an existing app under its lock.
 import { AppExtensions } from './app-extensions.js';
 import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
 import { backup } from './operations/backup.js';
+import { createCredential, deleteCredential, listCredentials, rotateCredential, type CredentialAccess, type CredentialLogin, type CredentialSummary } from './operations/credentials.js';
 import { deleteApp } from './operations/delete.js';
 import type { Credentials, OperationDeps } from './operations/deps.js';
 import { provision } from './operations/provision.js';
@@ -16,6 +18,7 @@ import type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
 
 export type { Credentials } from './operations/deps.js';
 export type { AppDetail, AppSummary } from './operations/read.js';
+export type { CredentialAccess, CredentialLogin, CredentialSummary } from './operations/credentials.js';
 export type { OperationObserver, RequestContext } from './operation-envelope.js';
 export type { ChangedSettings } from './operations/settings.js';
 export type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
@@ -77,5 +80,21 @@ export class AppOperations {
 
   changeSettings(appName: string, patch: AppSettingsPatch, options: { endSessions: boolean }, request: RequestContext): Promise<ChangedSettings> {
     return changeAppSettings(this.deps, appName, patch, options, request);
+  }
+
+  createCredential(appName: string, name: string, access: CredentialAccess, request: RequestContext): Promise<CredentialLogin> {
+    return createCredential(this.deps, appName, name, access, request);
+  }
+
+  listCredentials(appName: string): Promise<CredentialSummary[]> {
+    return listCredentials(this.deps, appName);
+  }
+
+  rotateCredential(appName: string, name: string, request: RequestContext): Promise<CredentialLogin & { sessionsEnded: number }> {
+    return rotateCredential(this.deps, appName, name, request);
+  }
+
+  deleteCredential(appName: string, name: string, request: RequestContext): Promise<{ sessionsEnded: number }> {
+    return deleteCredential(this.deps, appName, name, request);
   }
 }

@@ -11,6 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { appLoginVerifiers } from '../db/postgres-server/app-objects.js';
+import { credentialLoginVerifiers } from '../db/postgres-server/credential-objects.js';
 import type { ClusterBackup } from '../db/postgres-server/cluster-backup.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../db/pooler/pgbouncer.js';
@@ -123,7 +124,8 @@ function poolerOf(config: Config, log: Logger): ((server: PostgresServer) => Poo
     // The door's catalog reads run on a connection of their own: an operation holding a pool connection waits
     // for them, and must not wait for a second one from the same pool.
     const catalog = server.connections.dedicated();
-    return new PgBouncer(settings, () => catalog.run(appLoginVerifiers), log);
+    // The apps' own logins and their extra credentials' (src/db/postgres-server/credential-objects.ts).
+    return new PgBouncer(settings, () => catalog.run(async (db) => [...(await appLoginVerifiers(db)), ...(await credentialLoginVerifiers(db))]), log);
   };
 }
 

@@ -9,6 +9,7 @@
 import type { Logger } from 'pino';
 import { removeAgent } from '../db/postgres-server/agent-roles.js';
 import { addAccessRole, agentRoles, allowConnections, appNamesWithObjects, appObjects, dropAppRoles, dropDatabase, enableLogin, workDatabases } from '../db/postgres-server/app-objects.js';
+import { allCredentialRoles, credentialRoles } from '../db/postgres-server/credential-objects.js';
 import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { adoptApp, appsInState, findApp, registeredAppNames, unregisterApp } from '../db/system-store/registry.js';
 import type { SystemStore } from '../db/system-store/system-store.js';
@@ -18,6 +19,7 @@ import { appsWithSettingsAdrift, bringSettingsInForce } from './app-settings.js'
 import type { AuditTrail } from './audit-trail.js';
 import type { CrashPoint } from './crash-points.js';
 import type { AppSession } from './operation-envelope.js';
+import { removeCredentialRoles } from './operations/credentials.js';
 import { removeAppObjects } from './operations/delete.js';
 import type { ReadyPool } from './ready-pool.js';
 
@@ -132,7 +134,7 @@ async function reopenReadyApps(run: ReconcileRun): Promise<void> {
         await run.repaired(appName, 'allowed connections again');
       } else if (now.loginRole && !now.loginAllowed) {
         // A rotation stopped before its end: it was never answered, so the app keeps the password it has.
-        await enableLogin(client, app);
+        await enableLogin(client, app.username);
         await run.repaired(appName, 'allowed login again after an interrupted rotation');
       } else if (!now.database || !now.loginRole || !now.accessRole) {
         log.error({ app: appName, objects: now }, 'app is registered as ready but some of its objects are missing; left for the operator');
@@ -189,8 +191,56 @@ async function applyAppSettingsAgain(run: ReconcileRun): Promise<void> {
   }
 }
 
+/**
+ * Extra credentials a crash left (src/domain/operations/credentials.ts): those of an app that is not registered are
+ * removed; of a ready app, one that is not live (cut while being made, whose client got no answer, or while being
+ * removed) is removed, and a live one left refusing logins (a rotation cut short) may log in again, with the password
+ * it has. Runs after the adoption of unregistered apps, so that an adopted app keeps its credentials.
+ */
+async function repairCredentials(run: ReconcileRun): Promise<void> {
+  const { store, server, log } = run.deps;
+  const ready = new Set((await appsInState(store.pool, ['ready'])).map((row) => row.app_name));
+  const byApp = new Map<string, Array<{ live: boolean; loginAllowed: boolean; access: string | undefined }>>();
+  for (const credential of await allCredentialRoles(server.pool)) byApp.set(credential.appName, [...(byApp.get(credential.appName) ?? []), credential]);
+  for (const [appName, credentials] of byApp) {
+    if (ready.has(appName) && credentials.every((c) => c.live && c.loginAllowed && c.access !== undefined)) continue;
+    await run.locked(appName, async ({ store: storeClient, server: client }) => {
+      const app = appIdentifiers(appName);
+      const found = await findApp(storeClient, appName);
+      const now = await credentialRoles(client, app);
+      if (!found) {
+        await removeCredentialRoles(server, client, app, now);
+        await run.repaired(appName, `removed credentials of an app that is not registered: ${now.map((c) => c.credential).join(', ')}`);
+        return;
+      }
+      if (found.state !== 'ready') return; // being made or deleted: finishHalfDoneApps's (it removes them with the app)
+      const notLive = now.filter((c) => !c.live);
+      if (notLive.length > 0) {
+        await removeCredentialRoles(server, client, app, notLive);
+        await run.repaired(appName, `removed credentials half-made or half-removed: ${notLive.map((c) => c.credential).join(', ')}`);
+      }
+      for (const credential of now.filter((c) => c.live && !c.loginAllowed)) {
+        await enableLogin(client, credential.role);
+        await run.repaired(appName, `allowed login again after an interrupted rotation of credential ${credential.credential}`);
+      }
+      for (const credential of now.filter((c) => c.live && c.access === undefined)) {
+        log.error({ app: appName, credential: credential.credential }, 'a credential role is a member of neither the app\'s login role nor its access role; left for the operator');
+      }
+    });
+  }
+}
+
 /** The repairs, in the order they run. */
-const REPAIRS = [finishHalfDoneApps, removeLeftoverAgents, dropRestoreLeftovers, reopenReadyApps, removeLeftoverReadySets, adoptUnregisteredApps, applyAppSettingsAgain];
+const REPAIRS = [
+  finishHalfDoneApps,
+  removeLeftoverAgents,
+  dropRestoreLeftovers,
+  reopenReadyApps,
+  removeLeftoverReadySets,
+  adoptUnregisteredApps,
+  applyAppSettingsAgain,
+  repairCredentials,
+];
 
 export class Reconciler {
   private readonly deps: ReconcilerDeps;

@@ -291,6 +291,8 @@ export const ConfigSchema = z.object({
       return names;
     }),
   // --- end APP_EXTENSIONS_ALLOWED ------------------------------------------------------------------------------------
+  /** How many extra credentials (POST /apps/:name/credentials) one app may have at once. */
+  APP_MAX_CREDENTIALS: z.coerce.number().int().min(0).max(100).default(5),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

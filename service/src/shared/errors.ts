@@ -32,7 +32,10 @@ export type ServiceErrorCode =
   | 'EXTENSION_NOT_INSTALLED'
   | 'EXTENSION_NOT_REMOVABLE'
   | 'EXTENSION_IN_USE'
-  | 'BACKUP_EXTENSION_REFUSED';
+  | 'BACKUP_EXTENSION_REFUSED'
+  | 'CREDENTIAL_EXISTS'
+  | 'CREDENTIAL_NOT_FOUND'
+  | 'CREDENTIAL_LIMIT_REACHED';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -306,6 +309,27 @@ export class ExtensionInUseError extends ServiceError {
 export class BackupExtensionRefusedError extends ServiceError {
   constructor(file: string, extension: string, reason: string) {
     super('BACKUP_EXTENSION_REFUSED', `backup '${file}' needs extension '${extension}', which the service will not create: ${reason}. The app's database is unchanged`);
+  }
+}
+
+// --- extra credentials (src/domain/operations/credentials.ts) ----------------------------------------------------
+
+export class CredentialExistsError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_EXISTS', `app '${appName}' already has a credential named '${credential}'`);
+  }
+}
+
+export class CredentialNotFoundError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_NOT_FOUND', `app '${appName}' has no credential named '${credential}'`);
+  }
+}
+
+/** An app has as many extra credentials as APP_MAX_CREDENTIALS allows. */
+export class CredentialLimitError extends ServiceError {
+  constructor(appName: string, limit: number) {
+    super('CREDENTIAL_LIMIT_REACHED', `app '${appName}' has ${limit} credentials, the most it may have (APP_MAX_CREDENTIALS): delete one first`);
   }
 }
 

@@ -78,6 +78,43 @@ export const APP_SQL = {
   loginRoleOf: (appNameColumn: string) => `'${APP_PREFIX}' || ${appNameColumn} || '${LOGIN_ROLE_SUFFIX}'`,
 } as const;
 
+// --- extra credentials ------------------------------------------------------------------------------------------
+// An app may have more logins than its own (src/domain/operations/credentials.ts): each is a login role named
+// app_<app>.<credential>. App names never contain '.', so no app's, ready set's, agent's or work database's name can
+// be a credential's, and a credential's role never matches the app patterns above (APP_SQL: [a-z0-9_] only).
+
+export const CREDENTIAL_NAME_MAX_LENGTH = 20;
+const CREDENTIAL_NAME_REGEX = `${APP_NAME_CHARACTER}{1,${CREDENTIAL_NAME_MAX_LENGTH}}`;
+export const CREDENTIAL_NAME_PATTERN = new RegExp(`^${CREDENTIAL_NAME_REGEX}$`);
+const CREDENTIAL_SEPARATOR = '.';
+
+export const CredentialNameSchema = z
+  .string({ error: 'name must be a string' })
+  .min(1, 'name must be at least 1 character')
+  .max(CREDENTIAL_NAME_MAX_LENGTH, `name must be at most ${CREDENTIAL_NAME_MAX_LENGTH} characters`)
+  .regex(new RegExp(`^${APP_NAME_CHARACTER}*$`), 'name may contain only lowercase letters a-z, digits 0-9 and underscore');
+
+/** The login role of an app's extra credential: app_<app>.<credential>. Throws on a name outside the allowlist. */
+export function credentialRole(app: AppIdentifiers, credential: string): string {
+  if (!CREDENTIAL_NAME_PATTERN.test(credential)) throw new TypeError(`not a valid credential name: ${JSON.stringify(credential)}`);
+  return `${app.database}${CREDENTIAL_SEPARATOR}${credential}`;
+}
+
+const CREDENTIAL_ROLE = new RegExp(`^${APP_PREFIX}(${APP_NAME_REGEX})\\${CREDENTIAL_SEPARATOR}(${CREDENTIAL_NAME_REGEX})$`);
+
+/** The app and credential a credential role belongs to, or undefined for a name that is not a credential's. */
+export function credentialOfRole(role: string): { appName: string; credential: string } | undefined {
+  const match = CREDENTIAL_ROLE.exec(role);
+  return match ? { appName: match[1]!, credential: match[2]! } : undefined;
+}
+
+/** Credential roles in SQL: a pattern capturing the app and the credential, and the LIKE prefix of one app's. */
+export const CREDENTIAL_SQL = {
+  rolePattern: `^${APP_PREFIX}(${APP_NAME_REGEX})\\${CREDENTIAL_SEPARATOR}(${CREDENTIAL_NAME_REGEX})$`,
+  /** Every credential role of `app`, and nothing else: for LIKE. */
+  likeOf: (app: AppIdentifiers) => sqlLikePrefix(`${app.database}${CREDENTIAL_SEPARATOR}`),
+} as const;
+
 // --- the service's own objects ----------------------------------------------------------------------------------
 // Outside the app_ namespace: no app name makes them.
 

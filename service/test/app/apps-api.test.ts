@@ -61,7 +61,7 @@ describe('GET /apps and GET /apps/:name', () => {
       const one = await t.admin('GET', '/apps/list_b');
       assert.equal(one.status, 200);
       // One app: what the list says, and its backups' state (none yet; its scheduled backups are not failing).
-      assert.deepEqual(one.body, { ...listB, newest_backup: null, backup_failing: null });
+      assert.deepEqual(one.body, { ...listB, newest_backup: null, backup_failing: null, credentials: [] });
     } finally {
       await session.end();
     }
@@ -246,6 +246,10 @@ describe('bookkeeping', () => {
       'POST /apps/:name/restore',
       'POST /apps/:name/rotate',
       'POST /provision',
+      'DELETE /apps/:name', 'DELETE /apps/:name/credentials/:credential', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups',
+      'GET /apps/:name/credentials', 'GET /backups', 'GET /health', 'GET /tls/ca.crt', 'POST /apps/:name/backups',
+      'POST /apps/:name/credentials', 'POST /apps/:name/credentials/:credential/rotate', 'POST /apps/:name/restore',
+      'POST /apps/:name/rotate', 'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);

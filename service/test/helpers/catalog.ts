@@ -4,7 +4,7 @@
 // Catalog runs each question on the database it belongs to; the functions below it take a connection (the soak,
 // scripts/lib/soak/, uses halfMadeObjects on its own).
 import type pg from 'pg';
-import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE, type ObjectNames } from '../../src/shared/object-names.js';
+import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, CREDENTIAL_SQL, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE, type ObjectNames } from '../../src/shared/object-names.js';
 
 /** A connection, or anything that runs a query on one. */
 export type Db = Pick<pg.ClientBase, 'query'>;
@@ -205,7 +205,7 @@ export async function readySetEntries(system: Db): Promise<Array<{ id: string; s
 
 /**
  * What must never be left once the reconciler has run: registry rows not ready, ready apps missing an object,
- * and app databases or roles without a registry row. Each as "<name> (<what is wrong>)".
+ * and app databases or roles (extra credentials' included) without a registry row. Each as "<name> (<what is wrong>)".
  */
 export async function halfMadeObjects(system: Db): Promise<string[]> {
   return names(
@@ -222,7 +222,8 @@ export async function halfMadeObjects(system: Db): Promise<string[]> {
      UNION ALL
      SELECT r.rolname || ' (role without registry row)' FROM pg_roles r
       WHERE r.rolname LIKE $1
-        AND NOT EXISTS (SELECT 1 FROM apps a WHERE r.rolname IN (${APP_SQL.databaseOf('a.app_name')}, ${APP_SQL.loginRoleOf('a.app_name')}))`,
+        AND NOT EXISTS (SELECT 1 FROM apps a WHERE r.rolname IN (${APP_SQL.databaseOf('a.app_name')}, ${APP_SQL.loginRoleOf('a.app_name')})
+                           OR substring(r.rolname FROM '${CREDENTIAL_SQL.rolePattern}') = a.app_name)`,
     [APP_SQL.like],
   );
 }

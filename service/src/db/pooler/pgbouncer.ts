@@ -66,8 +66,10 @@ export interface Pooler {
    * Ends every pooled connection to `database`, clients' and the server's (KILL, then RESUME). Only once no login
    * is in progress at the door, or its login timeout has passed: PgBouncer 1.18 ties a login to its pool before
    * the password exchange, and KILL frees the pool under it; such a login, finished, lands in whichever pool
-   * takes that memory next: another app's (found by test/stack/hostile-tenant.test.ts). The caller has made the
-   * app's logins refused first (loginsChanged after NOLOGIN), so that no new login to `database` can begin.
+   * takes that memory next: another app's (found by test/stack/hostile-tenant.test.ts). So every login to
+   * `database` (the app's own and its extra credentials') is refused at the door until the pools are ended: its
+   * hba lines are withheld meanwhile. The caller has refused the login whose change asked for this first
+   * (loginsChanged after NOLOGIN), so that it stays refused after.
    */
   endConnections(database: string): Promise<void>;
   /**
@@ -183,11 +185,27 @@ export class PgBouncer implements Pooler {
     return this.next;
   }
 
+  /**
+   * Databases whose hba lines are withheld while their connections are ended (a count per database: calls may
+   * overlap). An app's database has several logins (its own, its extra credentials): KILL frees the pools of every
+   * one of them, so none of them may have a login begin meanwhile, not only the one whose change asked for it.
+   */
+  private readonly withheld = new Map<string, number>();
+
   async endConnections(database: string): Promise<void> {
     const name = plainName(database);
-    await this.noLoginInProgress();
-    await this.command(`KILL ${name}`);
-    await this.command(`RESUME ${name}`);
+    this.withheld.set(name, (this.withheld.get(name) ?? 0) + 1);
+    try {
+      await this.loginsChanged(); // no new login to the database begins from now on
+      await this.noLoginInProgress();
+      await this.command(`KILL ${name}`);
+      await this.command(`RESUME ${name}`);
+    } finally {
+      const left = (this.withheld.get(name) ?? 1) - 1;
+      if (left > 0) this.withheld.set(name, left);
+      else this.withheld.delete(name);
+      await this.loginsChanged();
+    }
   }
 
   async reconnect(database: string): Promise<void> {
@@ -312,8 +330,8 @@ export class PgBouncer implements Pooler {
     const template = await readFile(this.settings.hbaTemplate, 'utf8');
     if (!HBA_MARKER.test(template)) throw new Error(`${this.settings.hbaTemplate} has no line "# @app-logins" where the apps' lines go`);
     const apps = logins
-      .filter((login) => login.verifier !== null)
-      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${plainName(login.database)} ${plainName(login.name)} ${address} scram-sha-256`));
+      .filter((login) => login.verifier !== null && !this.withheld.has(login.database))
+      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${plainName(login.database)} ${loginName(login.name)} ${address} scram-sha-256`));
     return template.replace(HBA_MARKER, () => ['# @app-logins: written by the provisioning service', ...apps].join('\n'));
   }
 
@@ -404,6 +422,15 @@ const HBA_MARKER = /^# @app-logins$/m;
  */
 function plainName(name: string): string {
   if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a name the door's files or console can take: ${name}`);
+  return name;
+}
+
+/**
+ * A login's name as the hba file takes it, unquoted: an app's login role ([a-z0-9_]), or an extra credential's,
+ * app_<app>.<credential> (PgBouncer's hba parser reads a name up to whitespace, a comma, '#' or '"').
+ */
+function loginName(name: string): string {
+  if (!/^[a-z0-9_]+(\.[a-z0-9_]+)?$/.test(name)) throw new Error(`not a login name the door's hba file can take: ${name}`);
   return name;
 }
 

@@ -10,6 +10,7 @@ import type { CrashPoint } from '../crash-points.js';
 import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot, dumpApp } from './backup.js';
+import { removeCredentialRoles } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -50,8 +51,9 @@ async function backupBeforeDelete(deps: OperationDeps, server: Queryable, app: A
   }
 }
 
-/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): login first refused (at the pooler too), sessions ended (pooled ones too), database, roles. */
+/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): its extra credentials first, then its login refused (at the pooler too), sessions ended (pooled ones too), database, roles. */
 export async function removeAppObjects(server: PostgresServer, crashPoint: CrashPoint, client: Queryable, app: AppIdentifiers): Promise<void> {
+  await removeCredentialRoles(server, client, app);
   const objects = await appObjects(client, app);
   if (objects.loginRole) {
     await disableLogin(client, app.username);

@@ -8,6 +8,7 @@ import { AppNotFoundError } from '../../shared/errors.js';
 import { appIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile, BackupFiles } from '../backups/backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
+import { liveCredentials, type CredentialAccess } from './credentials.js';
 
 /** A ready app as the service lists it. */
 export interface AppSummary {
@@ -20,6 +21,8 @@ export interface AppSummary {
 /** One app as GET /apps/:name shows it: its summary, its newest backup, and whether its scheduled backups fail. */
 export interface AppDetail extends AppSummary {
   newest_backup: BackupFile | null;
+  /** Its extra credentials (src/domain/operations/credentials.ts): never a password. */
+  credentials: Array<{ name: string; access: CredentialAccess; username: string }>;
   backup_failing: { failures: number; retry_at: string; error: string } | null;
 }
 
@@ -61,10 +64,11 @@ export class AppListing {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes, backups] = await Promise.all([
+    const [sessions, sizes, backups, credentials] = await Promise.all([
       appSessionCounts(this.server.pool),
       appDatabaseSizes(this.server.pool, [appName]),
       this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
+      liveCredentials(this.server.pool, appIdentifiers(appName)),
     ]);
     const size = sizes.get(appName) ?? 0;
     this.sizes.set(appName, size);
@@ -72,6 +76,7 @@ export class AppListing {
     return {
       ...summary(app, sessions, size),
       newest_backup: backups[0] ?? null,
+      credentials: credentials.map((c) => ({ name: c.credential, access: c.access, username: c.role })),
       backup_failing: failing ? { failures: failing.failures, retry_at: new Date(failing.retryAt).toISOString(), error: failing.code } : null,
     };
   }

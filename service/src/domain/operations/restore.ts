@@ -15,6 +15,7 @@ import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
 import { planDumpExtensions, prepareDumpExtensions } from './extensions.js';
+import { credentialStates, grantCredentialsIn, putBackCredentialStates } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -50,6 +51,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       await handDatabaseToApp(client, server, restoring, app);
       await prepareDumpExtensions(deps, restoring, app, extensions);
       const roleBefore = await loginRoleState(client, app);
+      const credentialsBefore = await credentialStates(client, app);
       try {
         await withAgent(server, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
           await crashPoint('restore:after-create-agent');
@@ -57,12 +59,20 @@ export async function restore(deps: OperationDeps, appName: string, file: string
         });
       } finally {
         // The app's own limits (its overrides, else today's defaults), not the defaults alone.
-        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, await effectiveAppLimits(store, deps.config, appName)) : [];
+        const limits = await effectiveAppLimits(store, deps.config, appName);
+        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, limits) : [];
         if (putBack.length > 0) {
           source.login_role_put_back = putBack;
           log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
         }
+        const credentialsPutBack = await putBackCredentialStates(client, app, credentialsBefore, limits);
+        if (Object.keys(credentialsPutBack).length > 0) {
+          source.credentials_put_back = credentialsPutBack;
+          log.warn({ app: appName, put_back: credentialsPutBack }, "the restored dump changed the app's credentials; put back as they were");
+        }
       }
+      // The restored database is a new one: the read-only credentials' grants in it are made again.
+      await grantCredentialsIn(server, restoring, app, credentialsBefore);
       await crashPoint('restore:after-restore');
       // Database settings belong to a database (ALTER DATABASE … SET), not to its name: the restored copy gets the
       // app's before it is swapped in, so that no session of the restored database starts without them.
@@ -79,7 +89,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       throw err;
     }
     await dropDatabase(client, retired);
-    if (source.login_role_put_back) await doorTakesLogins(server, app);
+    if (source.login_role_put_back || source.credentials_put_back) await doorTakesLogins(server, app);
   });
 }
 

@@ -2,7 +2,7 @@
 // database's settings and its storage limit, each an override of the operator's or the service's default
 // (src/domain/app-settings.ts says which exist and what they may be).
 import { endSessionsOfRole } from '../../db/postgres-server/app-objects.js';
-import { applyAppSettings, connectionCeiling, timezoneNamed } from '../../db/postgres-server/app-settings-objects.js';
+import { applyAppSettings, applyLoginRoleLimits, connectionCeiling, timezoneNamed } from '../../db/postgres-server/app-settings-objects.js';
 import type { Queryable } from '../../db/queryable.js';
 import { findAppSettings, saveAppSettingsWhile, type StoredAppSettings } from '../../db/system-store/app-settings.js';
 import { SettingNotAllowedError, SettingValueRefusedError } from '../../shared/errors.js';
@@ -21,6 +21,7 @@ import {
 } from '../app-settings.js';
 import { doorEndsConnections } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
+import { liveCredentials } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
 /** The app's settings: in force, its overrides, the defaults. */
@@ -59,6 +60,8 @@ export function changeAppSettings(deps: OperationDeps, appName: string, patch: A
       await saveAppSettingsWhile(session.store, appName, next, async () => {
         await deps.crashPoint('settings:after-save');
         await applyAppSettings(session.server, app.username, limits, app.database, databaseSettingsToApply(next));
+        // The app's extra credentials are held to the same limits as its own login.
+        for (const credential of await liveCredentials(session.server, app)) await applyLoginRoleLimits(session.server, credential.role, limits);
       });
       let sessionsEnded: number | undefined;
       if (options.endSessions) {

@@ -23,6 +23,8 @@ const AppDetailSchema = AppSchema.extend({
   newest_backup: BackupSchema.nullable(),
   /** Set while its scheduled backups fail: how many times in a row, when the next try is, and the error's code. */
   backup_failing: z.object({ failures: z.number().int(), retry_at: z.string(), error: z.string() }).nullable(),
+  /** Its extra credentials (GET /apps/:name/credentials): never a password. */
+  credentials: z.array(z.object({ name: z.string(), access: z.enum(['read_only', 'full']), username: z.string() })),
 });
 
 const RestoreBodySchema = z.strictObject(
@@ -72,7 +74,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
     { schema: { summary: "One app, with its newest backup and whether its scheduled backups fail", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
     async (request) => {
       const detail: AppDetail = await app.operations.get(request.params.name);
-      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing };
+      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing, credentials: detail.credentials };
     },
   );
 

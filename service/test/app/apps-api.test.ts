@@ -231,10 +231,12 @@ describe('bookkeeping', () => {
     const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
     assert.deepEqual(operations.sort(), [
       'DELETE /apps/:name',
+      'DELETE /apps/:name/credentials/:credential',
       'DELETE /apps/:name/extensions/:extension',
       'GET /apps',
       'GET /apps/:name',
       'GET /apps/:name/backups',
+      'GET /apps/:name/credentials',
       'GET /apps/:name/extensions',
       'GET /apps/:name/settings',
       'GET /backups',
@@ -242,14 +244,12 @@ describe('bookkeeping', () => {
       'GET /tls/ca.crt',
       'PATCH /apps/:name/settings',
       'POST /apps/:name/backups',
+      'POST /apps/:name/credentials',
+      'POST /apps/:name/credentials/:credential/rotate',
       'POST /apps/:name/extensions',
       'POST /apps/:name/restore',
       'POST /apps/:name/rotate',
       'POST /provision',
-      'DELETE /apps/:name', 'DELETE /apps/:name/credentials/:credential', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups',
-      'GET /apps/:name/credentials', 'GET /backups', 'GET /health', 'GET /tls/ca.crt', 'POST /apps/:name/backups',
-      'POST /apps/:name/credentials', 'POST /apps/:name/credentials/:credential/rotate', 'POST /apps/:name/restore',
-      'POST /apps/:name/rotate', 'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);

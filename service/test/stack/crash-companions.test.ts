@@ -135,3 +135,10 @@ describe('a crash while an app with companions is deleted', () => {
     await assertAppWhole();
   });
 });
+
+describe('after every crash', () => {
+  it('nothing is left half-made, and the complete companion still holds its data', async () => {
+    assert.deepEqual(await catalog.halfMadeObjects(), []);
+    await assertAppWhole();
+  });
+});

@@ -256,6 +256,10 @@ describe('bookkeeping', () => {
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
+    // A companion database's answer says why it carries no password (the service does not keep the app's).
+    const companionAnswer = JSON.stringify((docs.paths['/apps/{name}/databases']!.post as { responses: Record<string, unknown> }).responses['201']);
+    assert.match(companionAnswer, /No password: the app logs in to its companion databases with its own login role and the password it already has/);
+    assert.doesNotMatch(companionAnswer, /"password"/);
   });
 
   it('answers GET /tls/ca.crt with 404 and a message for the operator when it was given no CA (TLS_CA_FILE)', async () => {

@@ -43,8 +43,8 @@ export interface MadeCompanion extends Companion {
   sourceClosedMs: number | null;
 }
 
-/** How long a branch tries to find its source without sessions (ended ones take a moment to go). */
-const COPY_ATTEMPTS = 20;
+/** How many times a branch tries to find its source without sessions (ended ones take a moment to go; Postgres itself waits up to 5 s each time). */
+const COPY_ATTEMPTS = 5;
 const COPY_RETRY_MS = 100;
 
 /**

@@ -1,7 +1,7 @@
 // Owns the reconciler: finds and repairs what crashes left, one function per kind of repair. Apps half-made
 // (creating) are removed, apps half-removed (deleting) are finished, leftover agent roles and restore databases
 // are dropped, a database left refusing connections or a login left refused is opened again, half-prepared
-// ready-pool sets are removed, complete apps missing from the registry (made before it existed) are adopted, and
+// ready-pool sets are removed, complete apps missing from the registry (made before it existed) are adopted,
 // ready apps whose login role or database no longer carries their settings get them again, and companion
 // databases left half-made, half-removed or closed are removed or opened again.
 // Each repair runs under the app's lock, taken only if it is free: an app being worked on right now is skipped

@@ -2,7 +2,8 @@
 // refused at a companion by both locks, each tested with the other opened, through the pooler, directly and over the
 // server's own socket; the app cannot open its companion to anyone; no tenant can make a database or role named like
 // a companion yet to come; a companion is deleted whatever its tenant holds; a rotation leaves no pooled client of
-// the old password in a companion; and an app named like another's companion reaches nothing of it.
+// the old password in a companion; an app's extra credentials reach its main database only; and an app named like
+// another's companion reaches nothing of it.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
@@ -93,6 +94,24 @@ describe("another app's login cannot reach a companion", () => {
   it("is refused over the server's own socket, as the owner is (only the service's agents log in there)", async () => {
     assert.match((await socketLogin(other, 'app_owner_a-test')).message, PG_HBA_REFUSAL);
     assert.match((await socketLogin(owner, 'app_owner_a-test')).message, PG_HBA_REFUSAL);
+  });
+});
+
+describe("an app's extra credentials", () => {
+  it('reach its main database only, never its companions (both doors)', async () => {
+    for (const access of ['full', 'read_only'] as const) {
+      const made = await t.admin('POST', '/apps/owner_a/credentials', { name: `cred_${access}`, access });
+      assert.equal(made.status, 201, made.text);
+      const credential = made.body as AppDoors & Record<string, unknown>;
+      for (const { door } of DOORS) {
+        const main = await asApp(doorString(credential, door), async (c) => (await c.query('SELECT current_database() AS d')).rows[0].d);
+        assert.equal(main, 'app_owner_a', `${access} at its app's database (${door})`);
+        // Directly: pg_hba.conf (a read_only one is no member of the companion's access role), or the privilege
+        // lock (a full one is, through the app's login role, but inherits none of its CONNECT).
+        const refusal = door === 'direct' ? /pg_hba\.conf rejects|no pg_hba\.conf entry|permission denied for database "app_owner_a-test"/ : DOOR_REFUSAL;
+        await assertRefused(withDatabase(doorString(credential, door), 'app_owner_a-test'), refusal, `${access} at the companion (${door})`);
+      }
+    }
   });
 });
 

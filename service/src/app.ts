@@ -15,6 +15,7 @@ import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
 import extensionsRoutes from './http/routes/extensions.js';
 import credentialsRoutes from './http/routes/credentials.js';
+import databasesRoutes from './http/routes/databases.js';
 import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
 import settingsRoutes from './http/routes/settings.js';
@@ -96,6 +97,7 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(settingsRoutes);
   await app.register(extensionsRoutes);
   await app.register(credentialsRoutes, { config });
+  await app.register(databasesRoutes, { config });
   await app.register(tlsRoutes, { config });
 
   return app;

@@ -7,6 +7,7 @@ import type { BackupFile } from './backups/backup-files.js';
 import type { OperationObserver, RequestContext } from './operation-envelope.js';
 import { backup } from './operations/backup.js';
 import { createCredential, deleteCredential, listCredentials, rotateCredential, type CredentialAccess, type CredentialLogin, type CredentialSummary } from './operations/credentials.js';
+import { createCompanion, deleteCompanion, listCompanions, type Companion, type MadeCompanion } from './operations/companions.js';
 import { deleteApp } from './operations/delete.js';
 import type { Credentials, OperationDeps } from './operations/deps.js';
 import { provision } from './operations/provision.js';
@@ -19,6 +20,7 @@ import type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
 export type { Credentials } from './operations/deps.js';
 export type { AppDetail, AppSummary } from './operations/read.js';
 export type { CredentialAccess, CredentialLogin, CredentialSummary } from './operations/credentials.js';
+export type { Companion, MadeCompanion } from './operations/companions.js';
 export type { OperationObserver, RequestContext } from './operation-envelope.js';
 export type { ChangedSettings } from './operations/settings.js';
 export type { AppSettingsPatch, AppSettingsView } from './app-settings.js';
@@ -96,5 +98,17 @@ export class AppOperations {
 
   deleteCredential(appName: string, name: string, request: RequestContext): Promise<{ sessionsEnded: number }> {
     return deleteCredential(this.deps, appName, name, request);
+  }
+
+  createDatabase(appName: string, name: string, copyOf: string | undefined, request: RequestContext): Promise<MadeCompanion> {
+    return createCompanion(this.deps, appName, name, copyOf, request);
+  }
+
+  listDatabases(appName: string): Promise<Companion[]> {
+    return listCompanions(this.deps, appName);
+  }
+
+  deleteDatabase(appName: string, name: string, request: RequestContext): Promise<{ database: string }> {
+    return deleteCompanion(this.deps, appName, name, request);
   }
 }

@@ -1,24 +1,27 @@
 // Owns the reconciler: finds and repairs what crashes left, one function per kind of repair. Apps half-made
 // (creating) are removed, apps half-removed (deleting) are finished, leftover agent roles and restore databases
 // are dropped, a database left refusing connections or a login left refused is opened again, half-prepared
-// ready-pool sets are removed, complete apps missing from the registry (made before it existed) are adopted, and
-// ready apps whose login role or database no longer carries their settings get them again.
+// ready-pool sets are removed, complete apps missing from the registry (made before it existed) are adopted,
+// ready apps whose login role or database no longer carries their settings get them again, and companion
+// databases left half-made, half-removed or closed are removed or opened again.
 // Each repair runs under the app's lock, taken only if it is free: an app being worked on right now is skipped
 // until the next run. A repair that fails (Postgres away, a tenant's lock) is tried again at the next run and
 // never keeps the others from running.
 import type { Logger } from 'pino';
 import { removeAgent } from '../db/postgres-server/agent-roles.js';
-import { addAccessRole, agentRoles, allowConnections, appNamesWithObjects, appObjects, dropAppRoles, dropDatabase, enableLogin, workDatabases } from '../db/postgres-server/app-objects.js';
+import { addAccessRole, agentRoles, allowConnections, appNamesWithObjects, appObjects, dropAppRoles, dropDatabase, dropRoleEverywhere, enableLogin, workDatabases } from '../db/postgres-server/app-objects.js';
 import { allCredentialRoles, credentialRoles } from '../db/postgres-server/credential-objects.js';
+import { companionStates, type CompanionState } from '../db/postgres-server/companion-objects.js';
 import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { adoptApp, appsInState, findApp, registeredAppNames, unregisterApp } from '../db/system-store/registry.js';
 import type { SystemStore } from '../db/system-store/system-store.js';
-import { appIdentifiers, appOfAgent, appOfWorkDatabase } from '../shared/object-names.js';
+import { appIdentifiers, appOfAgent, appOfWorkDatabase, companionIdentifiers } from '../shared/object-names.js';
 import type { Config } from '../shared/config.js';
 import { appsWithSettingsAdrift, bringSettingsInForce } from './app-settings.js';
 import type { AuditTrail } from './audit-trail.js';
 import type { CrashPoint } from './crash-points.js';
 import type { AppSession } from './operation-envelope.js';
+import { removeCompanionObjects } from './operations/companions.js';
 import { removeCredentialRoles } from './operations/credentials.js';
 import { removeAppObjects } from './operations/delete.js';
 import type { ReadyPool } from './ready-pool.js';
@@ -230,6 +233,40 @@ async function repairCredentials(run: ReconcileRun): Promise<void> {
   }
 }
 
+/**
+ * Companion databases a crash left: one whose app is not registered (or is gone) is removed; one whose app's login
+ * was never admitted (a crash while it was made or removed: nobody could log in to it, so it holds nothing
+ * anyone wrote) is removed, rather than completed, so that a retried POST makes it anew and a half-done DELETE
+ * ends as asked; an access role left without its database is dropped; a complete one left refusing connections (a
+ * crash while a branch copied it) takes them again. Runs after adoptUnregisteredApps, which may register an app first.
+ */
+async function repairCompanions(run: ReconcileRun): Promise<void> {
+  const { server, crashPoint } = run.deps;
+  const byApp = new Map<string, CompanionState[]>();
+  for (const state of await companionStates(server.pool)) byApp.set(state.appName, [...(byApp.get(state.appName) ?? []), state]);
+  for (const [appName, seen] of byApp) {
+    if (seen.every((state) => state.databaseExists && state.accessRoleExists && state.admitted && state.allowsConnections)) continue;
+    await run.locked(appName, async ({ store: storeClient, server: client }) => {
+      const registered = await findApp(storeClient, appName);
+      if (registered && registered.state !== 'ready') return; // being made or removed: finishHalfDoneApps's
+      const app = appIdentifiers(appName);
+      for (const state of await companionStates(client, appName)) {
+        const companion = companionIdentifiers(appName, state.name);
+        if (!registered || (state.databaseExists && !state.admitted)) {
+          await removeCompanionObjects(server, crashPoint, client, app, companion);
+          await run.repaired(appName, `removed ${registered ? 'half-made or half-removed' : 'unregistered app\'s'} companion database ${companion.database}`);
+        } else if (!state.databaseExists) {
+          await dropRoleEverywhere(client, server, companion.accessRole);
+          await run.repaired(appName, `dropped access role ${companion.accessRole} left without its database`);
+        } else if (!state.allowsConnections) {
+          await allowConnections(client, companion.database);
+          await run.repaired(appName, `allowed connections again to companion database ${companion.database}`);
+        }
+      }
+    });
+  }
+}
+
 /** The repairs, in the order they run. */
 const REPAIRS = [
   finishHalfDoneApps,
@@ -240,6 +277,7 @@ const REPAIRS = [
   adoptUnregisteredApps,
   applyAppSettingsAgain,
   repairCredentials,
+  repairCompanions,
 ];
 
 export class Reconciler {

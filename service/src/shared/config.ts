@@ -259,6 +259,9 @@ export const ConfigSchema = z.object({
     }),
   // --- end TRUSTED_PROXY ----------------------------------------------------------------------------------------
 
+  /** Companion databases one app may have at most (POST /apps/:name/databases); 0: none. */
+  APP_MAX_COMPANION_DATABASES: z.coerce.number().int().min(0).max(100).default(5),
+
   /** Limits set on every app's login role (see SECURITY.md). */
   APP_CONNECTION_LIMIT: z.coerce.number().int().min(1).max(1000).default(10),
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),

@@ -35,7 +35,10 @@ export type ServiceErrorCode =
   | 'BACKUP_EXTENSION_REFUSED'
   | 'CREDENTIAL_EXISTS'
   | 'CREDENTIAL_NOT_FOUND'
-  | 'CREDENTIAL_LIMIT_REACHED';
+  | 'CREDENTIAL_LIMIT_REACHED'
+  | 'COMPANION_EXISTS'
+  | 'COMPANION_NOT_FOUND'
+  | 'COMPANION_LIMIT';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -330,6 +333,24 @@ export class CredentialNotFoundError extends ServiceError {
 export class CredentialLimitError extends ServiceError {
   constructor(appName: string, limit: number) {
     super('CREDENTIAL_LIMIT_REACHED', `app '${appName}' has ${limit} credentials, the most it may have (APP_MAX_CREDENTIALS): delete one first`);
+  }
+}
+
+export class CompanionExistsError extends ServiceError {
+  constructor(appName: string, name: string) {
+    super('COMPANION_EXISTS', `app '${appName}' already has a database named '${name}'`);
+  }
+}
+
+export class CompanionNotFoundError extends ServiceError {
+  constructor(appName: string, name: string) {
+    super('COMPANION_NOT_FOUND', `app '${appName}' has no database named '${name}'`);
+  }
+}
+
+export class CompanionLimitError extends ServiceError {
+  constructor(appName: string, limit: number) {
+    super('COMPANION_LIMIT', `app '${appName}' has ${limit} companion databases, the most APP_MAX_COMPANION_DATABASES allows: delete one first`);
   }
 }
 

@@ -115,6 +115,61 @@ export const CREDENTIAL_SQL = {
   likeOf: (app: AppIdentifiers) => sqlLikePrefix(`${app.database}${CREDENTIAL_SEPARATOR}`),
 } as const;
 
+// --- companion databases ------------------------------------------------------------------------------------------
+// An app's extra databases (tests, a shadow for Prisma, a scratch copy). Each is named app_<app>-<companion>, the
+// database and its NOLOGIN access role alike: the hyphen is a character no app name (nor any name derived from one,
+// nor a ready set's, an agent's or a work database's) can hold, so a companion's name is never another object's,
+// and it splits back into exactly one (app, companion) pair at its only hyphen (test/unit/object-names.test.ts).
+
+/** app_ + 32 + - + 20 = 57 characters: within Postgres's 63, which would otherwise cut names (and make them collide). */
+export const COMPANION_NAME_MAX_LENGTH = 20;
+const COMPANION_NAME_REGEX = `${APP_NAME_CHARACTER}{1,${COMPANION_NAME_MAX_LENGTH}}`;
+const COMPANION_SEPARATOR = '-';
+/** What copy_of says for the app's main database; so no companion may be called that. */
+export const MAIN_DATABASE_ALIAS = 'main';
+
+export const CompanionNameSchema = z
+  .string({ error: 'name must be a string' })
+  .min(1, 'name must be at least 1 character')
+  .max(COMPANION_NAME_MAX_LENGTH, `name must be at most ${COMPANION_NAME_MAX_LENGTH} characters`)
+  .regex(new RegExp(`^${APP_NAME_CHARACTER}*$`), 'name may contain only lowercase letters a-z, digits 0-9 and underscore');
+
+export interface CompanionIdentifiers {
+  appName: string;
+  /** The companion's own name, as the API takes it. */
+  name: string;
+  /** The companion's database: app_<app>-<name>. */
+  database: string;
+  /** Its NOLOGIN access role, named like the database (pg_hba.conf's samerole); the app's login role is its one member. */
+  accessRole: string;
+  /** The app's login role, which alone may connect to it. */
+  username: string;
+}
+
+const COMPANION_PATTERN = new RegExp(`^${APP_PREFIX}(${APP_NAME_REGEX})${COMPANION_SEPARATOR}(${COMPANION_NAME_REGEX})$`);
+
+/** The names of one companion of an app. Throws on a name outside the allowlist, as appIdentifiers does. */
+export function companionIdentifiers(appName: string, name: string): CompanionIdentifiers {
+  const app = appIdentifiers(appName);
+  if (!new RegExp(`^${COMPANION_NAME_REGEX}$`).test(name)) throw new TypeError(`not a valid companion name: ${JSON.stringify(name)}`);
+  const database = `${app.database}${COMPANION_SEPARATOR}${name}`;
+  return { appName, name, database, accessRole: database, username: app.username };
+}
+
+/** The app and companion a database (or access role) name belongs to, or undefined for a name that is no companion's. */
+export function parseCompanionName(objectName: string): { appName: string; name: string } | undefined {
+  const match = COMPANION_PATTERN.exec(objectName);
+  return match ? { appName: match[1]!, name: match[2]! } : undefined;
+}
+
+/** The companions' names in SQL: a pattern capturing the app (1) and the companion (2), for `~` and substring. */
+export const COMPANION_SQL = {
+  pattern: COMPANION_PATTERN.source,
+  /** An app's main database or one of its companions; captures the app name (sizes count companions into their app). */
+  appDatabasePattern: `^${APP_PREFIX}(${APP_NAME_REGEX})(?:${COMPANION_SEPARATOR}${COMPANION_NAME_REGEX})?$`,
+  databaseOf: (appNameColumn: string, companionColumn: string) => `'${APP_PREFIX}' || ${appNameColumn} || '${COMPANION_SEPARATOR}' || ${companionColumn}`,
+} as const;
+
 // --- the service's own objects ----------------------------------------------------------------------------------
 // Outside the app_ namespace: no app name makes them.
 

@@ -61,7 +61,7 @@ describe('GET /apps and GET /apps/:name', () => {
       const one = await t.admin('GET', '/apps/list_b');
       assert.equal(one.status, 200);
       // One app: what the list says, and its backups' state (none yet; its scheduled backups are not failing).
-      assert.deepEqual(one.body, { ...listB, newest_backup: null, backup_failing: null, credentials: [] });
+      assert.deepEqual(one.body, { ...listB, databases: [], newest_backup: null, backup_failing: null, credentials: [] });
     } finally {
       await session.end();
     }
@@ -232,11 +232,13 @@ describe('bookkeeping', () => {
     assert.deepEqual(operations.sort(), [
       'DELETE /apps/:name',
       'DELETE /apps/:name/credentials/:credential',
+      'DELETE /apps/:name/databases/:database_name',
       'DELETE /apps/:name/extensions/:extension',
       'GET /apps',
       'GET /apps/:name',
       'GET /apps/:name/backups',
       'GET /apps/:name/credentials',
+      'GET /apps/:name/databases',
       'GET /apps/:name/extensions',
       'GET /apps/:name/settings',
       'GET /backups',
@@ -246,6 +248,7 @@ describe('bookkeeping', () => {
       'POST /apps/:name/backups',
       'POST /apps/:name/credentials',
       'POST /apps/:name/credentials/:credential/rotate',
+      'POST /apps/:name/databases',
       'POST /apps/:name/extensions',
       'POST /apps/:name/restore',
       'POST /apps/:name/rotate',
@@ -253,6 +256,10 @@ describe('bookkeeping', () => {
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
+    // A companion database's answer says why it carries no password (the service does not keep the app's).
+    const companionAnswer = JSON.stringify((docs.paths['/apps/{name}/databases']!.post as { responses: Record<string, unknown> }).responses['201']);
+    assert.match(companionAnswer, /No password: the app logs in to its companion databases with its own login role and the password it already has/);
+    assert.doesNotMatch(companionAnswer, /"password"/);
   });
 
   it('answers GET /tls/ca.crt with 404 and a message for the operator when it was given no CA (TLS_CA_FILE)', async () => {

@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { watchLockWaits } from '../../shared/lock-watch.js';
-import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
+import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, COMPANION_SQL, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from '../queryable.js';
 
@@ -469,15 +469,17 @@ export async function appSessionCounts(db: Queryable): Promise<Map<string, numbe
 }
 
 /**
- * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
- * database: about a millisecond per app, so the full list is refreshed in the background, not per request.
+ * Database sizes of apps (all, or the names given), by app name: its database and its companion databases
+ * together. pg_database_size walks every file of a database: about a millisecond per database, so the full list is
+ * refreshed in the background, not per request.
  */
 export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Promise<Map<string, number>> {
   const { rows } = await db.query<{ app_name: string; size_bytes: number }>(
-    `SELECT substring(datname FROM '${APP_SQL.databasePattern}') AS app_name, pg_database_size(oid)::float8 AS size_bytes
+    `SELECT substring(datname FROM $2) AS app_name, sum(pg_database_size(oid))::float8 AS size_bytes
        FROM pg_database
-      WHERE datname ~ '${APP_SQL.databasePattern}' AND ($1::text[] IS NULL OR datname = ANY (SELECT ${APP_SQL.databaseOf('n')} FROM unnest($1::text[]) n))`,
-    [appNames ?? null],
+      WHERE datname ~ $2 AND ($1::text[] IS NULL OR substring(datname FROM $2) = ANY ($1::text[]))
+      GROUP BY 1`,
+    [appNames ?? null, COMPANION_SQL.appDatabasePattern],
   );
   return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
 }
@@ -489,17 +491,23 @@ export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Prom
  * log in (a ready set's, or one whose rotation or delete is under way), has no SCRAM verifier, or whose verifier
  * has expired gets null. Never a superuser.
  */
-export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null }>> {
-  const { rows } = await db.query<{ name: string; database: string; verifier: string | null }>(
+export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null; companions: string[] }>> {
+  const { rows } = await db.query<{ name: string; database: string; verifier: string | null; companions: string[] }>(
     `SELECT r.rolname AS name, ${APP_SQL.databaseOf(`substring(r.rolname FROM '${APP_SQL.loginRolePattern}')`)} AS database,
             CASE WHEN r.rolcanlogin AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
-                 THEN r.rolpassword END AS verifier
+                 THEN r.rolpassword END AS verifier,
+            -- Its app's complete companion databases (the login a member of the access role named like each, as
+            -- pg_hba.conf's samerole asks): the door admits the login there too.
+            ARRAY(SELECT d.datname::text FROM pg_auth_members cm JOIN pg_authid c ON c.oid = cm.roleid JOIN pg_database d ON d.datname = c.rolname
+                   WHERE cm.member = r.oid AND d.datname ~ $2
+                     AND substring(d.datname FROM $2) = substring(r.rolname FROM '${APP_SQL.loginRolePattern}')
+                   ORDER BY 1) AS companions
        FROM pg_auth_members m
        JOIN pg_authid g ON g.oid = m.roleid AND g.rolname = $1
        JOIN pg_authid r ON r.oid = m.member
       WHERE NOT r.rolsuper AND r.rolname ~ '${APP_SQL.loginRolePattern}'
       ORDER BY r.rolname`,
-    [APPS_GROUP_ROLE],
+    [APPS_GROUP_ROLE, COMPANION_SQL.pattern],
   );
   return rows;
 }

@@ -1,6 +1,7 @@
 // Owns the read-only operations: the apps (with their sizes, measured in the background and kept here), one app,
 // and the backups. Not audited, and under no lock.
 import { appDatabaseSizes, appSessionCounts } from '../../db/postgres-server/app-objects.js';
+import { companionStates } from '../../db/postgres-server/companion-objects.js';
 import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
 import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/system-store/registry.js';
 import type { SystemStore } from '../../db/system-store/system-store.js';
@@ -20,6 +21,8 @@ export interface AppSummary {
 
 /** One app as GET /apps/:name shows it: its summary, its newest backup, and whether its scheduled backups fail. */
 export interface AppDetail extends AppSummary {
+  /** Its companion databases (complete ones), by name. */
+  databases: Array<{ name: string; database: string }>;
   newest_backup: BackupFile | null;
   /** Its extra credentials (src/domain/operations/credentials.ts): never a password. */
   credentials: Array<{ name: string; access: CredentialAccess; username: string }>;
@@ -64,17 +67,19 @@ export class AppListing {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes, backups, credentials] = await Promise.all([
+    const [sessions, sizes, backups, credentials, companions] = await Promise.all([
       appSessionCounts(this.server.pool),
       appDatabaseSizes(this.server.pool, [appName]),
       this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
       liveCredentials(this.server.pool, appIdentifiers(appName)),
+      companionStates(this.server.pool, appName),
     ]);
     const size = sizes.get(appName) ?? 0;
     this.sizes.set(appName, size);
     const failing = this.failingBackups().get(appName);
     return {
       ...summary(app, sessions, size),
+      databases: companions.filter((c) => c.admitted && c.databaseExists).map((c) => ({ name: c.name, database: c.database })),
       newest_backup: backups[0] ?? null,
       credentials: credentials.map((c) => ({ name: c.credential, access: c.access, username: c.role })),
       backup_failing: failing ? { failures: failing.failures, retry_at: new Date(failing.retryAt).toISOString(), error: failing.code } : null,

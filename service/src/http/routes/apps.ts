@@ -19,6 +19,8 @@ const AppSchema = z.object({
 
 /** One app: what GET /apps lists, and its backups' state. */
 const AppDetailSchema = AppSchema.extend({
+  /** Its companion databases (GET /apps/:name/databases has their sizes); size_bytes above counts them in. */
+  databases: z.array(z.object({ name: z.string(), database: z.string() })),
   /** The newest backup of this app (scheduled or asked for), or null when it has none yet. */
   newest_backup: BackupSchema.nullable(),
   /** Set while its scheduled backups fail: how many times in a row, when the next try is, and the error's code. */
@@ -74,7 +76,7 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
     { schema: { summary: "One app, with its newest backup and whether its scheduled backups fail", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
     async (request) => {
       const detail: AppDetail = await app.operations.get(request.params.name);
-      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing, credentials: detail.credentials };
+      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing, credentials: detail.credentials, databases: detail.databases };
     },
   );
 

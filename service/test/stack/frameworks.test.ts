@@ -1,7 +1,9 @@
 // Test and shadow databases for the frameworks the README names, tried for real against the stack: Django's test
 // runner, Rails's tasks and test runner, and Prisma's CLI, each run as a child process on a copy of its tiny project
-// (test/fixtures/frameworks/<name>/), with the strings the service handed the app. What each leaves behind is read
-// back from the catalogs as the superuser. README: "Test and shadow databases for your framework".
+// (test/fixtures/frameworks/<name>/), with the strings the service handed the app and its companion database
+// (POST /apps/:name/databases): Django and Rails through the pooler, as an app's own traffic goes; Prisma Migrate
+// through the direct door, as it needs. What each leaves behind is read back from the catalogs as the superuser.
+// README: "Test and shadow databases for your framework".
 //
 // Django and Rails are Debian 12's packages (python3-django 3.2 with python3-psycopg2; ruby-rails 6.1 with ruby-pg),
 // which .ci/run installs. Prisma is the service's dev dependency: its usual schema engine is a native binary that
@@ -18,7 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import type pg from 'pg';
-import { asApp, withAuthority, withDatabase, withLogin } from '../helpers/app-sessions.js';
+import { asApp, withAuthority, withLogin } from '../helpers/app-sessions.js';
 import type { ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
@@ -58,39 +60,13 @@ after(async () => {
 
 // --- companions -----------------------------------------------------------------------------------------------
 
-/**
- * A companion database made as the superuser exactly as POST /apps/:name/databases makes one (the contract of
- * issue #15): the database and a NOLOGIN access role, both app_<app>-<name>; the app's login a member of that
- * role (pg_hba.conf's samerole) with CONNECT, CREATE, TEMPORARY on the database and nothing for PUBLIC; its public
- * schema owned by the login. Answers as the route does. Stands in for the route until that branch is merged: then
- * this becomes `t.admin('POST', `/apps/${app}/databases`, { name })` (201). The pooler does not know a database
- * made by hand, so the trials below use the direct door, which the test stack always opens.
- */
-async function makeCompanionByHand(stack: TestStack, owner: Credentials, name: string): Promise<Companion> {
-  const database = `app_${owner.app_name}-${name}`;
-  const q = (identifier: string) => `"${identifier.replaceAll('"', '""')}"`;
-  await stack.superuser(async (db) => {
-    await db.query(`CREATE ROLE ${q(database)} WITH NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
-                    GRANT ${q(database)} TO ${q(owner.username)};`);
-    await db.query(`CREATE DATABASE ${q(database)}`);
-    await db.query(`REVOKE ALL ON DATABASE ${q(database)} FROM PUBLIC;
-                    GRANT CONNECT, CREATE, TEMPORARY ON DATABASE ${q(database)} TO ${q(owner.username)};`);
-  });
-  await stack.superuser((db) => db.query(`ALTER SCHEMA public OWNER TO ${q(owner.username)}`), database);
-  const withoutPassword = (connectionString: string) => {
-    const url = new URL(withDatabase(connectionString, database));
-    url.password = '';
-    return url.toString();
-  };
-  return {
-    app_name: owner.app_name,
-    name,
-    database,
-    connection_string: withoutPassword(owner.connection_string),
-    database_url: withoutPassword(owner.database_url),
-    direct_connection_string: withoutPassword(owner.direct_connection_string),
-    username: owner.username,
-  };
+/** POST /apps/:name/databases {"name"}: a companion database of the app, reached with the app's own login. */
+async function makeCompanion(stack: TestStack, owner: Credentials, name: string): Promise<Companion> {
+  const response = await stack.admin('POST', `/apps/${owner.app_name}/databases`, { name });
+  assert.equal(response.status, 201, response.text);
+  const companion = response.body as unknown as Companion;
+  assert.equal(companion.database, `app_${owner.app_name}-${name}`);
+  return companion;
 }
 
 /** The companion's direct string with the app's password in it: what the app writes into its configuration. */
@@ -99,7 +75,7 @@ const directWithPassword = (companion: Companion, owner: Credentials) => withLog
 /** An app of its own for each framework (no trial sees another's tables), with its companion `name`. */
 async function appWithCompanion(appName: string, name: string): Promise<{ app: Credentials; companion: Companion }> {
   const app = (await t.provision(appName)) as Credentials;
-  return { app, companion: await makeCompanionByHand(t, app, name) };
+  return { app, companion: await makeCompanion(t, app, name) };
 }
 
 // --- running the frameworks -----------------------------------------------------------------------------------
@@ -161,7 +137,8 @@ describe('Django: manage.py test --keepdb with TEST.NAME = the companion "test"'
   let app: Credentials;
   let testDb: Companion;
   before(async () => ({ app, companion: testDb } = await appWithCompanion('fw_django', 'test')));
-  const env = () => ({ DATABASE_URL: app.direct_connection_string, PYTHONDONTWRITEBYTECODE: '1' });
+  // Through the pooler, as the app's own traffic goes (the settings turn off what transaction pooling cannot carry).
+  const env = () => ({ DATABASE_URL: app.connection_string, PYTHONDONTWRITEBYTECODE: '1' });
 
   it('runs its tests in the companion: finds it, migrates it, creates no database, leaves the app\'s own database alone', async () => {
     await requireModule(PYTHON, ['-c', 'import django, psycopg2'], 'python3-django python3-psycopg2');
@@ -201,8 +178,9 @@ describe('Rails: database.yml\'s test database = the companion "test"', () => {
   before(async () => ({ app, companion: testDb } = await appWithCompanion('fw_rails', 'test')));
   const env = () => ({
     // The app's own database for development, set as a deployed app has it: the test environment must not use it.
-    DATABASE_URL: app.direct_connection_string,
-    TEST_DATABASE_URL: testDb.direct_connection_string, // as the service answers: no password
+    // Through the pooler (database.yml turns off prepared statements and the migration lock).
+    DATABASE_URL: app.database_url,
+    TEST_DATABASE_URL: testDb.database_url, // as the service answers: no password
     DATABASE_PASSWORD: app.password,
   });
   const rails = (project: string, args: string[], extra: Record<string, string> = {}) => run(RUBY, ['bin/rails', ...args], project, { ...env(), ...extra });
@@ -210,9 +188,15 @@ describe('Rails: database.yml\'s test database = the companion "test"', () => {
   it('bin/rails db:test:prepare cannot: it drops and re-creates the database, through the \'postgres\' database', async () => {
     await requireModule(RUBY, ['-e', 'require "rails"; require "pg"'], 'ruby-rails ruby-pg');
     const before = await tableNames(testDb.database);
-    const result = await rails(projectCopy('rails'), ['db:test:prepare']);
-    assert.notEqual(result.code, 0, result.output);
-    assert.match(result.output, new RegExp(`pg_hba\\.conf rejects connection for host "127\\.0\\.0\\.1", user "${app.username}", database "postgres"`));
+    // Through the pooler, which knows no database 'postgres': it refuses the login.
+    const pooled = await rails(projectCopy('rails'), ['db:test:prepare']);
+    assert.notEqual(pooled.code, 0, pooled.output);
+    assert.match(pooled.output, /FATAL: {2}login rejected/);
+    assert.match(pooled.output, /db:test:load => db:test:purge/);
+    // Through the direct door, Postgres says which database it was.
+    const direct = await rails(projectCopy('rails'), ['db:test:prepare'], { TEST_DATABASE_URL: testDb.direct_connection_string });
+    assert.notEqual(direct.code, 0, direct.output);
+    assert.match(direct.output, new RegExp(`pg_hba\\.conf rejects connection for host "127\\.0\\.0\\.1", user "${app.username}", database "postgres"`));
     assert.deepEqual(await tableNames(testDb.database), before);
   });
 
@@ -250,7 +234,7 @@ describe('Rails: database.yml\'s test database = the companion "test"', () => {
     assert.notEqual(stale.code, 0, stale.output);
     assert.match(stale.output, /Migrations are pending/);
     // Rails first tried its own db:test:prepare, which cannot (above), and said so.
-    assert.match(stale.output, /rejects connection for host "127\.0\.0\.1", user "[a-z_]+", database "postgres"/);
+    assert.match(stale.output, /FATAL: {2}login rejected/);
 
     assert.equal((await rails(project, ['db:schema:load'], { RAILS_ENV: 'test' })).code, 0);
     const fresh = await rails(project, ['test']);

@@ -13,8 +13,12 @@ import provisioner from './http/plugins/provisioner.js';
 import { logEachRequest, requestIdMixin, requestIdOf, requestLogger } from './http/request-log.js';
 import appsRoutes from './http/routes/apps.js';
 import backupsRoutes from './http/routes/backups.js';
+import extensionsRoutes from './http/routes/extensions.js';
+import credentialsRoutes from './http/routes/credentials.js';
+import databasesRoutes from './http/routes/databases.js';
 import healthRoutes from './http/routes/health.js';
 import provisionRoutes from './http/routes/provision.js';
+import settingsRoutes from './http/routes/settings.js';
 import tlsRoutes from './http/routes/tls.js';
 import { TrustedProxies } from './http/trusted-proxy.js';
 import type { Config } from './shared/config.js';
@@ -90,6 +94,10 @@ export async function buildApp(config: Config, { adminKey, logStream }: BuildOpt
   await app.register(provisionRoutes, { config });
   await app.register(appsRoutes, { config });
   await app.register(backupsRoutes);
+  await app.register(settingsRoutes);
+  await app.register(extensionsRoutes);
+  await app.register(credentialsRoutes, { config });
+  await app.register(databasesRoutes, { config });
   await app.register(tlsRoutes, { config });
 
   return app;

@@ -19,15 +19,20 @@ export function doorTakesLogins(server: PostgresServer, app: AppIdentifiers): Pr
   return tellDoor(server, app, () => server.pooler.loginsChanged(), 'the pooler has not taken the change to app logins yet; it is tried again in the background');
 }
 
-/** Every pooled connection to the app's database ends now, clients' and the server's (rotate, delete). */
-export function doorEndsConnections(server: PostgresServer, app: AppIdentifiers): Promise<void> {
-  return tellDoor(server, app, () => server.pooler.endConnections(app.database), "the pooler could not end the app's pooled connections; Postgres ends their sessions");
+/**
+ * Every pooled connection to the app's database ends now, clients' and the server's (rotate, delete), and to each of
+ * its companion databases (a client logged in to a companion with an old password must not stay in a pool that
+ * server connections opened with the new one serve); or, given `database` (a companion being removed), to it only.
+ */
+export function doorEndsConnections(server: PostgresServer, app: AppIdentifiers, database = app.database): Promise<void> {
+  return tellDoor(server, app, () => server.pooler.endConnections(database), "the pooler could not end the app's pooled connections; Postgres ends their sessions");
 }
 
 /**
  * The app's pooled server connections close as they are released; its clients stay, and their next transaction
- * runs on a new server connection (restore: on the restored database). Safe while the app's logins go on.
+ * runs on a new server connection (restore: on the restored database; a branch: once its source takes connections
+ * again). Safe while the app's logins go on.
  */
-export function doorReconnects(server: PostgresServer, app: AppIdentifiers): Promise<void> {
-  return tellDoor(server, app, () => server.pooler.reconnect(app.database), "the pooler could not close the app's pooled server connections; Postgres ends their sessions");
+export function doorReconnects(server: PostgresServer, app: AppIdentifiers, database = app.database): Promise<void> {
+  return tellDoor(server, app, () => server.pooler.reconnect(database), "the pooler could not close the app's pooled server connections; Postgres ends their sessions");
 }

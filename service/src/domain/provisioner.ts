@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import type { AppRoleLimits } from '../db/postgres-server/app-objects.js';
 import { appLoginVerifiers } from '../db/postgres-server/app-objects.js';
+import { credentialLoginVerifiers } from '../db/postgres-server/credential-objects.js';
 import type { ClusterBackup } from '../db/postgres-server/cluster-backup.js';
 import { PostgresServer } from '../db/postgres-server/postgres-server.js';
 import { PgBouncer, poolerAdminPassword, type Pooler, type PoolUsage } from '../db/pooler/pgbouncer.js';
@@ -24,6 +25,7 @@ import type { Config } from '../shared/config.js';
 import { SchemaNewerThanCodeError } from '../shared/errors.js';
 import { POOLER_ADMIN_USER } from '../shared/object-names.js';
 import { AppOperations } from './app-operations.js';
+import { defaultRoleLimits } from './app-settings.js';
 import { AuditTrail } from './audit-trail.js';
 import { BackupFiles, incarnationKey } from './backups/backup-files.js';
 import { BackupSchedules, type BackupScheduleStatus } from './backups/schedules.js';
@@ -87,14 +89,8 @@ export interface ProvisionerStatistics {
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
 const START_CHECK_WAIT_MS = 2_000;
 
-export function appRoleLimits(config: Config): AppRoleLimits {
-  return {
-    connectionLimit: config.APP_CONNECTION_LIMIT,
-    tempFileLimit: config.APP_TEMP_FILE_LIMIT,
-    statementTimeout: config.APP_STATEMENT_TIMEOUT,
-    idleInTransactionTimeout: config.APP_IDLE_IN_TRANSACTION_TIMEOUT,
-  };
-}
+/** The limits every app's login role gets unless the operator set its own (src/domain/app-settings.ts). */
+export const appRoleLimits: (config: Config) => AppRoleLimits = defaultRoleLimits;
 
 /**
  * Today's wiring of the two seams: one Postgres server (DATABASE_HOST, DATABASE_PORT, the superuser), which also
@@ -132,7 +128,8 @@ function poolerOf(config: Config, log: Logger): ((server: PostgresServer) => Poo
     // The door's catalog reads run on a connection of their own: an operation holding a pool connection waits
     // for them, and must not wait for a second one from the same pool.
     const catalog = server.connections.dedicated();
-    return new PgBouncer(settings, () => catalog.run(appLoginVerifiers), log);
+    // The apps' own logins and their extra credentials' (src/db/postgres-server/credential-objects.ts).
+    return new PgBouncer(settings, () => catalog.run(async (db) => [...(await appLoginVerifiers(db)), ...(await credentialLoginVerifiers(db))]), log);
   };
 }
 
@@ -187,8 +184,8 @@ export class Provisioner {
     this.operations = new AppOperations(operationDeps);
     this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, cluster: server.clusterBackup, offsite: new OffsiteCopy(config, log), config, log });
     this.listing.failingBackups = () => this.schedules.status.failingApps;
-    this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, log, crashPoint });
-    this.storage = new StorageQuota({ store, server, audit: this.audit, config, log, crashPoint, onDatabaseSizes: (sizes) => this.listing.takeSizes(sizes) });
+    this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, config, log, crashPoint });
+    this.storage = new StorageQuota({ store, server, audit: this.audit, config, log, crashPoint, onAppSizes: (sizes) => this.listing.takeSizes(sizes) });
     this.listing.storageOf = (appName) => this.storage.appStorage(appName);
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
     // One ping when the store lives on the server (the hot route pays for nothing more), else one each.

@@ -41,12 +41,17 @@ export class ReadyPool {
   private readonly store: SystemStore;
   private readonly server: PostgresServer;
   private readonly log: Logger;
-  private readonly limits: AppRoleLimits;
   private readonly pauseMs: number;
   private readonly crashPoint: CrashPoint;
   private readonly quietMs: number;
   private lastHandOverAt = 0;
   private running?: Promise<void>;
+  /**
+   * The limits every set is prepared with: the defaults (defaultRoleLimits), which are an app's effective limits
+   * (effectiveAppLimits) when it is made, since a new app has no overrides yet. A set prepared under other
+   * defaults (before a restart) is given these when it is re-keyed, before it can be handed over.
+   */
+  private readonly limits: AppRoleLimits;
   /**
    * The passwords of the prepared sets, by id, held only in this process's memory. A set whose password is
    * not here (the service restarted) gets a new one before it is handed over.

@@ -16,6 +16,7 @@
 import type { Logger } from 'pino';
 import {
   appDatabaseActivity,
+  appDatabaseNames,
   appStorageBytes,
   databaseSizes,
   endSessionsOfRoles,
@@ -32,7 +33,7 @@ import { allAppSettings, findAppSettings } from '../db/system-store/app-settings
 import { findApp, readyApps, type RegisteredApp } from '../db/system-store/registry.js';
 import { lastStorageActions, type StorageAuditAction } from '../db/system-store/storage-audit.js';
 import type { SystemStore } from '../db/system-store/system-store.js';
-import type { Config } from '../shared/config.js';
+import { storageLimitBytes, type Config } from '../shared/config.js';
 import { appIdentifiers } from '../shared/object-names.js';
 import { doorEndsConnections, doorReconnects, doorTakesLogins } from './apps-door.js';
 import type { AuditTrail } from './audit-trail.js';
@@ -75,8 +76,8 @@ export interface StorageQuotaDeps {
   config: Config;
   log: Logger;
   crashPoint: CrashPoint;
-  /** Told the size of every app's own database after each round (GET /apps lists them). */
-  onDatabaseSizes?: (sizes: Map<string, number>) => void;
+  /** Told every app's size (its database and companions) after each round: GET /apps lists them. */
+  onAppSizes?: (sizes: Map<string, number>) => void;
 }
 
 const ACTION_OF: Record<StorageEnforcement, StorageAction> = { none: 'writable', read_only: 'read_only', suspended: 'suspended' };
@@ -141,7 +142,7 @@ export class StorageQuota {
 
   /** The app's limits: its own (app_settings), else APP_STORAGE_LIMIT; undefined when it has none. */
   limitsOf(ownLimit: number | null | undefined): Limits | undefined {
-    const limit = ownLimit ?? this.deps.config.APP_STORAGE_LIMIT;
+    const limit = ownLimit ?? storageLimitBytes(this.deps.config);
     if (limit === undefined) return undefined;
     return { limit, hard: Math.floor((limit * this.deps.config.APP_STORAGE_HARD_LIMIT_PERCENT) / 100) };
   }
@@ -189,12 +190,8 @@ export class StorageQuota {
     }
     const measured = await this.measure(activity);
     const used = new Map<string, number>();
-    const ownDatabaseSizes = new Map<string, number>();
-    for (const { datname, app, size } of this.measured.values()) {
-      used.set(app, (used.get(app) ?? 0) + size);
-      if (datname === appIdentifiers(app).database) ownDatabaseSizes.set(app, size);
-    }
-    this.deps.onDatabaseSizes?.(ownDatabaseSizes);
+    for (const { app, size } of this.measured.values()) used.set(app, (used.get(app) ?? 0) + size);
+    this.deps.onAppSizes?.(used);
 
     // Every role of the apps that are to be enforced (a credential made since must be too), and of the others
     // those enforced, which are to be lifted: every other role is as it should be.
@@ -279,26 +276,30 @@ export class StorageQuota {
           for (const role of roles) if (!roleIsAt(role, target) && (await enforceOnLoginRole(client, role, target))) changed.push(role.role);
           await crashPoint('storage:after-enforce-roles');
           const roleNames = roles.map((role) => role.role);
+          const databases = await appDatabaseNames(client, name); // its own and its companions, each a pool at the door
+          const doorReconnectsAll = async () => {
+            for (const database of databases) await doorReconnects(server, ids, database);
+          };
           let sessionsEnded = 0;
           if (target === 'suspended') {
-            // As a delete does: the door refuses the logins first (it admits no role with CONNECTION LIMIT 0), so
-            // that its pooled connections can be ended safely (apps-door.ts), then Postgres's sessions.
+            // As a delete does: the door refuses the logins first (it admits no role with CONNECTION LIMIT 0), then
+            // ends its pooled connections, the companions' with the app's (apps-door.ts), then Postgres's sessions.
             await doorTakesLogins(server, ids);
             await doorEndsConnections(server, ids);
             sessionsEnded = await endSessionsOfRoles(client, roleNames);
           } else if (target === 'read_only') {
-            // Logins go on, so the door's clients stay (KILL is unsafe while logins may be under way): their
-            // server connections close as they are released, and the sessions still open are ended; every
-            // session that comes back is read-only. From a suspension, the door admits the logins again.
+            // The door's clients stay connected: their server connections (to the app's database and to each
+            // companion) close as they are released, and the sessions still open are ended; every session that
+            // comes back is read-only. From a suspension, the door admits the logins again.
             if (from === 'suspended') await doorTakesLogins(server, ids);
-            await doorReconnects(server, ids);
+            await doorReconnectsAll();
             sessionsEnded = await endSessionsOfRoles(client, roleNames);
           } else {
             // Lifted: sessions are left alone (one may be freeing space right now); the door's server
             // connections are replaced as they are released, so pooled clients write again at their next
             // transaction. A direct session keeps its read-only default until it reconnects (README).
             if (from === 'suspended') await doorTakesLogins(server, ids);
-            await doorReconnects(server, ids);
+            await doorReconnectsAll();
           }
           const action = AUDIT_ACTION_OF[target];
           const detail = {

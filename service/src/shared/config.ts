@@ -1,7 +1,9 @@
 // Owns the service's settings: one zod schema for the environment, parsed once at start.
 // Handlers never read process.env; they get the parsed Config.
 import { z } from 'zod';
+import { DEFAULT_ALLOWED_EXTENSIONS, parseAllowedExtensions } from './extension-policy.js';
 import { parseSchedule, ScheduleError } from './schedule.js';
+import { DURATION_PATTERN, sizeBytes } from './setting-values.js';
 
 const port = z.coerce.number().int().min(1).max(65535);
 const durationMs = z.coerce.number().int().min(1);
@@ -257,27 +259,54 @@ export const ConfigSchema = z.object({
     }),
   // --- end TRUSTED_PROXY ----------------------------------------------------------------------------------------
 
+  /** Companion databases one app may have at most (POST /apps/:name/databases); 0: none. */
+  APP_MAX_COMPANION_DATABASES: z.coerce.number().int().min(0).max(100).default(5),
+
   /** Limits set on every app's login role (see SECURITY.md). */
   APP_CONNECTION_LIMIT: z.coerce.number().int().min(1).max(1000).default(10),
   APP_TEMP_FILE_LIMIT: z.string().regex(/^\d+(kB|MB|GB)$/, 'use a size such as 1GB or 512MB').default('1GB'),
   APP_STATEMENT_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 5min').default('0'),
   APP_IDLE_IN_TRANSACTION_TIMEOUT: z.string().regex(/^\d+(ms|s|min|h)?$/, 'use a duration such as 10min').default('10min'),
+  /**
+   * idle_session_timeout of every app login role: a session idle (outside a transaction) this long is ended. 0
+   * (default): never. It ends PgBouncer's idle server connections to the app too.
+   */
+  APP_IDLE_SESSION_TIMEOUT: z.string().regex(DURATION_PATTERN, 'use a duration such as 30min, or 0 (off)').default('0'),
+
+  // --- APP_EXTENSIONS_ALLOWED (src/shared/extension-policy.ts) -----------------------------------------------------
+  /**
+   * Extensions the service installs as the superuser into an app's database on request (POST
+   * /apps/:name/extensions): comma-separated names; empty: none. Only extensions Postgres lets a superuser alone
+   * create; trusted ones an app creates itself. Names the service refuses (dblink, postgres_fdw, file_fdw, …) stop
+   * the start, each with its reason.
+   */
+  APP_EXTENSIONS_ALLOWED: z
+    .string()
+    .default(DEFAULT_ALLOWED_EXTENSIONS.join(','))
+    .transform((text, ctx) => {
+      const { names, problems } = parseAllowedExtensions(text);
+      for (const message of problems) ctx.addIssue({ code: 'custom', message });
+      return names;
+    }),
+  // --- end APP_EXTENSIONS_ALLOWED ------------------------------------------------------------------------------------
+  /** How many extra credentials (POST /apps/:name/credentials) one app may have at once. */
+  APP_MAX_CREDENTIALS: z.coerce.number().int().min(0).max(100).default(5),
 
   // --- Storage quota per app (src/domain/storage-quota.ts) -------------------------------------------------------
   /**
    * How much disk one app may use: its database and its companion databases together (Postgres has no quota of
    * its own; the service measures and enforces, README "Storage quota"). A size in Postgres's units (1024-based:
-   * 500MB, 1GB, 2TB), or `off`: no limit for apps without one of their own (app_settings.storage_limit_bytes, which
-   * still holds). Default 1GB: the design point is a VM of 1 GB of RAM, where Postgres's cache is 768 MB
+   * 500MB, 1GB, 2TB), or `off`: no limit for apps without one of their own (PATCH /apps/:name/settings
+   * storage_limit, which still holds). Kept as written (GET /apps/:name/settings shows it); storageLimitBytes reads
+   * it. Default 1GB: the design point is a VM of 1 GB of RAM, where Postgres's cache is 768 MB
    * (effective_cache_size) and the disk is typically 20 to 50 GB shared by hundreds of apps (an empty app takes
    * 7.5 MB, 2,000 of them 16 GB: BENCHMARKS.md). An app that outgrows the cache is one to size by hand, and at 1 GB
    * one runaway app can take 1.2 GB (the hard limit below) plus what it writes between two checks, not the disk.
    */
   APP_STORAGE_LIMIT: z
     .string()
-    .regex(/^(off|[1-9]\d*(kB|MB|GB|TB))$/, 'use a size such as 500MB or 1GB, or off')
-    .default('1GB')
-    .transform((text) => (text === 'off' ? undefined : sizeInBytes(text))),
+    .refine((text) => text === 'off' || (sizeBytes(text) ?? 0) > 0, 'use a size such as 500MB or 1GB, or off')
+    .default('1GB'),
   /** GET /apps/:name and /metrics say "warning" once an app uses this share of its limit. */
   APP_STORAGE_WARN_PERCENT: z.coerce.number().int().min(1).max(100).default(80),
   /**
@@ -296,13 +325,9 @@ export const ConfigSchema = z.object({
   // --- end storage quota ----------------------------------------------------------------------------------------
 });
 
-const SIZE_UNITS: Record<string, number> = { kB: 2 ** 10, MB: 2 ** 20, GB: 2 ** 30, TB: 2 ** 40 };
-
-/** A size in Postgres's units (1024-based: 64kB, 500MB, 1GB, 2TB), in bytes. */
-export function sizeInBytes(text: string): number {
-  const match = /^(\d+)(kB|MB|GB|TB)$/.exec(text);
-  if (!match) throw new TypeError(`not a size: ${JSON.stringify(text)}`);
-  return Number(match[1]) * SIZE_UNITS[match[2]!]!;
+/** APP_STORAGE_LIMIT in bytes; undefined for off (no default limit). */
+export function storageLimitBytes(config: Pick<Config, 'APP_STORAGE_LIMIT'>): number | undefined {
+  return config.APP_STORAGE_LIMIT === 'off' ? undefined : sizeBytes(config.APP_STORAGE_LIMIT);
 }
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -22,7 +22,23 @@ export type ServiceErrorCode =
   | 'DATABASE_UNAVAILABLE'
   | 'OFFSITE_COPY_FAILED'
   | 'OFFSITE_COPY_REFUSED'
-  | 'SCHEMA_NEWER_THAN_CODE';
+  | 'SCHEMA_NEWER_THAN_CODE'
+  | 'SETTING_NOT_ALLOWED'
+  | 'SETTING_VALUE_REFUSED'
+  | 'EXTENSION_NOT_ALLOWED'
+  | 'EXTENSION_TRUSTED'
+  | 'EXTENSION_NOT_AVAILABLE'
+  | 'EXTENSION_SCHEMA_TAKEN'
+  | 'EXTENSION_NOT_INSTALLED'
+  | 'EXTENSION_NOT_REMOVABLE'
+  | 'EXTENSION_IN_USE'
+  | 'BACKUP_EXTENSION_REFUSED'
+  | 'CREDENTIAL_EXISTS'
+  | 'CREDENTIAL_NOT_FOUND'
+  | 'CREDENTIAL_LIMIT_REACHED'
+  | 'COMPANION_EXISTS'
+  | 'COMPANION_NOT_FOUND'
+  | 'COMPANION_LIMIT';
 
 /** One of the service's own errors: what went wrong, by a code that never changes, and in words. */
 export class ServiceError extends Error {
@@ -202,6 +218,139 @@ export class SchemaNewerThanCodeError extends ServiceError {
     );
     this.databaseVersion = databaseVersion;
     this.codeVersion = codeVersion;
+  }
+}
+
+/** PATCH /apps/:name/settings named settings it does not change: which, and every one it does. */
+export class SettingNotAllowedError extends ServiceError {
+  constructor(names: string[], allowed: string[]) {
+    super(
+      'SETTING_NOT_ALLOWED',
+      `${names.map((name) => `'${name}'`).join(', ')} ${names.length === 1 ? 'is not a setting' : 'are not settings'} this API changes; nothing was changed. Allowed: ${allowed.join(', ')}`,
+    );
+  }
+}
+
+/** PATCH /apps/:name/settings gave values this server cannot take (each problem in words); nothing was changed. */
+export class SettingValueRefusedError extends ServiceError {
+  constructor(problems: string[]) {
+    super('SETTING_VALUE_REFUSED', `${problems.join('; ')}; nothing was changed`);
+  }
+}
+
+// --- extensions an operator enables (src/domain/operations/extensions.ts) -----------------------------------------
+
+/** Not on APP_EXTENSIONS_ALLOWED, or refused by the service whatever the settings say (`refusal` says why). */
+export class ExtensionNotAllowedError extends ServiceError {
+  constructor(extension: string, refusal: string | undefined, allowed: readonly string[]) {
+    super(
+      'EXTENSION_NOT_ALLOWED',
+      refusal
+        ? `extension '${extension}' is refused by this service whatever its settings say: ${refusal}`
+        : `extension '${extension}' is not in APP_EXTENSIONS_ALLOWED (${allowed.length > 0 ? allowed.join(', ') : 'empty'}): the operator's list of extensions the service installs`,
+    );
+  }
+}
+
+/** Postgres lets any user with CREATE on the database create it: the app does so itself, and owns it. */
+export class ExtensionTrustedError extends ServiceError {
+  constructor(extension: string) {
+    super(
+      'EXTENSION_TRUSTED',
+      `extension '${extension}' is trusted by Postgres: the app creates it itself in its own database (CREATE EXTENSION "${extension}";) and owns it; ` +
+        'the service installs only extensions that need a superuser',
+    );
+  }
+}
+
+/** The server has no such extension, or the service cannot install it safely (`reason`). */
+export class ExtensionNotAvailableError extends ServiceError {
+  constructor(extension: string, reason: string) {
+    super('EXTENSION_NOT_AVAILABLE', `extension '${extension}' cannot be installed: ${reason}`);
+  }
+}
+
+/**
+ * The app's database has a schema named like the service's (src/shared/object-names.ts) that the app owns, could
+ * write to, or has objects in: an extension script run there as the superuser could call the app's code.
+ */
+export class ExtensionSchemaTakenError extends ServiceError {
+  constructor(appName: string, schema: string, reason: string) {
+    super(
+      'EXTENSION_SCHEMA_TAKEN',
+      `app '${appName}' has a schema '${schema}' the service cannot install into (${reason}): the service installs extensions, as the superuser, ` +
+        `only into a schema of its own that no app can write to. Rename or drop the app's (ALTER SCHEMA ${schema} RENAME TO …) and retry`,
+    );
+  }
+}
+
+export class ExtensionNotInstalledError extends ServiceError {
+  constructor(appName: string, extension: string) {
+    super('EXTENSION_NOT_INSTALLED', `extension '${extension}' is not installed in app '${appName}'s database`);
+  }
+}
+
+/** Installed, but not by the service: the app's own (it drops it itself), or one every database has. */
+export class ExtensionNotRemovableError extends ServiceError {
+  constructor(extension: string, installedBy: string) {
+    super(
+      'EXTENSION_NOT_REMOVABLE',
+      installedBy === 'app'
+        ? `extension '${extension}' is the app's own: the app drops it itself (DROP EXTENSION "${extension}";)`
+        : `extension '${extension}' was not installed by the service (it is not in its schema): the service removes only those it installed`,
+    );
+  }
+}
+
+export class ExtensionInUseError extends ServiceError {
+  constructor(appName: string, extension: string) {
+    super('EXTENSION_IN_USE', `extension '${extension}' is in use in app '${appName}'s database: objects of the app depend on it; drop them first`);
+  }
+}
+
+/** A restore found an extension in the dump that the service will not create (`reason`); nothing was changed. */
+export class BackupExtensionRefusedError extends ServiceError {
+  constructor(file: string, extension: string, reason: string) {
+    super('BACKUP_EXTENSION_REFUSED', `backup '${file}' needs extension '${extension}', which the service will not create: ${reason}. The app's database is unchanged`);
+  }
+}
+
+// --- extra credentials (src/domain/operations/credentials.ts) ----------------------------------------------------
+
+export class CredentialExistsError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_EXISTS', `app '${appName}' already has a credential named '${credential}'`);
+  }
+}
+
+export class CredentialNotFoundError extends ServiceError {
+  constructor(appName: string, credential: string) {
+    super('CREDENTIAL_NOT_FOUND', `app '${appName}' has no credential named '${credential}'`);
+  }
+}
+
+/** An app has as many extra credentials as APP_MAX_CREDENTIALS allows. */
+export class CredentialLimitError extends ServiceError {
+  constructor(appName: string, limit: number) {
+    super('CREDENTIAL_LIMIT_REACHED', `app '${appName}' has ${limit} credentials, the most it may have (APP_MAX_CREDENTIALS): delete one first`);
+  }
+}
+
+export class CompanionExistsError extends ServiceError {
+  constructor(appName: string, name: string) {
+    super('COMPANION_EXISTS', `app '${appName}' already has a database named '${name}'`);
+  }
+}
+
+export class CompanionNotFoundError extends ServiceError {
+  constructor(appName: string, name: string) {
+    super('COMPANION_NOT_FOUND', `app '${appName}' has no database named '${name}'`);
+  }
+}
+
+export class CompanionLimitError extends ServiceError {
+  constructor(appName: string, limit: number) {
+    super('COMPANION_LIMIT', `app '${appName}' has ${limit} companion databases, the most APP_MAX_COMPANION_DATABASES allows: delete one first`);
   }
 }
 

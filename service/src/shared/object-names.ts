@@ -78,6 +78,98 @@ export const APP_SQL = {
   loginRoleOf: (appNameColumn: string) => `'${APP_PREFIX}' || ${appNameColumn} || '${LOGIN_ROLE_SUFFIX}'`,
 } as const;
 
+// --- extra credentials ------------------------------------------------------------------------------------------
+// An app may have more logins than its own (src/domain/operations/credentials.ts): each is a login role named
+// app_<app>.<credential>. App names never contain '.', so no app's, ready set's, agent's or work database's name can
+// be a credential's, and a credential's role never matches the app patterns above (APP_SQL: [a-z0-9_] only).
+
+export const CREDENTIAL_NAME_MAX_LENGTH = 20;
+const CREDENTIAL_NAME_REGEX = `${APP_NAME_CHARACTER}{1,${CREDENTIAL_NAME_MAX_LENGTH}}`;
+export const CREDENTIAL_NAME_PATTERN = new RegExp(`^${CREDENTIAL_NAME_REGEX}$`);
+const CREDENTIAL_SEPARATOR = '.';
+
+export const CredentialNameSchema = z
+  .string({ error: 'name must be a string' })
+  .min(1, 'name must be at least 1 character')
+  .max(CREDENTIAL_NAME_MAX_LENGTH, `name must be at most ${CREDENTIAL_NAME_MAX_LENGTH} characters`)
+  .regex(new RegExp(`^${APP_NAME_CHARACTER}*$`), 'name may contain only lowercase letters a-z, digits 0-9 and underscore');
+
+/** The login role of an app's extra credential: app_<app>.<credential>. Throws on a name outside the allowlist. */
+export function credentialRole(app: AppIdentifiers, credential: string): string {
+  if (!CREDENTIAL_NAME_PATTERN.test(credential)) throw new TypeError(`not a valid credential name: ${JSON.stringify(credential)}`);
+  return `${app.database}${CREDENTIAL_SEPARATOR}${credential}`;
+}
+
+const CREDENTIAL_ROLE = new RegExp(`^${APP_PREFIX}(${APP_NAME_REGEX})\\${CREDENTIAL_SEPARATOR}(${CREDENTIAL_NAME_REGEX})$`);
+
+/** The app and credential a credential role belongs to, or undefined for a name that is not a credential's. */
+export function credentialOfRole(role: string): { appName: string; credential: string } | undefined {
+  const match = CREDENTIAL_ROLE.exec(role);
+  return match ? { appName: match[1]!, credential: match[2]! } : undefined;
+}
+
+/** Credential roles in SQL: a pattern capturing the app and the credential, and the LIKE prefix of one app's. */
+export const CREDENTIAL_SQL = {
+  rolePattern: `^${APP_PREFIX}(${APP_NAME_REGEX})\\${CREDENTIAL_SEPARATOR}(${CREDENTIAL_NAME_REGEX})$`,
+  /** Every credential role of `app`, and nothing else: for LIKE. */
+  likeOf: (app: AppIdentifiers) => sqlLikePrefix(`${app.database}${CREDENTIAL_SEPARATOR}`),
+} as const;
+
+// --- companion databases ------------------------------------------------------------------------------------------
+// An app's extra databases (tests, a shadow for Prisma, a scratch copy). Each is named app_<app>-<companion>, the
+// database and its NOLOGIN access role alike: the hyphen is a character no app name (nor any name derived from one,
+// nor a ready set's, an agent's or a work database's) can hold, so a companion's name is never another object's,
+// and it splits back into exactly one (app, companion) pair at its only hyphen (test/unit/object-names.test.ts).
+
+/** app_ + 32 + - + 20 = 57 characters: within Postgres's 63, which would otherwise cut names (and make them collide). */
+export const COMPANION_NAME_MAX_LENGTH = 20;
+const COMPANION_NAME_REGEX = `${APP_NAME_CHARACTER}{1,${COMPANION_NAME_MAX_LENGTH}}`;
+const COMPANION_SEPARATOR = '-';
+/** What copy_of says for the app's main database; so no companion may be called that. */
+export const MAIN_DATABASE_ALIAS = 'main';
+
+export const CompanionNameSchema = z
+  .string({ error: 'name must be a string' })
+  .min(1, 'name must be at least 1 character')
+  .max(COMPANION_NAME_MAX_LENGTH, `name must be at most ${COMPANION_NAME_MAX_LENGTH} characters`)
+  .regex(new RegExp(`^${APP_NAME_CHARACTER}*$`), 'name may contain only lowercase letters a-z, digits 0-9 and underscore');
+
+export interface CompanionIdentifiers {
+  appName: string;
+  /** The companion's own name, as the API takes it. */
+  name: string;
+  /** The companion's database: app_<app>-<name>. */
+  database: string;
+  /** Its NOLOGIN access role, named like the database (pg_hba.conf's samerole); the app's login role is its one member. */
+  accessRole: string;
+  /** The app's login role, which alone may connect to it. */
+  username: string;
+}
+
+const COMPANION_PATTERN = new RegExp(`^${APP_PREFIX}(${APP_NAME_REGEX})${COMPANION_SEPARATOR}(${COMPANION_NAME_REGEX})$`);
+
+/** The names of one companion of an app. Throws on a name outside the allowlist, as appIdentifiers does. */
+export function companionIdentifiers(appName: string, name: string): CompanionIdentifiers {
+  const app = appIdentifiers(appName);
+  if (!new RegExp(`^${COMPANION_NAME_REGEX}$`).test(name)) throw new TypeError(`not a valid companion name: ${JSON.stringify(name)}`);
+  const database = `${app.database}${COMPANION_SEPARATOR}${name}`;
+  return { appName, name, database, accessRole: database, username: app.username };
+}
+
+/** The app and companion a database (or access role) name belongs to, or undefined for a name that is no companion's. */
+export function parseCompanionName(objectName: string): { appName: string; name: string } | undefined {
+  const match = COMPANION_PATTERN.exec(objectName);
+  return match ? { appName: match[1]!, name: match[2]! } : undefined;
+}
+
+/** The companions' names in SQL: a pattern capturing the app (1) and the companion (2), for `~` and substring. */
+export const COMPANION_SQL = {
+  pattern: COMPANION_PATTERN.source,
+  /** An app's main database or one of its companions; captures the app name (sizes count companions into their app). */
+  appDatabasePattern: `^${APP_PREFIX}(${APP_NAME_REGEX})(?:${COMPANION_SEPARATOR}${COMPANION_NAME_REGEX})?$`,
+  databaseOf: (appNameColumn: string, companionColumn: string) => `'${APP_PREFIX}' || ${appNameColumn} || '${COMPANION_SEPARATOR}' || ${companionColumn}`,
+} as const;
+
 // --- the service's own objects ----------------------------------------------------------------------------------
 // Outside the app_ namespace: no app name makes them.
 
@@ -151,16 +243,19 @@ export function appOfWorkDatabase(database: string): string {
   return database.replace(WORK_DATABASE_PREFIXES.restoring, '').replace(WORK_DATABASE_PREFIXES.retired, '');
 }
 
-// --- the app's other objects, which its storage quota counts and its enforcement reaches ------------------------
-// Companion databases (app_<app>-<companion>) and extra credentials' login roles (app_<app>.<credential>) are
-// made by their own features; the storage quota (src/domain/storage-quota.ts) only needs to find them by name.
-// `-` and `.` are in no app name, so neither family can meet an app's own names or each other.
+// --- extensions an operator enables (src/shared/extension-policy.ts) ------------------------------------------
 
-/** A companion's or a credential's own name, as the API takes it. */
-const APP_PART_REGEX = '[a-z0-9_]{1,20}';
+/**
+ * The schema the service installs extensions into, in an app's database: owned by the superuser, USAGE for every
+ * role that may connect there, CREATE for no one else. A superuser's CREATE EXTENSION runs its script with this
+ * schema first on its search_path, so nothing in it may be a tenant's (src/db/postgres-server/extensions.ts).
+ */
+export const SERVICE_EXTENSIONS_SCHEMA = 'extensions';
 
-/** Companion databases: capture the app (1) and the companion (2). */
-export const COMPANION_DATABASE_SQL_PATTERN = `^${APP_PREFIX}(${APP_NAME_REGEX})-(${APP_PART_REGEX})$`;
+/** An extension's name as the service takes it: lowercase letters, digits, _ and - (uuid-ossp), at most 63. */
+const EXTENSION_NAME_REGEX = '[a-z0-9_][a-z0-9_-]{0,62}';
+export const EXTENSION_NAME_PATTERN = new RegExp(`^${EXTENSION_NAME_REGEX}$`);
 
-/** Extra credentials' login roles: capture the app (1) and the credential (2). */
-export const CREDENTIAL_ROLE_SQL_PATTERN = `^${APP_PREFIX}(${APP_NAME_REGEX})\\.(${APP_PART_REGEX})$`;
+export const ExtensionNameSchema = z
+  .string({ error: 'the extension name must be a string' })
+  .regex(EXTENSION_NAME_PATTERN, 'an extension name has 1 to 63 characters: lowercase letters a-z, digits 0-9, _ and -');

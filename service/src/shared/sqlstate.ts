@@ -7,6 +7,7 @@ export const SQLSTATE = {
   duplicateDatabase: '42P04',
   undefinedTable: '42P01',
   objectInUse: '55006',
+  dependentObjectsStillExist: '2BP01',
   lockNotAvailable: '55P03',
   queryCanceled: '57014',
   diskFull: '53100',

@@ -75,6 +75,9 @@ describe('the admin key is checked before the input is validated', () => {
     { label: 'delete, bad query', call: { method: 'DELETE', path: '/apps/some_app?backup=maybe' }, invalid: /backup must be true or false/ },
     { label: 'delete, unknown query', call: { method: 'DELETE', path: '/apps/some_app?force=1' }, invalid: /force/ },
     { label: 'delete, bad name', call: { method: 'DELETE', path: '/apps/My.App' }, invalid: /app_name may contain only/ },
+    { label: 'settings, bad name', call: { method: 'GET', path: '/apps/My.App/settings' }, invalid: /app_name may contain only/ },
+    { label: 'change settings, bad value', call: { method: 'PATCH', path: '/apps/some_app/settings', body: { connection_limit: -1 } }, invalid: /connection_limit must be/ },
+    { label: 'change settings, bad query', call: { method: 'PATCH', path: '/apps/some_app/settings?end_sessions=yes', body: {} }, invalid: /end_sessions must be true or false/ },
   ];
 
   it('answers /apps requests without a key, or with a wrong one, with a 401 that says nothing about the input', async () => {

@@ -63,7 +63,7 @@ describe('GET /apps and GET /apps/:name', () => {
       // One app: what the list says, and its backups' state (none yet; its scheduled backups are not failing).
       // …and its storage against its limit (APP_STORAGE_LIMIT's 1GB; no companion database, so its database's size).
       const storage = { used_bytes: listB.size_bytes, limit_bytes: 2 ** 30, hard_limit_bytes: Math.floor(2 ** 30 * 1.2), state: 'ok' };
-      assert.deepEqual(one.body, { ...listB, newest_backup: null, backup_failing: null, storage });
+      assert.deepEqual(one.body, { ...listB, databases: [], newest_backup: null, backup_failing: null, credentials: [], storage });
     } finally {
       await session.end();
     }
@@ -232,11 +232,36 @@ describe('bookkeeping', () => {
     assert.match(docs.openapi, /^3\./);
     const operations = Object.entries(docs.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${path.replace(/\{(\w+)\}/g, ':$1')}`));
     assert.deepEqual(operations.sort(), [
-      'DELETE /apps/:name', 'GET /apps', 'GET /apps/:name', 'GET /apps/:name/backups', 'GET /backups', 'GET /health',
-      'GET /tls/ca.crt', 'POST /apps/:name/backups', 'POST /apps/:name/restore', 'POST /apps/:name/rotate', 'POST /provision',
+      'DELETE /apps/:name',
+      'DELETE /apps/:name/credentials/:credential',
+      'DELETE /apps/:name/databases/:database_name',
+      'DELETE /apps/:name/extensions/:extension',
+      'GET /apps',
+      'GET /apps/:name',
+      'GET /apps/:name/backups',
+      'GET /apps/:name/credentials',
+      'GET /apps/:name/databases',
+      'GET /apps/:name/extensions',
+      'GET /apps/:name/settings',
+      'GET /backups',
+      'GET /health',
+      'GET /tls/ca.crt',
+      'PATCH /apps/:name/settings',
+      'POST /apps/:name/backups',
+      'POST /apps/:name/credentials',
+      'POST /apps/:name/credentials/:credential/rotate',
+      'POST /apps/:name/databases',
+      'POST /apps/:name/extensions',
+      'POST /apps/:name/restore',
+      'POST /apps/:name/rotate',
+      'POST /provision',
     ]);
     const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
     for (const operation of operations) assert.ok(readme.includes(`### ${operation}`), `README documents ${operation}`);
+    // A companion database's answer says why it carries no password (the service does not keep the app's).
+    const companionAnswer = JSON.stringify((docs.paths['/apps/{name}/databases']!.post as { responses: Record<string, unknown> }).responses['201']);
+    assert.match(companionAnswer, /No password: the app logs in to its companion databases with its own login role and the password it already has/);
+    assert.doesNotMatch(companionAnswer, /"password"/);
   });
 
   it('answers GET /tls/ca.crt with 404 and a message for the operator when it was given no CA (TLS_CA_FILE)', async () => {

@@ -4,7 +4,7 @@
 // Catalog runs each question on the database it belongs to; the functions below it take a connection (the soak,
 // scripts/lib/soak/, uses halfMadeObjects on its own).
 import type pg from 'pg';
-import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE, type ObjectNames } from '../../src/shared/object-names.js';
+import { AGENT_SQL_PATTERN, APP_SQL, APPS_GROUP_ROLE, COMPANION_SQL, CREDENTIAL_SQL, appIdentifiers, READY_SET_SQL, SERVICE_OBJECTS_LIKE, type ObjectNames } from '../../src/shared/object-names.js';
 
 /** A connection, or anything that runs a query on one. */
 export type Db = Pick<pg.ClientBase, 'query'>;
@@ -205,7 +205,8 @@ export async function readySetEntries(system: Db): Promise<Array<{ id: string; s
 
 /**
  * What must never be left once the reconciler has run: registry rows not ready, ready apps missing an object,
- * and app databases or roles without a registry row. Each as "<name> (<what is wrong>)".
+ * app databases or roles (extra credentials' included) without a registry row, and companion databases not complete
+ * or of no ready app. Each as "<name> (<what is wrong>)".
  */
 export async function halfMadeObjects(system: Db): Promise<string[]> {
   return names(
@@ -218,12 +219,21 @@ export async function halfMadeObjects(system: Db): Promise<string[]> {
          OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = ${APP_SQL.databaseOf('a.app_name')}))
      UNION ALL
      SELECT d.datname || ' (database without registry row)' FROM pg_database d
-      WHERE d.datname LIKE $1 AND NOT EXISTS (SELECT 1 FROM apps a WHERE ${APP_SQL.databaseOf('a.app_name')} = d.datname)
+      WHERE d.datname LIKE $1 AND d.datname !~ $2 AND NOT EXISTS (SELECT 1 FROM apps a WHERE ${APP_SQL.databaseOf('a.app_name')} = d.datname)
      UNION ALL
      SELECT r.rolname || ' (role without registry row)' FROM pg_roles r
-      WHERE r.rolname LIKE $1
-        AND NOT EXISTS (SELECT 1 FROM apps a WHERE r.rolname IN (${APP_SQL.databaseOf('a.app_name')}, ${APP_SQL.loginRoleOf('a.app_name')}))`,
-    [APP_SQL.like],
+      WHERE r.rolname LIKE $1 AND r.rolname !~ $2
+        AND NOT EXISTS (SELECT 1 FROM apps a WHERE r.rolname IN (${APP_SQL.databaseOf('a.app_name')}, ${APP_SQL.loginRoleOf('a.app_name')})
+                           OR substring(r.rolname FROM '${CREDENTIAL_SQL.rolePattern}') = a.app_name)
+     UNION ALL
+     -- Companion databases (and their access roles): complete only with both, the app ready, its login admitted.
+     SELECT c.name || ' (companion not complete, or of no ready app)'
+       FROM (SELECT datname AS name FROM pg_database WHERE datname ~ $2 UNION SELECT rolname FROM pg_roles WHERE rolname ~ $2) c
+      WHERE NOT (EXISTS (SELECT 1 FROM apps a WHERE a.state = 'ready' AND a.app_name = substring(c.name FROM $2))
+                 AND EXISTS (SELECT 1 FROM pg_database WHERE datname = c.name)
+                 AND EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles l ON l.oid = m.member
+                              WHERE g.rolname = c.name AND l.rolname = ${APP_SQL.loginRoleOf('substring(c.name FROM $2)')}))`,
+    [APP_SQL.like, COMPANION_SQL.pattern],
   );
 }
 

@@ -68,6 +68,13 @@ function buildCases(adminKey: string): Case[] {
     }
   }
 
+  // The same names as a companion database's, and as what it copies (POST /apps/:name/databases).
+  for (const [i, name] of INVALID_NAMES.entries()) {
+    const bearer = { ...json, Authorization: `Bearer ${adminKey}` };
+    cases.push({ label: `companion name #${i}`, method: 'POST', path: '/apps/fuzz_app/databases', headers: bearer, body: JSON.stringify({ name }) });
+    cases.push({ label: `companion copy_of #${i}`, method: 'POST', path: '/apps/fuzz_app/databases', headers: bearer, body: JSON.stringify({ name: 'fuzz', copy_of: name }) });
+  }
+
   // Generated names from a hostile alphabet; each is invalid (a bad character, or a bad length).
   const random = prng(20261124);
   const alphabet = "abcxyz019_-. '\"\\;%$`/\u0000\u0001\u001f\u007f\u00e9\u0430\uff41\u200b\u202e\ud83d\ude00ABZ";
@@ -235,6 +242,17 @@ describe('methods and paths', () => {
     ['PUT', '/apps/some_app/restore', 405, 'POST'],
     ['DELETE', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
     ['PUT', '/apps/some_app/backups', 405, 'GET, HEAD, POST'],
+    ['PUT', '/apps/some_app/settings', 405, 'GET, HEAD, PATCH'],
+    ['POST', '/apps/some_app/settings', 405, 'GET, HEAD, PATCH'],
+    ['PUT', '/apps/some_app/credentials', 405, 'GET, HEAD, POST'],
+    ['GET', '/apps/some_app/credentials/reader', 405, 'DELETE'],
+    ['POST', '/apps/some_app/credentials/reader', 405, 'DELETE'],
+    ['GET', '/apps/some_app/credentials/reader/rotate', 405, 'POST'],
+    ['POST', '/apps/some_app/credentials//rotate', 404],
+    ['PUT', '/apps/some_app/databases', 405, 'GET, HEAD, POST'],
+    ['GET', '/apps/some_app/databases/some_db', 405, 'DELETE'],
+    ['POST', '/apps/some_app/databases/some_db', 405, 'DELETE'],
+    ['GET', '/apps/some_app/databases//x', 404],
     ['GET', '/apps/', 404],
     ['DELETE', '/apps/', 404],
     ['PUT', '/apps/', 404],

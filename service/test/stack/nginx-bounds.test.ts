@@ -142,6 +142,12 @@ const longest = {
     // password, authentication_timeout (5 s) waited out, password checked, LOGIN, unlock, audit
     // (the door: logins and connections after NOLOGIN, logins after LOGIN)
     12 * CALL + config.DATABASE_LOCK_TIMEOUT_MS + 5_000 + 250 + 50 + 2 * DOOR_LOGINS + DOOR_END,
+    // a branch (POST /apps/:name/databases with copy_of): ready(), lock, the app, the companions, a leftover of the
+    // name removed (login refused, door told and its pools ended, DROP DATABASE, the role), the access role, the
+    // source closed, the door's RECONNECT, 5 tries of ending sessions and CREATE DATABASE … TEMPLATE (each waited
+    // for by Postgres up to 5 s when a session lingers), the source opened, the hand-over (2), the login admitted,
+    // the door told, the details, unlock, audit
+    (1 + 1 + 1 + 1 + 1 + DROP_ROLES + 1 + 1 + 5 + 1 + 2 + 1 + 1 + 1 + 1) * CALL + 6 * DDL + POOLER + 2 * DOOR_LOGINS + DOOR_END,
   ),
   /** The CA certificate: one small file read. */
   caCertificate: 5_000,

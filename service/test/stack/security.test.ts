@@ -627,7 +627,8 @@ describe('the superuser and where Postgres listens', () => {
       assert.ok(['local', 'host', 'hostssl'].includes(type!), rule.join(' '));
       assert.ok(['scram-sha-256', 'reject'].includes(method!), rule.join(' '));
       if (method !== 'reject') assert.ok(type === 'hostssl' || type === 'local', `admits over TLS only: ${rule.join(' ')}`);
-      if (type === 'hostssl') assert.equal(`${rule[1]}_user`, rule[2], `an app's login to its own database only: ${rule.join(' ')}`);
+      // An app's login role, or one of its extra credentials (app_<app>.<credential>), to the app's database only.
+      if (type === 'hostssl') assert.ok(rule[2] === `${rule[1]}_user` || rule[2]!.startsWith(`${rule[1]}.`), `an app's login to its own database only: ${rule.join(' ')}`);
     }
   });
 

@@ -1,14 +1,13 @@
 // The storage quota per app (src/domain/storage-quota.ts), through the real stack, as an app meets it: it writes
 // past its limit and its new sessions are read-only (SQLSTATE 25006) at both doors; BEGIN READ WRITE writes anyway
-// (the guard is soft); past the hard limit its logins are refused; the limit raised (the app's own row in
-// app_settings, as the settings API writes it), it writes again, every row still there. Companion databases
-// (app_<app>-<companion>) count; a restore, a rotation and the reconciler never lift the enforcement; an app
-// that lifts its own flag gets it back; a new app of the same name starts writable. Limits are small (16MB, an
+// (the guard is soft); past the hard limit its logins are refused; the limit raised (PATCH /apps/:name/settings), it
+// writes again, every row still there. Companion databases count and extra credentials are held with the app; a
+// restore, a rotation, the reconciler and a settings change never lift the enforcement; an app that lifts its own
+// flag gets it back; a new app of the same name starts writable. Limits are small (16MB, an
 // empty app is ~7.5 MB) and the check runs every 300 ms.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { saveAppSettings } from '../../src/db/system-store/app-settings.js';
-import { asApp, connectAs, doorString, DOORS, withLogin } from '../helpers/app-sessions.js';
+import { asApp, connectAs, doorString, DOORS, withDatabase } from '../helpers/app-sessions.js';
 import { SYSTEM_DATABASE } from '../helpers/catalog.js';
 import { eventually, rejectionOf } from '../helpers/conditions.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
@@ -41,11 +40,21 @@ const storageOf = async (app: string): Promise<Storage> => {
   return answer.body.storage as Storage;
 };
 
-/** Waits (the check runs every 300 ms) until GET /apps/:name says `state`. */
+const AUDITED: Record<string, string | undefined> = { ok: 'storage_writable', read_only: 'storage_read_only', suspended: 'storage_suspended' };
+
+/**
+ * Waits (the check runs every 300 ms) until GET /apps/:name says `state` and, for a state the quota brings an app
+ * to, its enforcement has been carried out to its end: its audit entry, the last step, is written (GET says what the
+ * roles carry, which they do from the first step on).
+ */
 async function untilState(app: string, state: string): Promise<Storage> {
-  const storage = await eventually(() => storageOf(app), (s) => s.state === state, 20_000);
-  assert.equal(storage.state, state, `${app}: ${JSON.stringify(storage)}`);
-  return storage;
+  const seen = await eventually(
+    async () => ({ storage: await storageOf(app), last: (await storageAudit(app)).at(-1)?.action }),
+    ({ storage, last }) => storage.state === state && (AUDITED[state] === undefined || last === AUDITED[state] || (state === 'ok' && last === undefined)),
+    20_000,
+  );
+  assert.equal(seen.storage.state, state, `${app}: ${JSON.stringify(seen)}`);
+  return seen.storage;
 }
 
 /** Rows of about 1.6 kB: four to a page, so `rows` of them take rows × 2 kB of disk. */
@@ -127,12 +136,20 @@ describe('an app that outgrows its storage limit', () => {
     await heldReadOnly.end().catch(() => {});
     const backup = await t.admin('POST', '/apps/grower/backups');
     assert.equal(backup.status, 201, backup.text);
+    // Neither the reconciler (which puts each app's settings back in force) nor a change of its connection limit
+    // (PATCH /apps/:name/settings) lifts the suspension: the new limit is the one it gets back.
+    const from = t.serviceLines.length;
+    await t.waitForServiceLine(/"msg":"reconcile finished"/, from);
+    assert.equal((await t.admin('PATCH', '/apps/grower/settings', { connection_limit: 4 })).status, 200);
+    assert.equal((await rejectionOf(connectAs(direct))).code, '53300', 'still suspended');
+    assert.equal((await storageOf('grower')).state, 'suspended');
     const overLine = /^pgprov_apps_over_storage_limit 1$/m;
     assert.match(await eventually(metricsText, (text) => overLine.test(text), 20_000), overLine);
     assert.match(await metricsText(), /^pgprov_apps_storage_used_bytes [1-9]\d{7,}$/m);
 
     // The limit raised: writable again, every row still there.
-    await t.superuser((c) => saveAppSettings(c, 'grower', { role_limits: {}, database_settings: {}, storage_limit_bytes: 64 * MB }), SYSTEM_DATABASE);
+    const raised = await t.admin('PATCH', '/apps/grower/settings', { storage_limit: '64MB' });
+    assert.equal(raised.status, 200, raised.text);
     const lifted = await untilState('grower', 'ok');
     assert.equal(lifted.limit_bytes, 64 * MB);
     const rows = await asApp(pooled, async (c) => {
@@ -142,7 +159,7 @@ describe('an app that outgrows its storage limit', () => {
     assert.equal(rows, 7001, 'every row written, none lost');
     assert.equal(await insertCode(direct, "INSERT INTO notes VALUES (0, 'direct')"), undefined);
     const role = await t.superuser(async (c) => (await c.query(`SELECT rolconnlimit FROM pg_roles WHERE rolname = 'app_grower_user'`)).rows[0]);
-    assert.deepEqual(role, { rolconnlimit: 10 }, 'its connection limit is put back');
+    assert.deepEqual(role, { rolconnlimit: 4 }, 'its connection limit is put back: the one set while it was suspended');
     assert.deepEqual((await roleSettings('app_grower_user')).filter((entry) => /default_transaction_read_only|pgprov/.test(entry)), []);
 
     // Logged, audited with the size and the limit, counted.
@@ -194,40 +211,54 @@ describe('a well-behaved app over its limit', () => {
 });
 
 describe("an app's companion databases and extra credentials", () => {
-  it("count and are held: a companion made by hand takes the app over its limit, its credential's role is made read-only and suspended with the app's, and dropping the companion lifts both, the credential's own connection limit put back", { timeout: 60_000 }, async () => {
+  it("count and are held: a companion database takes the app over its limit; its credentials are made read-only and suspended with it; deleting the companion lifts it all, a read-only credential keeping its own read-only default", { timeout: 90_000 }, async () => {
     const app = await t.provision('twin');
     const direct = doorString(app, 'direct');
     await asApp(app.connection_string, (c) => c.query('CREATE TABLE t (x int)'));
-    // An extra credential, made by hand as its feature makes one: a login role app_<app>.<name> admitted to the
-    // app's database, with a connection limit of its own.
-    await t.superuser((c) =>
-      c.query(`CREATE ROLE "app_twin.writer" LOGIN PASSWORD 'Writer-Password-5' CONNECTION LIMIT 3 IN ROLE provisioned_apps, app_twin;
-               GRANT CONNECT ON DATABASE app_twin TO "app_twin.writer"`),
-    );
-    await asApp(direct, (c) => c.query('GRANT USAGE ON SCHEMA public TO "app_twin.writer"; GRANT ALL ON t TO "app_twin.writer"'));
-    const asWriter = withLogin(direct, 'app_twin.writer', 'Writer-Password-5');
+    // Its extra credentials (POST /apps/:name/credentials): a full one, and a read-only one, which carries
+    // default_transaction_read_only of its own.
+    const writer = await t.admin('POST', '/apps/twin/credentials', { name: 'writer', access: 'full' });
+    const reader = await t.admin('POST', '/apps/twin/credentials', { name: 'reader', access: 'read_only' });
+    assert.deepEqual([writer.status, reader.status], [201, 201], writer.text + reader.text);
+    const asWriter = doorString(writer.body as never, 'direct');
+    const asReader = doorString(reader.body as never, 'direct');
     assert.equal(await insertCode(asWriter, 'INSERT INTO t VALUES (0)'), undefined);
 
+    // A companion database (POST /apps/:name/databases), filled by the app's own login.
     const alone = (await storageOf('twin')).used_bytes;
-    await t.superuser((c) => c.query('CREATE DATABASE "app_twin-scratch"'));
-    await t.superuser((c) => c.query(`CREATE TABLE filler (n int, body text); ${fill('filler', 1, 1500)}`), 'app_twin-scratch');
+    const made = await t.admin('POST', '/apps/twin/databases', { name: 'scratch' });
+    assert.equal(made.status, 201, made.text);
+    const inCompanion = withDatabase(direct, 'app_twin-scratch');
+    await asApp(inCompanion, (c) => c.query(`CREATE TABLE filler (n int, body text); ${fill('filler', 1, 1500)}`));
     const storage = await untilState('twin', 'read_only');
     const sizes = await t.superuser(async (c) => (await c.query(`SELECT sum(pg_database_size(datname))::float8 AS s FROM pg_database WHERE datname IN ('app_twin', 'app_twin-scratch')`)).rows[0].s as number);
     assert.ok(storage.used_bytes > alone + 7 * MB && Math.abs(storage.used_bytes - sizes) < MB, `used ${storage.used_bytes}, the two databases ${sizes}`);
     assert.equal(await insertCode(app.connection_string, 'INSERT INTO t VALUES (1)'), '25006', 'its own database is read-only');
-    assert.equal(await insertCode(asWriter, 'INSERT INTO t VALUES (1)'), '25006', "and so is its credential's login");
+    assert.equal(await insertCode(withDatabase(app.connection_string, 'app_twin-scratch'), 'INSERT INTO filler VALUES (0)'), '25006', 'so is its companion');
+    assert.equal(await insertCode(asWriter, 'INSERT INTO t VALUES (1)'), '25006', 'and its full credential');
 
-    // Over the hard limit: the credential's logins are suspended with the app's.
-    await t.superuser((c) => c.query(fill('filler', 1501, 1000)), 'app_twin-scratch');
+    // Over the hard limit: its credentials' logins are suspended with the app's.
+    await asApp(inCompanion, async (c) => {
+      await c.query('BEGIN READ WRITE');
+      await c.query(fill('filler', 1501, 1000));
+      await c.query('COMMIT');
+    });
     await untilState('twin', 'suspended');
-    assert.equal((await rejectionOf(connectAs(asWriter))).code, '53300');
+    for (const login of [asWriter, asReader]) assert.equal((await rejectionOf(connectAs(login))).code, '53300');
+    assert.match((await rejectionOf(asApp(String(writer.body.connection_string), (c) => c.query('SELECT 1')))).message, /login rejected/);
 
-    await t.superuser((c) => c.query('DROP DATABASE "app_twin-scratch"'));
+    // The companion deleted (DELETE /apps/:name/databases/:name): under the limit, everything lifted.
+    assert.equal((await t.admin('DELETE', '/apps/twin/databases/scratch')).status, 200);
     await untilState('twin', 'ok');
     assert.equal(await insertCode(app.connection_string, 'INSERT INTO t VALUES (1)'), undefined);
     assert.equal(await insertCode(asWriter, 'INSERT INTO t VALUES (2)'), undefined);
-    const limits = await t.superuser(async (c) => (await c.query(`SELECT rolname, rolconnlimit FROM pg_roles WHERE rolname IN ('app_twin_user', 'app_twin.writer') ORDER BY 1`)).rows);
-    assert.deepEqual(limits, [{ rolname: 'app_twin.writer', rolconnlimit: 3 }, { rolname: 'app_twin_user', rolconnlimit: 10 }]);
+    assert.equal(await asApp(asReader, async (c) => (await c.query('SELECT count(*)::int AS n FROM t')).rows[0].n), 3, 'the read-only credential logs in and reads');
+    assert.equal(await insertCode(asReader, 'INSERT INTO t VALUES (3)'), '25006', 'and stays read-only: that default is its own, not the quota\'s');
+    const roles = await t.superuser(async (c) => (await c.query(`SELECT rolname, rolconnlimit, rolconfig FROM pg_roles WHERE rolname LIKE 'app\\_twin%' AND rolcanlogin ORDER BY 1`)).rows);
+    assert.deepEqual(
+      roles.map((role) => [role.rolname, role.rolconnlimit, (role.rolconfig as string[]).filter((item) => /read_only|pgprov/.test(item))]),
+      [['app_twin.reader', 10, ['default_transaction_read_only=on']], ['app_twin.writer', 10, []], ['app_twin_user', 10, []]],
+    );
   });
 
   it('lifted, a pooled client writes at its next transaction; a direct session keeps its read-only default until it reconnects or turns it off', { timeout: 60_000 }, async () => {
@@ -236,7 +267,7 @@ describe("an app's companion databases and extra credentials", () => {
     await untilState('twin_b', 'read_only');
     const pooledClient = await connectAs(app.connection_string);
     const directClient = await connectAs(doorString(app, 'direct'));
-    await t.superuser((c) => saveAppSettings(c, 'twin_b', { role_limits: {}, database_settings: {}, storage_limit_bytes: 64 * MB }), SYSTEM_DATABASE);
+    assert.equal((await t.admin('PATCH', '/apps/twin_b/settings', { storage_limit: '64MB' })).status, 200);
     await untilState('twin_b', 'ok');
     await pooledClient.query('INSERT INTO t VALUES (1)');
     assert.equal(await directClient.query('INSERT INTO t VALUES (2)').catch((err: { code?: string }) => err.code), '25006');

@@ -9,6 +9,7 @@ import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { appIdentifiers, parseCompanionName } from '../../shared/object-names.js';
 import { scramSha256Verifier } from '../../shared/secrets.js';
 
 /** An app login as the door holds it: the role's name, its database, and its SCRAM verifier, or null: refused. */
@@ -16,7 +17,12 @@ export interface PoolerLogin {
   name: string;
   database: string;
   verifier: string | null;
+  /** Other databases the login may reach too: its app's companion databases. */
+  companions?: string[];
 }
+
+/** Every database a login may reach through the door: its own, and its app's companions. */
+const databasesOf = (login: PoolerLogin): string[] => [login.database, ...(login.companions ?? [])];
 
 /** One of PgBouncer's pools (an app's database and role), from SHOW POOLS. */
 export interface PoolUsage {
@@ -66,8 +72,11 @@ export interface Pooler {
    * Ends every pooled connection to `database`, clients' and the server's (KILL, then RESUME). Only once no login
    * is in progress at the door, or its login timeout has passed: PgBouncer 1.18 ties a login to its pool before
    * the password exchange, and KILL frees the pool under it; such a login, finished, lands in whichever pool
-   * takes that memory next: another app's (found by test/stack/hostile-tenant.test.ts). The caller has made the
-   * app's logins refused first (loginsChanged after NOLOGIN), so that no new login to `database` can begin.
+   * takes that memory next: another app's (found by test/stack/hostile-tenant.test.ts). So every login to
+   * `database` (the app's own and its extra credentials') is refused at the door until the pools are ended: its
+   * hba lines are withheld meanwhile. The caller has refused the login whose change asked for this first
+   * (loginsChanged after NOLOGIN), so that it stays refused after. An app's database's companion databases
+   * (app_<app>-…, object-names.ts) are its too: their lines are withheld and their pools ended with it.
    */
   endConnections(database: string): Promise<void>;
   /**
@@ -183,15 +192,51 @@ export class PgBouncer implements Pooler {
     return this.next;
   }
 
+  /**
+   * Databases whose hba lines are withheld while their connections are ended (a count per database: calls may
+   * overlap). An app's database has several logins (its own, its extra credentials): KILL frees the pools of every
+   * one of them, so none of them may have a login begin meanwhile, not only the one whose change asked for it.
+   */
+  private readonly withheld = new Map<string, number>();
+
   async endConnections(database: string): Promise<void> {
-    const name = plainName(database);
-    await this.noLoginInProgress();
-    await this.command(`KILL ${name}`);
-    await this.command(`RESUME ${name}`);
+    // With the app's database, the companions the door has an entry for (entries are never removed, so every one
+    // it may have a pool for).
+    const names = [plainName(database), ...(await this.companionsOf(database))];
+    for (const name of names) this.withheld.set(name, (this.withheld.get(name) ?? 0) + 1);
+    try {
+      await this.loginsChanged(); // no new login to these databases begins from now on
+      await this.noLoginInProgress();
+      for (const name of names.map(consoleName)) {
+        await this.command(`KILL ${name}`);
+        await this.command(`RESUME ${name}`);
+      }
+    } finally {
+      for (const name of names) {
+        const left = (this.withheld.get(name) ?? 1) - 1;
+        if (left > 0) this.withheld.set(name, left);
+        else this.withheld.delete(name);
+      }
+      await this.loginsChanged();
+    }
+  }
+
+  /** The companion databases of the app whose database is `database`, among those the door has an entry for. */
+  private async companionsOf(database: string): Promise<string[]> {
+    return (await this.knownDatabases()).filter((known) => {
+      const companion = parseCompanionName(known);
+      return companion !== undefined && appIdentifiers(companion.appName).database === database;
+    });
+  }
+
+  /** The databases the door's [databases] file has an entry for. */
+  private async knownDatabases(): Promise<string[]> {
+    const text = await readFile(this.settings.databasesFile, 'utf8').catch(() => '');
+    return [...text.matchAll(/^([a-z0-9_-]+) = /gm)].map((match) => match[1]!);
   }
 
   async reconnect(database: string): Promise<void> {
-    await this.command(`RECONNECT ${plainName(database)}`);
+    await this.command(`RECONNECT ${consoleName(database)}`);
   }
 
   /**
@@ -288,15 +333,14 @@ export class PgBouncer implements Pooler {
   }
 
   /**
-   * [databases]: an entry for every app database, the file's earlier entries kept. Never one removed: PgBouncer
+   * [databases]: an entry for every app database and companion database, the file's earlier entries kept. Never one removed: PgBouncer
    * 1.18 drops a database gone from its configuration (and an idle one it made for a wildcard) by freeing its
    * pools, under any login in flight to it, which then lands in another app's pool (see endConnections). And no
    * wildcard: a name that is no app's is refused at once, and PgBouncer makes nothing for it.
    */
   private async renderDatabases(logins: PoolerLogin[]): Promise<string> {
-    const { databasesFile, serverHost, serverPort } = this.settings;
-    const known = (await readFile(databasesFile, 'utf8').catch(() => '')).matchAll(/^([a-z0-9_]+) = /gm);
-    const databases = [...new Set([...[...known].map((match) => match[1]!), ...logins.map((login) => login.database)])].sort();
+    const { serverHost, serverPort } = this.settings;
+    const databases = [...new Set([...(await this.knownDatabases()), ...logins.flatMap(databasesOf)])].sort();
     const target = `host=${serverHost} port=${serverPort}`;
     const header = "; Written by the provisioning service: one entry per app database, never one removed (src/db/pooler/pgbouncer.ts).\n";
     return header + databases.map((database) => `${plainName(database)} = ${target} dbname=${database}`).join('\n') + '\n';
@@ -304,7 +348,7 @@ export class PgBouncer implements Pooler {
 
   /**
    * pgbouncer-hba.conf with each app's lines where the template says: an app login that may log in now is
-   * admitted to its own database only, with SCRAM, over TLS; any other login is rejected by the template's last
+   * admitted to its own database and its app's companion databases only, with SCRAM, over TLS; any other login is rejected by the template's last
    * lines before its password exchange begins. So no login ever waits at the door for a database not its own,
    * nor for an app whose logins are refused (see endConnections).
    */
@@ -313,7 +357,11 @@ export class PgBouncer implements Pooler {
     if (!HBA_MARKER.test(template)) throw new Error(`${this.settings.hbaTemplate} has no line "# @app-logins" where the apps' lines go`);
     const apps = logins
       .filter((login) => login.verifier !== null)
-      .flatMap((login) => ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${plainName(login.database)} ${plainName(login.name)} ${address} scram-sha-256`));
+      .map((login) => ({ login, databases: databasesOf(login).filter((database) => !this.withheld.has(database)) }))
+      .filter(({ databases }) => databases.length > 0)
+      .flatMap(({ login, databases }) =>
+        ['0.0.0.0/0', '::/0'].map((address) => `hostssl ${databases.map(plainName).join(',')} ${loginName(login.name)} ${address} scram-sha-256`),
+      );
     return template.replace(HBA_MARKER, () => ['# @app-logins: written by the provisioning service', ...apps].join('\n'));
   }
 
@@ -399,11 +447,27 @@ export class PgBouncer implements Pooler {
 const HBA_MARKER = /^# @app-logins$/m;
 
 /**
- * A name as the door's files and admin commands take it, unquoted: app names are [a-z0-9_] (object-names.ts), so
- * their roles' and databases' are too; anything else is refused rather than quoted.
+ * A database's name as the door's files take it, unquoted: app names are [a-z0-9_] (object-names.ts), so their
+ * databases' are too, and a companion database's has one hyphen (app_<app>-<companion>), which PgBouncer's ini keys
+ * and hba words take as it is; anything else is refused rather than quoted.
  */
 function plainName(name: string): string {
-  if (!/^[a-z0-9_]+$/.test(name)) throw new Error(`not a name the door's files or console can take: ${name}`);
+  if (!/^[a-z0-9_]+(?:-[a-z0-9_]+)?$/.test(name)) throw new Error(`not a name the door's files or console can take: ${name}`);
+  return name;
+}
+
+/** A name as the admin console's commands take it: a word of [a-z0-9_], or in double quotes (a companion's hyphen). */
+function consoleName(name: string): string {
+  const plain = plainName(name);
+  return /^[a-z0-9_]+$/.test(plain) ? plain : `"${plain}"`;
+}
+
+/**
+ * A login's name as the hba file takes it, unquoted: an app's login role ([a-z0-9_]), or an extra credential's,
+ * app_<app>.<credential> (PgBouncer's hba parser reads a name up to whitespace, a comma, '#' or '"').
+ */
+function loginName(name: string): string {
+  if (!/^[a-z0-9_]+(\.[a-z0-9_]+)?$/.test(name)) throw new Error(`not a login name the door's hba file can take: ${name}`);
   return name;
 }
 

@@ -6,7 +6,7 @@
 import pg from 'pg';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { watchLockWaits } from '../../shared/lock-watch.js';
-import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
+import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, COMPANION_SQL, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from '../queryable.js';
 import { storageSettingsSql } from './app-storage.js';
@@ -18,21 +18,26 @@ export interface AppRoleLimits {
   tempFileLimit: string;
   statementTimeout: string;
   idleInTransactionTimeout: string;
+  idleSessionTimeout: string;
 }
 
 /**
- * The settings every app login role carries: its limits, and log_min_messages = fatal, so that nothing a
- * tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and PANIC
- * lines still do. All are superuser-only or settable by the app for its own sessions only.
+ * The settings every app login role carries, by Postgres's name: its limits, and log_min_messages = fatal, so that
+ * nothing a tenant's session sends (RAISE LOG, RAISE WARNING) reaches Postgres's log; the server's own FATAL and
+ * PANIC lines still do. All are superuser-only or settable by the app for its own sessions only.
  */
-export function roleSettingsSql(role: string, limits: AppRoleLimits): string {
-  const settings: Array<[string, string]> = [
+export function roleSettings(limits: AppRoleLimits): Array<[string, string]> {
+  return [
     ['temp_file_limit', limits.tempFileLimit],
     ['statement_timeout', limits.statementTimeout],
     ['idle_in_transaction_session_timeout', limits.idleInTransactionTimeout],
+    ['idle_session_timeout', limits.idleSessionTimeout],
     ['log_min_messages', 'fatal'],
   ];
-  return settings.map(([name, value]) => `ALTER ROLE ${ident(role)} SET ${name} = ${literal(value)};`).join('\n     ');
+}
+
+export function roleSettingsSql(role: string, limits: AppRoleLimits): string {
+  return roleSettings(limits).map(([name, value]) => `ALTER ROLE ${ident(role)} SET ${name} = ${literal(value)};`).join('\n     ');
 }
 
 /**
@@ -128,10 +133,14 @@ async function databasesNamingRole(db: Queryable, role: string): Promise<string[
  */
 export async function dropRoleEverywhere(db: Queryable, opener: DatabaseOpener, role: string, reassignTo?: string): Promise<void> {
   if (!(await existingRoles(db, [role])).has(role)) return;
-  for (const name of await databasesNamingRole(db, role)) {
+  const databases = await databasesNamingRole(db, role);
+  for (const name of databases) {
     await opener.inDatabase(name, (inside) => dropOwnedInside(inside, db, role, reassignTo));
   }
-  // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left.
+  // DROP OWNED in one database also revokes privileges on shared objects (databases), so nothing is left. A role
+  // named by no database's objects may still hold such a privilege (an extra credential's CONNECT): DROP OWNED
+  // here, in the service's own database, where no tenant has anything, revokes it.
+  if (databases.length === 0) await db.query(`DROP OWNED BY ${ident(role)}`);
   await db.query(`DROP ROLE IF EXISTS ${ident(role)}`);
 }
 
@@ -199,19 +208,19 @@ function isConcurrentUpdate(err: unknown): boolean {
   return sqlState(err) === SQLSTATE.internalError && typeof message === 'string' && /tuple concurrently updated/.test(message);
 }
 
-/** Lets the app's login role open sessions again (after a rotation that was interrupted before its end). */
-export async function enableLogin(db: Queryable, app: ObjectNames): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(app.username)} WITH LOGIN`);
+/** Lets a login role (the app's, or an extra credential's) open sessions again (the end of a rotation, or after one was interrupted). */
+export async function enableLogin(db: Queryable, role: string): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(role)} WITH LOGIN`);
 }
 
-/** Sets the login role's password (SCRAM verifier); LOGIN or NOLOGIN stays as it is. */
-export async function setPassword(db: Queryable, app: ObjectNames, passwordVerifier: string): Promise<void> {
-  await db.query(`ALTER ROLE ${ident(app.username)} WITH PASSWORD ${literal(passwordVerifier)}`);
+/** Sets a login role's password (SCRAM verifier); LOGIN or NOLOGIN stays as it is. */
+export async function setPassword(db: Queryable, role: string, passwordVerifier: string): Promise<void> {
+  await db.query(`ALTER ROLE ${ident(role)} WITH PASSWORD ${literal(passwordVerifier)}`);
 }
 
-/** Whether the login role's password is still `passwordVerifier` (a role can change its own password). */
-export async function passwordIs(db: Queryable, app: ObjectNames, passwordVerifier: string): Promise<boolean> {
-  const { rows } = await db.query<{ same: boolean }>(`SELECT rolpassword = $2 AS same FROM pg_authid WHERE rolname = $1`, [app.username, passwordVerifier]);
+/** Whether a login role's password is still `passwordVerifier` (a role can change its own password). */
+export async function passwordIs(db: Queryable, role: string, passwordVerifier: string): Promise<boolean> {
+  const { rows } = await db.query<{ same: boolean }>(`SELECT rolpassword = $2 AS same FROM pg_authid WHERE rolname = $1`, [role, passwordVerifier]);
   return rows[0]?.same ?? false;
 }
 
@@ -291,54 +300,80 @@ export async function rearmAgentRole(db: Queryable, agent: string, app: ObjectNa
   );
 }
 
-/** What a restore must not change about the app's login role: its password and its settings. */
-export interface LoginRoleState {
+/**
+ * What a restore must not change about a login role (the app's own, or one of its extra credentials): its password,
+ * its settings, and its memberships (both ways).
+ */
+export interface RoleState {
   verifier: string | null;
   /** pg_db_role_setting's rows for the role, as text, to compare. */
   settings: string;
+  /** The roles it is a member of, and its members (each sorted). */
+  memberOf: string[];
+  members: string[];
 }
 
-export async function loginRoleState(db: Queryable, app: ObjectNames): Promise<LoginRoleState | undefined> {
-  const { rows } = await db.query<LoginRoleState>(
+/** What a restore must not change about the app's login role. */
+export type LoginRoleState = RoleState;
+
+export async function roleState(db: Queryable, role: string): Promise<RoleState | undefined> {
+  const { rows } = await db.query<RoleState>(
     `SELECT a.rolpassword AS verifier,
             COALESCE((SELECT json_agg(json_build_object('database', s.setdatabase, 'config', s.setconfig) ORDER BY s.setdatabase)
-                        FROM pg_db_role_setting s WHERE s.setrole = a.oid), '[]')::text AS settings
+                        FROM pg_db_role_setting s WHERE s.setrole = a.oid), '[]')::text AS settings,
+            ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = a.oid ORDER BY 1) AS "memberOf",
+            ARRAY(SELECT u.rolname::text FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member WHERE m.roleid = a.oid ORDER BY 1) AS members
        FROM pg_authid a WHERE a.rolname = $1`,
-    [app.username],
+    [role],
   );
   return rows[0];
 }
 
+export function loginRoleState(db: Queryable, app: ObjectNames): Promise<LoginRoleState | undefined> {
+  return roleState(db, app.username);
+}
+
 /**
- * Puts back what a restore changed about the login role. The dump's code runs with the app's rights, and a
- * role may set its own password and settings: a restored dump could otherwise undo a rotation, or hand the
- * login of the app it is restored into to whoever wrote it (from_deleted_app). The password verifier is put
- * back exactly; changed settings are reset, and the service's own set again, the storage quota's enforcement
- * included (settings the app had made itself are then gone: a dump that changes settings is not a plain dump).
- * Returns what was put back.
+ * Puts back what a restore changed about a login role. The dump's code runs with the app's rights, and a role may set
+ * its own password and settings: a restored dump could otherwise undo a rotation, or hand the login of the app it
+ * is restored into to whoever wrote it (from_deleted_app). The password verifier and the memberships are put back
+ * exactly; changed settings are reset, and the service's own (`serviceSettingsSql`) set again, the storage quota's
+ * enforcement included (settings the app had made itself are then gone: a dump that changes settings is not a plain
+ * dump). Returns what was put back.
  */
-export async function putBackLoginRoleState(db: Queryable, app: ObjectNames, before: LoginRoleState, limits: AppRoleLimits): Promise<string[]> {
-  const now = await loginRoleState(db, app);
+export async function putBackRoleState(db: Queryable, role: string, before: RoleState, serviceSettingsSql: string): Promise<string[]> {
+  const now = await roleState(db, role);
   if (!now) return [];
   const putBack: string[] = [];
   if (now.verifier !== before.verifier) {
-    await db.query(before.verifier ? `ALTER ROLE ${ident(app.username)} PASSWORD ${literal(before.verifier)}` : `ALTER ROLE ${ident(app.username)} PASSWORD NULL`);
+    await db.query(before.verifier ? `ALTER ROLE ${ident(role)} PASSWORD ${literal(before.verifier)}` : `ALTER ROLE ${ident(role)} PASSWORD NULL`);
     putBack.push('password');
+  }
+  if (JSON.stringify([now.memberOf, now.members]) !== JSON.stringify([before.memberOf, before.members])) {
+    for (const group of now.memberOf.filter((g) => !before.memberOf.includes(g))) await db.query(`REVOKE ${ident(group)} FROM ${ident(role)}`);
+    for (const group of before.memberOf.filter((g) => !now.memberOf.includes(g))) await db.query(`GRANT ${ident(group)} TO ${ident(role)}`);
+    for (const member of now.members.filter((m) => !before.members.includes(m))) await db.query(`REVOKE ${ident(role)} FROM ${ident(member)}`);
+    putBack.push('memberships');
   }
   if (now.settings !== before.settings) {
     const { rows } = await db.query<{ datname: string | null }>(
       `SELECT d.datname FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole LEFT JOIN pg_database d ON d.oid = s.setdatabase
         WHERE r.rolname = $1 AND (s.setdatabase = 0 OR d.datname IS NOT NULL)`,
-      [app.username],
+      [role],
     );
-    for (const { datname } of rows) await db.query(`ALTER ROLE ${ident(app.username)}${datname ? ` IN DATABASE ${ident(datname)}` : ''} RESET ALL`);
-    await db.query(roleSettingsSql(app.username, limits));
+    for (const { datname } of rows) await db.query(`ALTER ROLE ${ident(role)}${datname ? ` IN DATABASE ${ident(datname)}` : ''} RESET ALL`);
+    await db.query(serviceSettingsSql);
     // What the storage quota enforced before the restore (read-only, suspended) holds after it too.
-    const storageSettings = storageSettingsSql(app.username, before.settings);
+    const storageSettings = storageSettingsSql(role, before.settings);
     if (storageSettings) await db.query(storageSettings);
     putBack.push('settings');
   }
   return putBack;
+}
+
+/** putBackRoleState for the app's login role, whose service settings are its limits. */
+export function putBackLoginRoleState(db: Queryable, app: ObjectNames, before: LoginRoleState, limits: AppRoleLimits): Promise<string[]> {
+  return putBackRoleState(db, app.username, before, roleSettingsSql(app.username, limits));
 }
 
 /** Which of `roles` exist. */
@@ -439,15 +474,17 @@ export async function appSessionCounts(db: Queryable): Promise<Map<string, numbe
 }
 
 /**
- * Database sizes of apps (all, or the names given), by app name. pg_database_size walks every file of a
- * database: about a millisecond per app, so the full list is refreshed in the background, not per request.
+ * Database sizes of apps (all, or the names given), by app name: its database and its companion databases
+ * together. pg_database_size walks every file of a database: about a millisecond per database, so the full list is
+ * refreshed in the background, not per request.
  */
 export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Promise<Map<string, number>> {
   const { rows } = await db.query<{ app_name: string; size_bytes: number }>(
-    `SELECT substring(datname FROM '${APP_SQL.databasePattern}') AS app_name, pg_database_size(oid)::float8 AS size_bytes
+    `SELECT substring(datname FROM $2) AS app_name, sum(pg_database_size(oid))::float8 AS size_bytes
        FROM pg_database
-      WHERE datname ~ '${APP_SQL.databasePattern}' AND ($1::text[] IS NULL OR datname = ANY (SELECT ${APP_SQL.databaseOf('n')} FROM unnest($1::text[]) n))`,
-    [appNames ?? null],
+      WHERE datname ~ $2 AND ($1::text[] IS NULL OR substring(datname FROM $2) = ANY ($1::text[]))
+      GROUP BY 1`,
+    [appNames ?? null, COMPANION_SQL.appDatabasePattern],
   );
   return new Map(rows.map((row) => [row.app_name, row.size_bytes]));
 }
@@ -460,17 +497,23 @@ export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Prom
  * app suspended by its storage quota, src/domain/storage-quota.ts), has no SCRAM verifier, or whose verifier has
  * expired gets null. Never a superuser.
  */
-export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null }>> {
-  const { rows } = await db.query<{ name: string; database: string; verifier: string | null }>(
+export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null; companions: string[] }>> {
+  const { rows } = await db.query<{ name: string; database: string; verifier: string | null; companions: string[] }>(
     `SELECT r.rolname AS name, ${APP_SQL.databaseOf(`substring(r.rolname FROM '${APP_SQL.loginRolePattern}')`)} AS database,
             CASE WHEN r.rolcanlogin AND r.rolconnlimit <> 0 AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
-                 THEN r.rolpassword END AS verifier
+                 THEN r.rolpassword END AS verifier,
+            -- Its app's complete companion databases (the login a member of the access role named like each, as
+            -- pg_hba.conf's samerole asks): the door admits the login there too.
+            ARRAY(SELECT d.datname::text FROM pg_auth_members cm JOIN pg_authid c ON c.oid = cm.roleid JOIN pg_database d ON d.datname = c.rolname
+                   WHERE cm.member = r.oid AND d.datname ~ $2
+                     AND substring(d.datname FROM $2) = substring(r.rolname FROM '${APP_SQL.loginRolePattern}')
+                   ORDER BY 1) AS companions
        FROM pg_auth_members m
        JOIN pg_authid g ON g.oid = m.roleid AND g.rolname = $1
        JOIN pg_authid r ON r.oid = m.member
       WHERE NOT r.rolsuper AND r.rolname ~ '${APP_SQL.loginRolePattern}'
       ORDER BY r.rolname`,
-    [APPS_GROUP_ROLE],
+    [APPS_GROUP_ROLE, COMPANION_SQL.pattern],
   );
   return rows;
 }

@@ -6,15 +6,14 @@
 // anything an app set for itself, and what to put back: a role's connection limit before its suspension.
 // Decisions are src/domain/storage-quota.ts's; nothing here decides.
 import pg from 'pg';
-import { APP_SQL, appIdentifiers, COMPANION_DATABASE_SQL_PATTERN, CREDENTIAL_ROLE_SQL_PATTERN, sqlLikePrefix } from '../../shared/object-names.js';
+import { APP_SQL, appIdentifiers, COMPANION_SQL, CREDENTIAL_SQL } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
-/** The app a database name belongs to: its own database, or one of its companions. */
-const APP_OF_DATABASE_SQL = (column: string) =>
-  `COALESCE(substring(${column} FROM '${APP_SQL.databasePattern}'), substring(${column} FROM '${COMPANION_DATABASE_SQL_PATTERN}'))`;
-const IS_APP_DATABASE_SQL = (column: string) => `(${column} ~ '${APP_SQL.databasePattern}' OR ${column} ~ '${COMPANION_DATABASE_SQL_PATTERN}')`;
+/** The app a database name belongs to: its own database, or one of its companions (COMPANION_SQL.appDatabasePattern). */
+const APP_OF_DATABASE_SQL = (column: string) => `substring(${column} FROM '${COMPANION_SQL.appDatabasePattern}')`;
+const IS_APP_DATABASE_SQL = (column: string) => `${column} ~ '${COMPANION_SQL.appDatabasePattern}'`;
 
 /** One of an app's databases, as the statistics see it now. */
 export interface AppDatabaseActivity {
@@ -73,6 +72,8 @@ export type StorageEnforcement = 'none' | 'read_only' | 'suspended';
 /** The settings (ALTER ROLE … SET, superuser-only) in which the enforcement is written on each role. */
 const ENFORCEMENT_SETTING = 'pgprov.storage_enforcement';
 const LIMIT_BEFORE_SETTING = 'pgprov.connection_limit_before_suspension';
+/** The quota set default_transaction_read_only (a read-only credential carries it as its own: never lifted by the quota). */
+const SET_READ_ONLY_SETTING = 'pgprov.storage_set_read_only';
 const READ_ONLY_SETTING = 'default_transaction_read_only';
 
 /** One login role of an app, and what the storage quota has made of it. */
@@ -83,6 +84,8 @@ export interface LoginRoleStorage {
   enforcement: StorageEnforcement;
   /** default_transaction_read_only=on is set on the role (the app can lift it, in a read-write transaction). */
   readOnlySet: boolean;
+  /** …and the quota set it (pgprov.storage_set_read_only): only then does the quota lift it. */
+  readOnlySetByQuota: boolean;
   connectionLimit: number;
   /** The connection limit the role had before its suspension, to put back; null when not suspended by us. */
   limitBefore: number | null;
@@ -91,14 +94,15 @@ export interface LoginRoleStorage {
 /** A login role's storage columns, from pg_roles `r` and its settings in every database `s` (setdatabase 0). */
 const LOGIN_ROLE_STORAGE_COLUMNS = `
   r.rolname AS role,
-  COALESCE(substring(r.rolname FROM '${APP_SQL.loginRolePattern}'), substring(r.rolname FROM '${CREDENTIAL_ROLE_SQL_PATTERN}')) AS app,
+  COALESCE(substring(r.rolname FROM '${APP_SQL.loginRolePattern}'), substring(r.rolname FROM '${CREDENTIAL_SQL.rolePattern}')) AS app,
   COALESCE((SELECT substring(c FROM '^${ENFORCEMENT_SETTING.replace('.', '\\.')}=(read_only|suspended)$') FROM unnest(s.setconfig) c
              WHERE c LIKE '${ENFORCEMENT_SETTING}=%' LIMIT 1), 'none') AS enforcement,
   COALESCE(s.setconfig @> ARRAY['${READ_ONLY_SETTING}=on'], false) AS "readOnlySet",
+  COALESCE(s.setconfig @> ARRAY['${SET_READ_ONLY_SETTING}=on'], false) AS "readOnlySetByQuota",
   r.rolconnlimit AS "connectionLimit",
   (SELECT substring(c FROM '^${LIMIT_BEFORE_SETTING.replace('.', '\\.')}=(-?[0-9]{1,6})$')::int FROM unnest(s.setconfig) c
     WHERE c LIKE '${LIMIT_BEFORE_SETTING}=%' LIMIT 1) AS "limitBefore"`;
-const IS_APP_LOGIN_ROLE = `(r.rolname ~ '${APP_SQL.loginRolePattern}' OR r.rolname ~ '${CREDENTIAL_ROLE_SQL_PATTERN}') AND NOT r.rolsuper`;
+const IS_APP_LOGIN_ROLE = `(r.rolname ~ '${APP_SQL.loginRolePattern}' OR r.rolname ~ '${CREDENTIAL_SQL.rolePattern}') AND NOT r.rolsuper`;
 
 /**
  * The login roles of the apps named, each with what the quota enforces on it: the app's own login role and its
@@ -115,7 +119,7 @@ export async function loginRoleStorage(db: Queryable, appNames: string[]): Promi
         WHERE (r.rolname = ANY ($2::text[]) OR r.rolname LIKE ANY ($3::text[])) AND ${IS_APP_LOGIN_ROLE}) roles
       WHERE app = ANY ($1::text[])
       ORDER BY app, role`,
-    [appNames, apps.map((app) => app.username), apps.map((app) => sqlLikePrefix(`${app.database}.`))],
+    [appNames, apps.map((app) => app.username), apps.map((app) => CREDENTIAL_SQL.likeOf(app))],
   );
   return rows;
 }
@@ -149,9 +153,16 @@ export async function enforceOnLoginRole(db: Queryable, now: LoginRoleStorage, t
   const role = ident(now.role);
   const statements: string[] = [];
   const wantReadOnly = target !== 'none';
-  if (wantReadOnly && !now.readOnlySet) statements.push(`ALTER ROLE ${role} SET ${READ_ONLY_SETTING} = on`);
-  // Only a flag the quota set is lifted: an app may have made itself read-only by choice.
-  if (!wantReadOnly && now.readOnlySet && now.enforcement !== 'none') statements.push(`ALTER ROLE ${role} RESET ${READ_ONLY_SETTING}`);
+  if (wantReadOnly && !now.readOnlySet) {
+    statements.push(`ALTER ROLE ${role} SET ${READ_ONLY_SETTING} = on`);
+    if (!now.readOnlySetByQuota) statements.push(`ALTER ROLE ${role} SET ${SET_READ_ONLY_SETTING} = on`);
+  }
+  // Only a flag the quota set is lifted: a read-only credential carries its own, and an app may have made itself
+  // read-only by choice.
+  if (!wantReadOnly && now.readOnlySetByQuota) {
+    if (now.readOnlySet) statements.push(`ALTER ROLE ${role} RESET ${READ_ONLY_SETTING}`);
+    statements.push(`ALTER ROLE ${role} RESET ${SET_READ_ONLY_SETTING}`);
+  }
   if (target === 'suspended') {
     // A limit changed under a suspension (an operator's ALTER ROLE) is the one to put back later.
     if (now.connectionLimit !== 0) {
@@ -189,14 +200,53 @@ export function storageSettingsSql(role: string, before: string): string {
   const config = rows.find((row) => Number(row.database) === 0)?.config ?? [];
   const kept = config
     .map((entry) => /^([a-z_.]+)=(.*)$/.exec(entry))
-    .filter((match): match is RegExpExecArray => match !== null && [ENFORCEMENT_SETTING, LIMIT_BEFORE_SETTING, READ_ONLY_SETTING].includes(match[1]!));
+    .filter((match): match is RegExpExecArray => match !== null && [ENFORCEMENT_SETTING, LIMIT_BEFORE_SETTING, SET_READ_ONLY_SETTING, READ_ONLY_SETTING].includes(match[1]!));
   return kept.map((match) => `ALTER ROLE ${ident(role)} SET ${match[1]} = ${literal(match[2]!)};`).join('\n');
 }
 
 /** Whether a role is exactly as `target` wants it: recorded, and every mechanism in place (none tampered with). */
 export function roleIsAt(now: LoginRoleStorage, target: StorageEnforcement): boolean {
   if (now.enforcement !== target) return false;
-  if (target === 'none') return now.limitBefore === null;
+  if (target === 'none') return now.limitBefore === null && !now.readOnlySetByQuota;
   if (!now.readOnlySet) return false;
   return target === 'suspended' ? now.connectionLimit === 0 : now.limitBefore === null;
+}
+
+/** The app's databases by name: its own and its companions (the door is told of each). */
+export async function appDatabaseNames(db: Queryable, appName: string): Promise<string[]> {
+  const { rows } = await db.query<{ datname: string }>(
+    `SELECT datname FROM pg_database WHERE ${IS_APP_DATABASE_SQL('datname')} AND ${APP_OF_DATABASE_SQL('datname')} = $1 ORDER BY datname`,
+    [appName],
+  );
+  return rows.map((row) => row.datname);
+}
+
+/**
+ * ALTER ROLE … CONNECTION LIMIT `limit` for a login role, as the settings put it (PATCH /apps/:name/settings, the
+ * reconciler, a credential's limits): on a role the storage quota has suspended, the limit to put back when the
+ * suspension is lifted is set instead, so that no settings change lifts a suspension. A DO block: decided in the
+ * same transaction as the change. Role names come from the allowlist (no $ or quote), and go in as literals.
+ */
+export function connectionLimitSql(role: string, limit: number): string {
+  const name = literal(role);
+  const value = Math.trunc(limit);
+  return `DO $pgprov$ BEGIN
+       IF EXISTS (SELECT 1 FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+                   WHERE r.rolname = ${name} AND s.setdatabase = 0 AND s.setconfig @> ARRAY['${ENFORCEMENT_SETTING}=suspended']) THEN
+         EXECUTE format('ALTER ROLE %I SET ${LIMIT_BEFORE_SETTING} = %L', ${name}, '${value}');
+       ELSE
+         EXECUTE format('ALTER ROLE %I WITH CONNECTION LIMIT ${value}', ${name});
+       END IF;
+     END $pgprov$;`;
+}
+
+/**
+ * The connection limit the settings have in force on a role, from its rolconnlimit and its settings (setconfig):
+ * while the storage quota suspends it, the one it gets back, not the 0 that suspends it.
+ */
+export function connectionLimitInForce(connectionLimit: number, roleConfig: string[]): number {
+  if (!roleConfig.includes(`${ENFORCEMENT_SETTING}=suspended`)) return connectionLimit;
+  const before = roleConfig.find((item) => item.startsWith(`${LIMIT_BEFORE_SETTING}=`));
+  const value = before === undefined ? NaN : Number(before.slice(LIMIT_BEFORE_SETTING.length + 1));
+  return Number.isInteger(value) ? value : connectionLimit;
 }

@@ -3,6 +3,9 @@
 // (agent-roles.ts), never as the superuser. While a program runs, its agent's session is watched for lock waits.
 // Failures become the service's own errors; a program's stderr can quote tenant data and is never logged.
 import { execFile } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Config } from '../../shared/config.js';
 import { BackupBlockedError, BackupFailedError, BackupNotRestorableError, BackupRefusedError, DatabaseUnavailableError } from '../../shared/errors.js';
@@ -10,6 +13,7 @@ import { watchLockWaits } from '../../shared/lock-watch.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
 import type { ServerAddress } from '../superuser-connections.js';
 import type { AgentLogin } from './agent-roles.js';
+import { parseDumpListing, type DumpListing } from './dump-contents.js';
 
 const run = promisify(execFile);
 
@@ -69,23 +73,51 @@ export class DumpAndRestore {
   }
 
   /**
+   * The dump's table of contents (`pg_restore --list`, without a server): what a restore must prepare as the
+   * superuser (src/db/postgres-server/dump-contents.ts). A dump it cannot read is not restorable.
+   */
+  async listing(path: string, file: string, app: AppIdentifiers): Promise<DumpListing> {
+    try {
+      const { stdout } = await run(this.config.PG_RESTORE_PATH, ['--list', path], {
+        env: { PATH: process.env.PATH },
+        timeout: this.config.BACKUP_TIMEOUT_MS,
+        maxBuffer: 256 * 1024 * 1024, // a line per object: an app with a million objects lists in ~100 MB
+      });
+      return parseDumpListing(stdout);
+    } catch {
+      throw new BackupNotRestorableError(file, app.appName);
+    }
+  }
+
+  /**
    * Restores the dump at `path` (the backup named `file`) into `database` as the app's agent: every object is
    * created as (and so owned by) the app's login role, and anything the dump's own code does runs with the app's
-   * rights at most.
+   * rights at most. `useList`, when given, is the listing pg_restore follows instead of the whole dump (entries
+   * the service made as the superuser beforehand commented out), written to a private file for the run.
    */
-  async restore(path: string, file: string, database: string, app: AppIdentifiers, agent: AgentLogin): Promise<void> {
+  async restore(path: string, file: string, database: string, app: AppIdentifiers, agent: AgentLogin, useList?: string): Promise<void> {
+    const listDir = useList === undefined ? undefined : await mkdtemp(join(tmpdir(), 'pgprov-restore-list-'));
     try {
+      const listArgs: string[] = [];
+      if (listDir !== undefined && useList !== undefined) {
+        const listFile = join(listDir, 'contents.list');
+        await writeFile(listFile, useList, { mode: 0o600 });
+        listArgs.push(`--use-list=${listFile}`);
+      }
       await this.runProgram('pg_restore', app, agent, this.config.PG_RESTORE_PATH, [
         ...this.connectionArgs(database, agent),
         `--role=${app.username}`,
         '--no-owner',
         '--exit-on-error',
         '--single-transaction',
+        ...listArgs,
         path,
       ]);
     } catch (err) {
       if (err instanceof BackupFailedError) throw new BackupNotRestorableError(file, app.appName);
       throw err;
+    } finally {
+      if (listDir !== undefined) await rm(listDir, { recursive: true, force: true });
     }
   }
 

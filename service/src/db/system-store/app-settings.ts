@@ -39,3 +39,20 @@ export async function saveAppSettings(db: Queryable, appName: string, settings: 
     [appName, JSON.stringify(settings.role_limits), JSON.stringify(settings.database_settings), settings.storage_limit_bytes],
   );
 }
+
+/**
+ * Replaces what the operator set for the app, committed only once `apply` (putting it in force) has succeeded, in
+ * one transaction of `db`: a failure or a crash in `apply` leaves the row as it was. Where the server's connection
+ * is this one (the store lives on the server), what `apply` changes there is part of the same transaction.
+ */
+export async function saveAppSettingsWhile(db: Queryable, appName: string, settings: StoredAppSettings, apply: () => Promise<void>): Promise<void> {
+  await db.query('BEGIN');
+  try {
+    await saveAppSettings(db, appName, settings);
+    await apply();
+    await db.query('COMMIT');
+  } catch (err) {
+    await db.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+}

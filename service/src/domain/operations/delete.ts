@@ -10,6 +10,8 @@ import type { CrashPoint } from '../crash-points.js';
 import { doorEndsConnections, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot, dumpApp } from './backup.js';
+import { removeCredentialRoles } from './credentials.js';
+import { removeCompanionsOf } from './companions.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -50,8 +52,9 @@ async function backupBeforeDelete(deps: OperationDeps, server: Queryable, app: A
   }
 }
 
-/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): login first refused (at the pooler too), sessions ended (pooled ones too), database, roles. */
+/** Removes whatever exists of the app's objects on `server` (`client`, a connection to it): its extra credentials first, then its login refused (at the pooler too), sessions ended (pooled ones too), companion databases, database, roles. */
 export async function removeAppObjects(server: PostgresServer, crashPoint: CrashPoint, client: Queryable, app: AppIdentifiers): Promise<void> {
+  await removeCredentialRoles(server, client, app);
   const objects = await appObjects(client, app);
   if (objects.loginRole) {
     await disableLogin(client, app.username);
@@ -60,6 +63,7 @@ export async function removeAppObjects(server: PostgresServer, crashPoint: Crash
     await endSessionsOfRole(client, app);
   }
   await crashPoint('delete:after-end-sessions');
+  await removeCompanionsOf(server, client, app);
   await dropDatabase(client, app.database);
   await crashPoint('delete:after-drop-database');
   await dropAppRoles(client, server, app);

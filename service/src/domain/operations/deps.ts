@@ -31,6 +31,7 @@ export interface OperationDeps {
   backupSlots: Slots;
   /** Rotations at once, each on a connection of its own while it waits out pending logins (ROTATION_MAX_CONCURRENT). */
   rotationSlots: Slots;
+  /** The defaults of every app login role's limits; an app's own are effectiveAppLimits (src/domain/app-settings.ts). */
   limits: AppRoleLimits;
   config: Config;
   log: Logger;

@@ -8,6 +8,7 @@ import { AppExistsError, AppNameConflictError } from '../../shared/errors.js';
 import { appIdentifiers, collidingAppNames, type AppIdentifiers } from '../../shared/object-names.js';
 import type { AppCredential } from '../../shared/secrets.js';
 import { DUPLICATE_ROLE_SQLSTATES, SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import { effectiveAppLimits } from '../app-settings.js';
 import { doorTakesLogins } from '../apps-door.js';
 import type { AppSession, RequestContext } from '../operation-envelope.js';
 import type { Credentials, OperationDeps } from './deps.js';
@@ -58,7 +59,7 @@ async function provisionOnDemand(deps: OperationDeps, app: AppIdentifiers, passw
     const progress = { rolesCreated: false, databaseCreated: false };
     try {
       try {
-        await createAppRoles(client, app, verifier, deps.limits);
+        await createAppRoles(client, app, verifier, await effectiveAppLimits(session.store, deps.config, appName));
       } catch (err) {
         if (DUPLICATE_ROLE_SQLSTATES.includes(sqlState(err) ?? '')) throw await nameTakenError(client, app);
         throw err;

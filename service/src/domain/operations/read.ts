@@ -1,6 +1,7 @@
 // Owns the read-only operations: the apps (with their sizes, measured in the background by the storage quota's
 // checks and kept here), one app (with its storage against its limit), and the backups. Not audited, and under no lock.
 import { appDatabaseSizes, appSessionCounts } from '../../db/postgres-server/app-objects.js';
+import { companionStates } from '../../db/postgres-server/companion-objects.js';
 import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
 import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/system-store/registry.js';
 import type { SystemStore } from '../../db/system-store/system-store.js';
@@ -9,6 +10,7 @@ import { appIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile, BackupFiles } from '../backups/backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
 import type { AppStorage } from '../storage-quota.js';
+import { liveCredentials, type CredentialAccess } from './credentials.js';
 
 /** A ready app as the service lists it. */
 export interface AppSummary {
@@ -20,7 +22,11 @@ export interface AppSummary {
 
 /** One app as GET /apps/:name shows it: its summary, its newest backup, and whether its scheduled backups fail. */
 export interface AppDetail extends AppSummary {
+  /** Its companion databases (complete ones), by name. */
+  databases: Array<{ name: string; database: string }>;
   newest_backup: BackupFile | null;
+  /** Its extra credentials (src/domain/operations/credentials.ts): never a password. */
+  credentials: Array<{ name: string; access: CredentialAccess; username: string }>;
   backup_failing: { failures: number; retry_at: string; error: string } | null;
   /** Its storage (database and companions) against its limit, and what is enforced (src/domain/storage-quota.ts). */
   storage: AppStorage;
@@ -66,10 +72,12 @@ export class AppListing {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes, backups, storage] = await Promise.all([
+    const [sessions, sizes, backups, credentials, companions, storage] = await Promise.all([
       appSessionCounts(this.server.pool),
       appDatabaseSizes(this.server.pool, [appName]),
       this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
+      liveCredentials(this.server.pool, appIdentifiers(appName)),
+      companionStates(this.server.pool, appName),
       this.storageOf(appName),
     ]);
     const size = sizes.get(appName) ?? 0;
@@ -77,13 +85,15 @@ export class AppListing {
     const failing = this.failingBackups().get(appName);
     return {
       ...summary(app, sessions, size),
+      databases: companions.filter((c) => c.admitted && c.databaseExists).map((c) => ({ name: c.name, database: c.database })),
       newest_backup: backups[0] ?? null,
+      credentials: credentials.map((c) => ({ name: c.credential, access: c.access, username: c.role })),
       backup_failing: failing ? { failures: failing.failures, retry_at: new Date(failing.retryAt).toISOString(), error: failing.code } : null,
       storage,
     };
   }
 
-  /** Every app database's size, as the storage quota's last check measured it (src/domain/storage-quota.ts). */
+  /** Every app's size (its database and companions), as the storage quota's last check measured it (storage-quota.ts). */
   takeSizes(sizes: Map<string, number>): void {
     this.sizes = new Map(sizes);
   }

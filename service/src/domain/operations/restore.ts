@@ -3,14 +3,19 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { withAgent } from '../../db/postgres-server/agent-roles.js';
 import { allowConnections, createDatabase, dropDatabase, handDatabaseToApp, loginRoleState, putBackLoginRoleState, swapInDatabase } from '../../db/postgres-server/app-objects.js';
+import { applyDatabaseSettings } from '../../db/postgres-server/app-settings-objects.js';
+import { findAppSettings } from '../../db/system-store/app-settings.js';
 import type { Queryable } from '../../db/queryable.js';
 import { findApp } from '../../db/system-store/registry.js';
 import { BackupNotFoundError, BackupOfLiveAppError } from '../../shared/errors.js';
 import { agentName, WORK_DATABASE_PREFIXES, type AppIdentifiers } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
+import { databaseSettingsToApply, effectiveAppLimits } from '../app-settings.js';
 import { doorReconnects, doorTakesLogins } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
 import { backupSlot } from './backup.js';
+import { planDumpExtensions, prepareDumpExtensions } from './extensions.js';
+import { credentialStates, grantCredentialsIn, putBackCredentialStates } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
 /**
@@ -31,28 +36,47 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       if (owner && owner.incarnation === backup.incarnation) throw new BackupOfLiveAppError(file, backup.app_name);
       Object.assign(source, { from_deleted_app: true, source_app: backup.app_name, source_incarnation: backup.incarnation });
     }
+    // Extensions the app's agent cannot create (APP_EXTENSIONS_ALLOWED): refused now, before anything is made, or
+    // made by the service in the restore's database before pg_restore runs (src/domain/operations/extensions.ts).
+    const extensions = await planDumpExtensions(deps, client, backup.path, file, app);
+    if (extensions.install.length > 0) source.extensions = extensions.install;
     // Named like the restore's agent, so that pg_hba.conf admits the agent there (src/shared/object-names.ts).
     const restoring = agentName('restore', app);
+    const settings = await findAppSettings(store, appName);
     const retired = WORK_DATABASE_PREFIXES.retired + appName;
     await dropDatabase(client, restoring);
     await createDatabase(client, restoring);
     await crashPoint('restore:after-create-copy');
     try {
       await handDatabaseToApp(client, server, restoring, app);
+      await prepareDumpExtensions(deps, restoring, app, extensions);
       const roleBefore = await loginRoleState(client, app);
+      const credentialsBefore = await credentialStates(client, app);
       try {
         await withAgent(server, client, app, 'restore', deps.config.BACKUP_TIMEOUT_MS, log, async (agent) => {
           await crashPoint('restore:after-create-agent');
-          await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent);
+          await server.dumpAndRestore.restore(backup.path, file, restoring, app, agent, extensions.useList);
         });
       } finally {
-        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, deps.limits) : [];
+        // The app's own limits (its overrides, else today's defaults), not the defaults alone.
+        const limits = await effectiveAppLimits(store, deps.config, appName);
+        const putBack = roleBefore ? await putBackLoginRoleState(client, app, roleBefore, limits) : [];
         if (putBack.length > 0) {
           source.login_role_put_back = putBack;
           log.warn({ app: appName, put_back: putBack }, "the restored dump changed the app's login role; put back as it was");
         }
+        const credentialsPutBack = await putBackCredentialStates(client, app, credentialsBefore, limits);
+        if (Object.keys(credentialsPutBack).length > 0) {
+          source.credentials_put_back = credentialsPutBack;
+          log.warn({ app: appName, put_back: credentialsPutBack }, "the restored dump changed the app's credentials; put back as they were");
+        }
       }
+      // The restored database is a new one: the read-only credentials' grants in it are made again.
+      await grantCredentialsIn(server, restoring, app, credentialsBefore);
       await crashPoint('restore:after-restore');
+      // Database settings belong to a database (ALTER DATABASE … SET), not to its name: the restored copy gets the
+      // app's before it is swapped in, so that no session of the restored database starts without them.
+      await applyDatabaseSettings(client, restoring, databaseSettingsToApply(settings));
       // The swap ends every session in the app's database, the pooler's server connections among them; those
       // also close at the pooler as they are released. Its clients stay, and their next transaction runs on the
       // restored database. (KILL would end them too, but it is unsafe while the app's logins go on: apps-door.ts.)
@@ -65,7 +89,7 @@ export async function restore(deps: OperationDeps, appName: string, file: string
       throw err;
     }
     await dropDatabase(client, retired);
-    if (source.login_role_put_back) await doorTakesLogins(server, app);
+    if (source.login_role_put_back || source.credentials_put_back) await doorTakesLogins(server, app);
   });
 }
 

@@ -19,10 +19,14 @@ const AppSchema = z.object({
 
 /** One app: what GET /apps lists, and its backups' state. */
 const AppDetailSchema = AppSchema.extend({
+  /** Its companion databases (GET /apps/:name/databases has their sizes); size_bytes above counts them in. */
+  databases: z.array(z.object({ name: z.string(), database: z.string() })),
   /** The newest backup of this app (scheduled or asked for), or null when it has none yet. */
   newest_backup: BackupSchema.nullable(),
   /** Set while its scheduled backups fail: how many times in a row, when the next try is, and the error's code. */
   backup_failing: z.object({ failures: z.number().int(), retry_at: z.string(), error: z.string() }).nullable(),
+  /** Its extra credentials (GET /apps/:name/credentials): never a password. */
+  credentials: z.array(z.object({ name: z.string(), access: z.enum(['read_only', 'full']), username: z.string() })),
   /**
    * Its storage (its database and companion databases) against its limit (README, "Storage quota"): ok; warning
    * (APP_STORAGE_WARN_PERCENT of the limit or over); read_only (over the limit); suspended (over the hard limit: no login).
@@ -87,6 +91,8 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
         ...appBody(detail),
         newest_backup: detail.newest_backup,
         backup_failing: detail.backup_failing,
+        credentials: detail.credentials,
+        databases: detail.databases,
         storage: { ...storage, used_bytes: Math.round(storage.used_bytes) },
       };
     },

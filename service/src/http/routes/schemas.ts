@@ -59,19 +59,24 @@ export const CredentialsSchema = z.object({
 });
 
 export function credentialsBody(config: Config, app: AppIdentifiers, password: string): z.infer<typeof CredentialsSchema> {
-  const user = encodeURIComponent(app.username);
-  const secret = encodeURIComponent(password);
+  return { ...doorStrings(config, app.username, app.database, password), app_name: app.appName, database: app.database, username: app.username, password };
+}
+
+/**
+ * One login to one database through the doors, in every form an answer gives it (connection_string,
+ * database_url, direct_connection_string, the parts): with the password, or without it (`password` undefined:
+ * postgres://user@host…, for a database the app reaches with the password it already has).
+ */
+export function doorStrings(config: Config, username: string, database: string, password?: string) {
+  const user = encodeURIComponent(username);
+  const secret = password === undefined ? '' : `:${encodeURIComponent(password)}`;
   const { PUBLIC_DB_HOST: host, PUBLIC_DB_PORT: port, PUBLIC_DB_SSLMODE: sslmode, DIRECT_DB_HOST: directHost, DIRECT_DB_PORT: directPort } = config;
-  const location = (at: string, atPort: number) => `${user}:${secret}@${at}:${atPort}/${app.database}?sslmode=${sslmode}`;
+  const location = (at: string, atPort: number) => `${user}${secret}@${at}:${atPort}/${database}?sslmode=${sslmode}`;
   return {
     connection_string: `postgres://${location(host, port)}`,
     database_url: `postgresql://${location(host, port)}`,
-    pooling: config.POOLER_AUTH_FILE ? config.POOLER_POOL_MODE : 'none',
+    pooling: config.POOLER_AUTH_FILE ? config.POOLER_POOL_MODE : ('none' as const),
     ...(directHost ? { direct_connection_string: `postgres://${location(directHost, directPort)}` } : {}),
-    app_name: app.appName,
-    database: app.database,
-    username: app.username,
-    password,
     host,
     port,
     sslmode,

@@ -1,0 +1,125 @@
+// Red team of issue #15 (companion databases, operator-allowed extensions, per-app settings, extra credentials)
+// against the real stack: a hostile tenant holding its app's connection string, its extra credentials and its
+// companions, and a careless operator. Each test is an attack; the ones that held are kept so that the promises
+// they guard (SECURITY.md 1, 3, 5, 15, 16) stay guarded, and the ones that broke a promise are the fixes' tests.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { asApp, connectAs, doorString, withDatabase, type AppDoors } from '../helpers/app-sessions.js';
+import { rejectionOf } from '../helpers/conditions.js';
+import { type ProvisionedApp } from '../helpers/service-client.js';
+import { startTestStack, type TestStack } from '../helpers/stack.js';
+
+type App = ProvisionedApp & AppDoors;
+type Login = AppDoors & { name: string; access: string; username: string; password: string };
+
+let t: TestStack;
+let tenant: App;
+let reader: Login;
+let deployer: Login;
+const passwordsHandedOut: string[] = [];
+
+before(async () => {
+  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', READY_POOL_SIZE: '0' } });
+  tenant = (await t.provision('tenant')) as App;
+  passwordsHandedOut.push(tenant.password);
+  await asApp(tenant.connection_string, (c) => c.query("CREATE TABLE orders AS SELECT 1 AS id, 'paid' AS state; CREATE SEQUENCE counter"));
+  reader = await makeCredential('tenant', 'reader', 'read_only');
+  deployer = await makeCredential('tenant', 'deployer', 'full');
+});
+after(async () => {
+  await t?.stop();
+});
+
+async function makeCredential(appName: string, name: string, access: string): Promise<Login> {
+  const made = await t.admin('POST', `/apps/${appName}/credentials`, { name, access });
+  assert.equal(made.status, 201, made.text);
+  const login = made.body as unknown as Login;
+  passwordsHandedOut.push(login.password);
+  return login;
+}
+
+const sqlState = (promise: Promise<unknown>) => rejectionOf(promise).then((err) => err.code);
+
+describe('a read_only credential, with its read-only guard lifted', () => {
+  it("makes no large object (nor a full one as itself), which would also stop the app's backups; the app still does, and a restore keeps it so", async () => {
+    const refusedLargeObjects = async () => {
+      const attempts = ['SELECT lo_create(0)', 'SELECT lo_creat(-1)', "SELECT lo_from_bytea(0, 'planted')"];
+      await asApp(doorString(reader, 'direct'), async (c) => {
+        await c.query('SET default_transaction_read_only = off');
+        for (const call of attempts) assert.equal(await sqlState(c.query(call)), '42501', `read_only: ${call}`);
+      });
+      await asApp(doorString(deployer, 'pooled'), async (c) => {
+        await c.query('SET ROLE NONE');
+        for (const call of attempts) assert.equal(await sqlState(c.query(call)), '42501', `full, as itself: ${call}`);
+      });
+      const { rows } = await t.superuser((c) => c.query<{ owner: string }>('SELECT lomowner::regrole::text AS owner FROM pg_largeobject_metadata'), 'app_tenant');
+      assert.ok(rows.every((row) => row.owner === 'app_tenant_user'), `large objects owned by ${rows.map((row) => row.owner).join(', ')}`);
+    };
+    await refusedLargeObjects();
+    // The app's own login makes them, and so does a full credential in its sessions' role (the app's).
+    await asApp(tenant.connection_string, (c) => c.query("SELECT lo_from_bytea(0, 'the app''s own')"));
+    await asApp(doorString(deployer, 'direct'), (c) => c.query("SELECT lo_from_bytea(0, 'the app''s, by its deployer')"));
+    const backup = await t.admin('POST', '/apps/tenant/backups');
+    assert.equal(backup.status, 201, backup.text);
+    const restored = await t.admin('POST', '/apps/tenant/restore', { file: backup.body.file });
+    assert.equal(restored.status, 200, restored.text);
+    await refusedLargeObjects();
+    const { rows } = await asApp(tenant.connection_string, (c) => c.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_largeobject_metadata'));
+    assert.equal(rows[0]!.n, 2, "the app's large objects were restored");
+  });
+
+  it('locks no row, advances no sequence, ends none of the app\'s sessions, prepares no transaction, and becomes nothing that can', async () => {
+    const app = await connectAs(doorString(tenant, 'direct'));
+    try {
+      const appPid = (await app.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+      await asApp(doorString(reader, 'direct'), async (c) => {
+        await c.query('SET default_transaction_read_only = off');
+        for (const statement of [
+          'SELECT * FROM orders FOR UPDATE',
+          'SELECT * FROM orders FOR KEY SHARE',
+          "SELECT setval('counter', 100)",
+          `SELECT pg_terminate_backend(${appPid})`,
+          `SELECT pg_cancel_backend(${appPid})`,
+        ]) {
+          assert.equal(await sqlState(c.query(statement)), '42501', statement);
+        }
+        // Its one membership that it may SET ROLE to besides provisioned_apps: the app's access role, which holds nothing.
+        await c.query('SET ROLE app_tenant');
+        for (const statement of ['CREATE TEMP TABLE t (x int)', 'CREATE TABLE public.t (x int)', "INSERT INTO public.orders VALUES (2, 'x')", 'SELECT lo_create(0)']) {
+          assert.equal(await sqlState(c.query(statement)), '42501', `${statement} as the access role`);
+        }
+        await c.query('RESET ROLE');
+        await c.query('BEGIN');
+        assert.equal(await sqlState(c.query('LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE')), '42501', 'LOCK TABLE beyond ACCESS SHARE');
+        await c.query('ROLLBACK');
+        await c.query('BEGIN');
+        await c.query('SELECT 1');
+        const prepared = await sqlState(c.query("PREPARE TRANSACTION 'planted'"));
+        assert.ok(prepared === '55000', `PREPARE TRANSACTION: ${prepared}`);
+      });
+      assert.equal((await app.query('SELECT 1 AS one')).rows[0].one, 1, "the app's session lives on");
+    } finally {
+      await app.end();
+    }
+  });
+});
+
+describe('a full credential', () => {
+  it('reaches no companion of its app, the branch of its database included', async () => {
+    const made = await t.admin('POST', '/apps/tenant/databases', { name: 'shadow', copy_of: 'main' });
+    assert.equal(made.status, 201, made.text);
+    for (const login of [deployer, reader]) {
+      const err = await rejectionOf(connectAs(withDatabase(doorString(login, 'direct'), 'app_tenant-shadow')));
+      assert.ok(['28000', '42501'].includes(err.code ?? ''), `${login.username}: ${err.code} ${err.message}`);
+    }
+    assert.deepEqual(await asApp(withDatabase(doorString(tenant, 'direct'), 'app_tenant-shadow'), async (c) => (await c.query('SELECT state FROM orders')).rows), [{ state: 'paid' }]);
+  });
+});
+
+describe('the service log', () => {
+  it('holds no password it handed out', () => {
+    const log = t.serviceLines.join('\n');
+    assert.ok(passwordsHandedOut.length >= 3);
+    for (const password of passwordsHandedOut) assert.ok(!log.includes(password), 'a password handed out is in the service log');
+  });
+});

@@ -9,11 +9,12 @@ import { rejectionOf } from '../helpers/conditions.js';
 import { type ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
 
-type App = ProvisionedApp & AppDoors;
+type App = ProvisionedApp & AppDoors & { password: string };
 type Login = AppDoors & { name: string; access: string; username: string; password: string };
 
 let t: TestStack;
 let tenant: App;
+let bystander: App;
 let reader: Login;
 let deployer: Login;
 const passwordsHandedOut: string[] = [];
@@ -21,7 +22,8 @@ const passwordsHandedOut: string[] = [];
 before(async () => {
   t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', READY_POOL_SIZE: '0' } });
   tenant = (await t.provision('tenant')) as App;
-  passwordsHandedOut.push(tenant.password);
+  bystander = (await t.provision('bystander')) as App;
+  passwordsHandedOut.push(tenant.password, bystander.password);
   await asApp(tenant.connection_string, (c) => c.query("CREATE TABLE orders AS SELECT 1 AS id, 'paid' AS state; CREATE SEQUENCE counter"));
   reader = await makeCredential('tenant', 'reader', 'read_only');
   deployer = await makeCredential('tenant', 'deployer', 'full');
@@ -113,6 +115,45 @@ describe('a full credential', () => {
       assert.ok(['28000', '42501'].includes(err.code ?? ''), `${login.username}: ${err.code} ${err.message}`);
     }
     assert.deepEqual(await asApp(withDatabase(doorString(tenant, 'direct'), 'app_tenant-shadow'), async (c) => (await c.query('SELECT state FROM orders')).rows), [{ state: 'paid' }]);
+  });
+});
+
+describe('an app with extra credentials, at the direct door', () => {
+  it("cannot hold every connection slot with its logins together (each has the app's limit): another app still connects", async () => {
+    const logins: AppDoors[] = [tenant, reader, deployer];
+    let refused: { status: number; message: string } | undefined;
+    for (const name of ['third', 'fourth', 'fifth']) {
+      const made = await t.admin('POST', '/apps/tenant/credentials', { name, access: 'full' });
+      if (made.status !== 201) {
+        refused = { status: made.status, message: String(made.body.message) };
+        break;
+      }
+      logins.push(made.body as unknown as AppDoors);
+      passwordsHandedOut.push(String(made.body.password));
+    }
+    const held: Array<{ end(): Promise<void> }> = [];
+    try {
+      for (const login of logins) {
+        for (;;) {
+          const opened = await connectAs(doorString(login, 'direct')).catch((err: { code?: string }) => err);
+          if ('end' in opened) held.push(opened);
+          else {
+            assert.equal(opened.code, '53300', 'refused for its connections');
+            break;
+          }
+        }
+      }
+      assert.ok(held.length >= 30, `the tenant held ${held.length} sessions`);
+      assert.deepEqual(await asApp(doorString(bystander, 'direct'), async (c) => (await c.query('SELECT 1 AS one')).rows), [{ one: 1 }]);
+    } finally {
+      await Promise.all(held.map((client) => client.end().catch(() => {})));
+    }
+    assert.equal(refused?.status, 409, 'the credential that would have let it was refused');
+    assert.match(refused.message, /would have 5 logins of 10 connections each \(its connection_limit\), 50 together, more than this server gives all roles but the superuser \(47\)/);
+    // Nor can the operator's PATCH raise the limit that far now (4 logins of 12 each: 48, more than 47).
+    const raised = await t.admin('PATCH', '/apps/tenant/settings', { connection_limit: 12 });
+    assert.equal(raised.status, 422, raised.text);
+    assert.match(String(raised.body.message), /4 logins .* 48 connections together/);
   });
 });
 

@@ -4,7 +4,7 @@
 // they guard (SECURITY.md 1, 3, 5, 15, 16) stay guarded, and the ones that broke a promise are the fixes' tests.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { asApp, connectAs, doorString, withDatabase, type AppDoors } from '../helpers/app-sessions.js';
+import { asApp, connectAs, doorString, withDatabase, withLogin, type AppDoors } from '../helpers/app-sessions.js';
 import { rejectionOf } from '../helpers/conditions.js';
 import { type ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
@@ -100,6 +100,16 @@ describe('a read_only credential, with its read-only guard lifted', () => {
         assert.ok(prepared === '55000', `PREPARE TRANSACTION: ${prepared}`);
       });
       assert.equal((await app.query('SELECT 1 AS one')).rows[0].one, 1, "the app's session lives on");
+      // What it may still do (README, "What read_only does not cover"), tested as a fact: NOTIFY the app's channels,
+      // which no privilege guards, and take advisory locks.
+      await app.query('LISTEN jobs');
+      const heard = new Promise<string | undefined>((resolve) => app.once('notification', (note) => resolve(note.payload)));
+      await asApp(doorString(reader, 'direct'), async (c) => {
+        await c.query('SET default_transaction_read_only = off');
+        await c.query("NOTIFY jobs, 'from the reader'");
+        assert.deepEqual((await c.query('SELECT pg_try_advisory_lock(42) AS got')).rows, [{ got: true }]);
+      });
+      assert.equal(await heard, 'from the reader');
     } finally {
       await app.end();
     }
@@ -115,6 +125,27 @@ describe('a full credential', () => {
       assert.ok(['28000', '42501'].includes(err.code ?? ''), `${login.username}: ${err.code} ${err.message}`);
     }
     assert.deepEqual(await asApp(withDatabase(doorString(tenant, 'direct'), 'app_tenant-shadow'), async (c) => (await c.query('SELECT state FROM orders')).rows), [{ state: 'paid' }]);
+  });
+});
+
+describe('a full credential that leaked', () => {
+  it("sets the app's own password (it is the app), which outlives the credential's delete and not the app's rotation after it", async () => {
+    const leaked = await makeCredential('tenant', 'leaked', 'full');
+    const planted = 'planted-by-a-leaked-credential-7Qx';
+    await asApp(doorString(leaked, 'direct'), (c) => c.query(`ALTER ROLE app_tenant_user PASSWORD '${planted}'`));
+    const deleted = await t.admin('DELETE', '/apps/tenant/credentials/leaked');
+    assert.equal(deleted.status, 200, deleted.text);
+    assert.ok(['28000', '28P01'].includes((await sqlState(connectAs(doorString(leaked, 'direct')))) ?? ''), 'the credential is gone');
+    const withPlanted = (door: 'pooled' | 'direct') => withLogin(doorString(tenant, door), 'app_tenant_user', planted);
+    // What README and SECURITY.md tell the operator: delete the credential, then rotate the app.
+    assert.deepEqual(await asApp(withPlanted('direct'), async (c) => (await c.query('SELECT current_user AS u')).rows), [{ u: 'app_tenant_user' }]);
+    const rotated = await t.admin('POST', '/apps/tenant/rotate');
+    assert.equal(rotated.status, 200, rotated.text);
+    // Refused: Postgres says 28P01, PgBouncer 08P01.
+    for (const door of ['pooled', 'direct'] as const) assert.ok(['28P01', '08P01'].includes((await sqlState(connectAs(withPlanted(door)))) ?? ''), `the planted password after the rotation (${door})`);
+    tenant = { ...tenant, ...(rotated.body as unknown as Partial<App>) };
+    passwordsHandedOut.push(tenant.password);
+    assert.deepEqual(await asApp(tenant.connection_string, async (c) => (await c.query('SELECT count(*)::int AS n FROM orders')).rows), [{ n: 1 }]);
   });
 });
 
@@ -157,10 +188,10 @@ describe('an app with extra credentials, at the direct door', () => {
   });
 });
 
-describe('the service log', () => {
-  it('holds no password it handed out', () => {
-    const log = t.serviceLines.join('\n');
-    assert.ok(passwordsHandedOut.length >= 3);
-    for (const password of passwordsHandedOut) assert.ok(!log.includes(password), 'a password handed out is in the service log');
+describe('the logs', () => {
+  it("hold no password the service handed out, nor one a credential set for the app", () => {
+    const logs = [t.serviceLines.join('\n'), t.allLogs()].join('\n');
+    assert.ok(passwordsHandedOut.length >= 7, `${passwordsHandedOut.length} passwords`);
+    for (const password of [...passwordsHandedOut, 'planted-by-a-leaked-credential-7Qx']) assert.ok(!logs.includes(password), 'a password is in a log');
   });
 });

@@ -120,6 +120,21 @@ describe('a full credential', () => {
   it('reaches no companion of its app, the branch of its database included', async () => {
     const made = await t.admin('POST', '/apps/tenant/databases', { name: 'shadow', copy_of: 'main' });
     assert.equal(made.status, 201, made.text);
+    // The app tries to open its companion to its credentials, and to take the database over.
+    await asApp(doorString(tenant, 'direct'), async (c) => {
+      await c.query('GRANT CONNECT ON DATABASE "app_tenant-shadow" TO "app_tenant.deployer", "app_tenant.reader"'); // a warning: no grant option
+      for (const statement of [
+        'GRANT "app_tenant-shadow" TO "app_tenant.reader"',
+        'GRANT "app_tenant-shadow" TO "app_tenant.deployer"',
+        'ALTER DATABASE "app_tenant-shadow" RENAME TO app_tenant_shadow',
+        'ALTER DATABASE "app_tenant-shadow" WITH ALLOW_CONNECTIONS false',
+        'ALTER DATABASE "app_tenant-shadow" WITH CONNECTION LIMIT 1',
+        "COMMENT ON DATABASE \"app_tenant-shadow\" IS 'mine'",
+        'ALTER DATABASE app_tenant RENAME TO app_bystander_two',
+      ]) {
+        assert.equal(await sqlState(c.query(statement)), '42501', statement);
+      }
+    });
     for (const login of [deployer, reader]) {
       const err = await rejectionOf(connectAs(withDatabase(doorString(login, 'direct'), 'app_tenant-shadow')));
       assert.ok(['28000', '42501'].includes(err.code ?? ''), `${login.username}: ${err.code} ${err.message}`);

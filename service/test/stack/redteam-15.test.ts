@@ -203,6 +203,25 @@ describe('an app with extra credentials, at the direct door', () => {
   });
 });
 
+describe("a dump of an app that had a credential (its large-object grant names the app's login role)", () => {
+  it('restores into another app (from_deleted_app), whose own login then makes large objects', async () => {
+    const donor = (await t.provision('donor')) as App;
+    passwordsHandedOut.push(donor.password);
+    await makeCredential('donor', 'ci', 'full');
+    await asApp(donor.connection_string, (c) => c.query("CREATE TABLE kept AS SELECT 'from the donor' AS v"));
+    const deleted = await t.admin('DELETE', '/apps/donor');
+    assert.equal(deleted.status, 200, deleted.text);
+    const heir = (await t.provision('heir')) as App;
+    passwordsHandedOut.push(heir.password);
+    const adopted = await t.admin('POST', '/apps/heir/restore', { file: deleted.body.backup, from_deleted_app: true });
+    assert.equal(adopted.status, 200, adopted.text);
+    await asApp(heir.connection_string, async (c) => {
+      assert.deepEqual((await c.query('SELECT v FROM kept')).rows, [{ v: 'from the donor' }]);
+      await c.query("SELECT lo_from_bytea(0, 'the heir''s')");
+    });
+  });
+});
+
 describe('the logs', () => {
   it("hold no password the service handed out, nor one a credential set for the app", () => {
     const logs = [t.serviceLines.join('\n'), t.allLogs()].join('\n');

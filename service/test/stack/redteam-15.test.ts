@@ -143,6 +143,26 @@ describe('a full credential', () => {
   });
 });
 
+describe("a full credential, as the app", () => {
+  it("lifts no superuser-only limit for the app's database, loads no library, and changes neither the read-only credential nor its password", async () => {
+    await asApp(doorString(deployer, 'pooled'), async (c) => {
+      assert.deepEqual((await c.query('SELECT current_user AS u')).rows, [{ u: 'app_tenant_user' }]);
+      for (const statement of [
+        'ALTER ROLE app_tenant_user IN DATABASE app_tenant SET temp_file_limit = -1',
+        "ALTER ROLE app_tenant_user IN DATABASE app_tenant SET log_min_messages = 'debug5'",
+        "ALTER ROLE app_tenant_user SET session_preload_libraries = 'auto_explain'",
+        "ALTER ROLE \"app_tenant.deployer\" IN DATABASE app_tenant SET session_preload_libraries = 'auto_explain'",
+        'ALTER ROLE "app_tenant.reader" SET default_transaction_read_only = off',
+        "ALTER ROLE \"app_tenant.reader\" PASSWORD 'taken-over'",
+        'ALTER ROLE "app_tenant.reader" VALID UNTIL \'infinity\'',
+        'GRANT app_tenant_user TO "app_tenant.reader"',
+      ]) {
+        assert.equal(await sqlState(c.query(statement)), '42501', statement);
+      }
+    });
+  });
+});
+
 describe('a full credential that leaked', () => {
   it("sets the app's own password (it is the app), which outlives the credential's delete and not the app's rotation after it", async () => {
     const leaked = await makeCredential('tenant', 'leaked', 'full');

@@ -68,6 +68,15 @@ describe('a read_only credential, with its read-only guard lifted', () => {
     await refusedLargeObjects();
     const { rows } = await asApp(tenant.connection_string, (c) => c.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_largeobject_metadata'));
     assert.equal(rows[0]!.n, 2, "the app's large objects were restored");
+    // Why it matters beyond the write: a large object of a credential's (made here by the superuser, as the
+    // credentials could before) is one the app's dump agent cannot read, and the app's backups stop at it.
+    await t.superuser((c) => c.query(`SELECT lo_create(4242); ALTER LARGE OBJECT 4242 OWNER TO "app_tenant.reader"`), 'app_tenant');
+    try {
+      const stopped = await t.admin('POST', '/apps/tenant/backups');
+      assert.notEqual(stopped.status, 201, stopped.text);
+    } finally {
+      await t.superuser((c) => c.query('SELECT lo_unlink(4242)'), 'app_tenant');
+    }
   });
 
   it('locks no row, advances no sequence, ends none of the app\'s sessions, prepares no transaction, and becomes nothing that can', async () => {

@@ -172,6 +172,49 @@ describe("a full credential, as the app", () => {
   });
 });
 
+describe("the app's rotation, while a full credential sets the app's password as fast as it can", () => {
+  it('completes: the credential is refused while it runs, and logs in again after it', async () => {
+    const attackers = 'set-by-a-full-credential-during-rotation-4Kd';
+    let stop = false;
+    let setOnce = false;
+    let refused = 0;
+    // Sets the app's password every 50 ms, and reconnects whenever its session is ended or its login refused.
+    const attack = (async () => {
+      while (!stop) {
+        const session = await connectAs(doorString(deployer, 'direct')).catch(() => undefined);
+        if (!session) refused += 1;
+        while (!stop && session) {
+          const done = await session.query(`ALTER ROLE app_tenant_user PASSWORD '${attackers}'`).then(() => true, () => false);
+          if (!done) break;
+          setOnce = true;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        await session?.end().catch(() => {});
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    })();
+    let rotated;
+    try {
+      while (!setOnce) await new Promise((resolve) => setTimeout(resolve, 20));
+      // Without the credentials refused meanwhile: 500 after three tries (19 s), the app's login left refused.
+      rotated = await t.admin('POST', '/apps/tenant/rotate');
+    } finally {
+      stop = true;
+      await attack;
+    }
+    assert.equal(rotated.status, 200, rotated.text);
+    assert.ok(refused > 0, 'the credential was refused while the rotation ran');
+    assert.deepEqual(await asApp(doorString(deployer, 'direct'), async (c) => (await c.query('SELECT session_user AS u')).rows), [{ u: 'app_tenant.deployer' }]);
+    // Once the credential's logins are back it may set the app's password again (it is the app: "a full credential
+    // that leaked" below); a rotation with no such session gives the app a password it alone holds.
+    const again = await t.admin('POST', '/apps/tenant/rotate');
+    assert.equal(again.status, 200, again.text);
+    tenant = { ...tenant, ...(again.body as unknown as Partial<App>) };
+    passwordsHandedOut.push(tenant.password, String(rotated.body.password));
+    assert.deepEqual(await asApp(tenant.connection_string, async (c) => (await c.query('SELECT current_user AS u')).rows), [{ u: 'app_tenant_user' }]);
+  });
+});
+
 describe('a full credential that leaked', () => {
   it("sets the app's own password (it is the app), which outlives the credential's delete and not the app's rotation after it", async () => {
     const leaked = await makeCredential('tenant', 'leaked', 'full');

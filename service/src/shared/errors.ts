@@ -36,6 +36,7 @@ export type ServiceErrorCode =
   | 'CREDENTIAL_EXISTS'
   | 'CREDENTIAL_NOT_FOUND'
   | 'CREDENTIAL_LIMIT_REACHED'
+  | 'CREDENTIAL_CONNECTIONS_EXCEED_SERVER'
   | 'COMPANION_EXISTS'
   | 'COMPANION_NOT_FOUND'
   | 'COMPANION_LIMIT';
@@ -333,6 +334,20 @@ export class CredentialNotFoundError extends ServiceError {
 export class CredentialLimitError extends ServiceError {
   constructor(appName: string, limit: number) {
     super('CREDENTIAL_LIMIT_REACHED', `app '${appName}' has ${limit} credentials, the most it may have (APP_MAX_CREDENTIALS): delete one first`);
+  }
+}
+
+/**
+ * One more credential would let the app's logins together hold every connection this server gives roles: Postgres
+ * counts a connection limit per role, so each login of the app (its own and each credential) may hold the app's
+ * connection_limit, and together they must leave the other apps a slot (SECURITY.md, promise 4).
+ */
+export class CredentialConnectionsError extends ServiceError {
+  constructor(appName: string, logins: number, connectionLimit: number, ceiling: number) {
+    super(
+      'CREDENTIAL_CONNECTIONS_EXCEED_SERVER',
+      `app '${appName}' would have ${logins} logins of ${connectionLimit} connections each (its connection_limit), ${logins * connectionLimit} together, more than this server gives all roles but the superuser (${ceiling}): lower its connection_limit or delete a credential first`,
+    );
   }
 }
 

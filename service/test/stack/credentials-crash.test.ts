@@ -12,8 +12,10 @@ import { startTestStack, type TestStack } from '../helpers/stack.js';
 let t: TestStack;
 let app: ProvisionedApp & AppDoors;
 
+// Up to 20 credentials on one app: each login holds the app's connection limit, and together they must fit the
+// server's slots (refuseLoginsBeyondServer), so the limit is 2 here (21 logins, 42 of 47).
 before(async () => {
-  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', READY_POOL_SIZE: '0', APP_MAX_CREDENTIALS: '20' } });
+  t = await startTestStack({ serviceEnv: { LOG_PRETTY: 'false', READY_POOL_SIZE: '0', APP_MAX_CREDENTIALS: '20', APP_CONNECTION_LIMIT: '2' } });
   app = (await t.provision('crashing')) as ProvisionedApp & AppDoors;
   await asApp(app.connection_string, (c) => c.query("CREATE TABLE kept AS SELECT 'yes' AS v"));
 });
@@ -25,12 +27,12 @@ const catalog = catalogOf(() => t);
 /** Restarts the service with CRASH_AT=point, runs `trigger` (the client is told 503), and restarts it until the reconciler has run. */
 async function crashAt(point: string, trigger: () => Promise<{ status: number }>): Promise<void> {
   await t.stack.stopService();
-  await t.stack.startService({ CRASH_AT: point, APP_MAX_CREDENTIALS: '20' });
+  await t.stack.startService({ CRASH_AT: point, APP_MAX_CREDENTIALS: '20', APP_CONNECTION_LIMIT: '2' });
   const answer = await trigger();
   assert.equal(answer.status, 503, `${point}: the client is told the service is unreachable`);
   await t.stack.serviceExited();
   const from = t.serviceLines.length;
-  await t.stack.startService({ APP_MAX_CREDENTIALS: '20' });
+  await t.stack.startService({ APP_MAX_CREDENTIALS: '20', APP_CONNECTION_LIMIT: '2' });
   await t.waitForServiceLine(/"msg":"reconcile finished"/, from);
 }
 
@@ -114,7 +116,7 @@ describe('the reconciler', () => {
     );
     const from = t.serviceLines.length;
     await t.stack.stopService();
-    await t.stack.startService({ APP_MAX_CREDENTIALS: '20' });
+    await t.stack.startService({ APP_MAX_CREDENTIALS: '20', APP_CONNECTION_LIMIT: '2' });
     await t.waitForServiceLine(/"msg":"reconcile finished"/, from);
     assert.deepEqual(await catalog.rolesLike('app\\_ghost%'), []);
   });

@@ -3,7 +3,7 @@
 // (src/db/postgres-server/dump-contents.ts), hostile object names included. End to end: test/stack/extensions.test.ts.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { dumpExtensions, listingWithout, parseDumpListing } from '../../src/db/postgres-server/dump-contents.js';
+import { dumpExtensions, listingWithout, parseDumpListing, systemCatalogAclEntryIds } from '../../src/db/postgres-server/dump-contents.js';
 import { ConfigError, loadConfig } from '../../src/shared/config.js';
 import { DEFAULT_ALLOWED_EXTENSIONS, REFUSED_EXTENSION_NAMES, refusalOf } from '../../src/shared/extension-policy.js';
 import { EXTENSION_NAME_PATTERN } from '../../src/shared/object-names.js';
@@ -102,5 +102,18 @@ describe("a dump's listing, for a restore", () => {
       ';5; 3079 16669 EXTENSION - pg_stat_statements ',
       ';3578; 0 0 COMMENT - EXTENSION pg_stat_statements ',
     ]);
+  });
+
+  it("finds the privileges on pg_catalog's own objects by their schema, which no tenant can name, never by a look-alike", () => {
+    const acls = parseDumpListing(
+      [
+        '3601; 0 0 ACL pg_catalog FUNCTION lo_create(oid) postgres',
+        '3602; 0 0 ACL pg_catalog FUNCTION lo_from_bytea(oid, bytea) postgres',
+        '3603; 0 0 ACL public TABLE "ACL pg_catalog FUNCTION x" app_t_user',
+        '3604; 0 0 ACL - SCHEMA pg_catalog_look_alike app_t_user',
+        '3605; 0 0 ACL public FUNCTION "pg_catalog lo_create"() app_t_user',
+      ].join('\n'),
+    );
+    assert.deepEqual(systemCatalogAclEntryIds(acls.entries), [3601, 3602]);
   });
 });

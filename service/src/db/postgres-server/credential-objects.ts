@@ -64,6 +64,7 @@ export async function grantCredentialAccess(opener: DatabaseOpener, database: st
   const name = ident(credential.role);
   const owner = ident(app.username);
   await opener.inDatabase(database, async (inside) => {
+    await inside.query(largeObjectsForAppOnlySql(app));
     if (credential.access === 'full') {
       await inside.query(`GRANT CONNECT ON DATABASE ${ident(database)} TO ${name}`);
       return;
@@ -86,6 +87,25 @@ export async function grantCredentialAccess(opener: DatabaseOpener, database: st
        GRANT CONNECT ON DATABASE ${ident(database)} TO ${name};`,
     );
   });
+}
+
+/**
+ * The functions that make a large object, by their signatures in pg_catalog. Postgres lets every role make large
+ * objects (PUBLIC's EXECUTE, and no privilege to create one), and the maker owns it: a read_only credential (its
+ * read-only guard lifted) or a full one after SET ROLE NONE would so write into the app's database, and own
+ * something the app's dump agent cannot read, which stops every backup of the app (found by
+ * test/stack/redteam-15.test.ts). Server-side lo_import is the superuser's already.
+ */
+const LARGE_OBJECT_MAKERS = ['lo_creat(pg_catalog.int4)', 'lo_create(pg_catalog.oid)', 'lo_from_bytea(pg_catalog.oid, pg_catalog.bytea)'].map((signature) => `pg_catalog.${signature}`).join(', ');
+
+/**
+ * In the database the session is in: only the app's login role (and so a full credential, whose sessions are it)
+ * may make large objects. ACL changes, no code of the tenant's runs. A dump carries them, and its restore by the
+ * app's agent cannot make them (a warning, not an error): grantCredentialsIn makes them again after it.
+ */
+function largeObjectsForAppOnlySql(app: AppIdentifiers): string {
+  return `REVOKE EXECUTE ON FUNCTION ${LARGE_OBJECT_MAKERS} FROM PUBLIC;
+     GRANT EXECUTE ON FUNCTION ${LARGE_OBJECT_MAKERS} TO ${ident(app.username)};`;
 }
 
 /** The credential is live: it may log in (its password is the one it was made or rotated with). */

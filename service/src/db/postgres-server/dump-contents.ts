@@ -86,6 +86,18 @@ export function dumpExtensions(entries: DumpEntry[], superusers: ReadonlySet<str
   return { extensions: [...byName].map(([name, entryIds]) => ({ name, entryIds })), serviceSchemaEntryIds };
 }
 
+/**
+ * The entries that change privileges on pg_catalog's own objects (pg_dump keeps them where they differ from
+ * initdb's: the service's, e.g. only the app's login may make large objects where it has credentials). The restore's
+ * agent, the app's rights, can change none of them, and one naming a role that is gone (another app's login, for a
+ * deleted app's dump) stops pg_restore; the service makes its own again after the restore (grantCredentialsIn).
+ * Recognised by the schema, which no tenant can name: `pg_` schemas are reserved, and only a superuser creates in
+ * pg_catalog.
+ */
+export function systemCatalogAclEntryIds(entries: DumpEntry[]): number[] {
+  return entries.filter((entry) => entry.text.startsWith('ACL pg_catalog ')).map((entry) => entry.id);
+}
+
 /** The listing for --use-list with the entries `skip` commented out (pg_restore reads only each line's dump id). */
 export function listingWithout(listing: DumpListing, skip: ReadonlySet<number>): string {
   return listing.lines

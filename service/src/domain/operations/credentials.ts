@@ -16,7 +16,8 @@ import {
 } from '../../db/postgres-server/credential-objects.js';
 import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
 import type { Queryable } from '../../db/queryable.js';
-import { CredentialExistsError, CredentialLimitError, CredentialNotFoundError } from '../../shared/errors.js';
+import { connectionCeiling } from '../../db/postgres-server/app-settings-objects.js';
+import { CredentialConnectionsError, CredentialExistsError, CredentialLimitError, CredentialNotFoundError } from '../../shared/errors.js';
 import { credentialRole, type AppIdentifiers } from '../../shared/object-names.js';
 import { DUPLICATE_ROLE_SQLSTATES, sqlState } from '../../shared/sqlstate.js';
 import { effectiveAppLimits } from '../app-settings.js';
@@ -93,10 +94,12 @@ export function createCredential(deps: OperationDeps, appName: string, name: str
     const existing = await credentialRoles(client, app);
     if (existing.some((c) => c.credential === name)) throw new CredentialExistsError(appName, name);
     if (existing.length >= deps.config.APP_MAX_CREDENTIALS) throw new CredentialLimitError(appName, deps.config.APP_MAX_CREDENTIALS);
+    // Held to the app's own limits (its overrides, else the defaults), as its main login is.
+    const limits = await effectiveAppLimits(store, deps.config, appName);
+    await refuseLoginsBeyondServer(client, appName, existing.length + 2, limits.connectionLimit);
     const { password, verifier } = await deps.credentials.take();
     try {
-      // Held to the app's own limits (its overrides, else the defaults), as its main login is.
-      await createCredentialRole(client, app, role, access, verifier, await effectiveAppLimits(store, deps.config, appName));
+      await createCredentialRole(client, app, role, access, verifier, limits);
     } catch (err) {
       if (DUPLICATE_ROLE_SQLSTATES.includes(sqlState(err) ?? '')) throw new CredentialExistsError(appName, name);
       throw err;
@@ -116,6 +119,18 @@ export function createCredential(deps: OperationDeps, appName: string, name: str
     await doorTakesLogins(deps.server, app);
     return { app, credential: { name, access, username: role, created_at: (await credentialRoles(client, app)).find((c) => c.role === role)?.createdAt ?? null }, password };
   });
+}
+
+/**
+ * Postgres holds each role to its own connection limit, so an app's logins (its own, and each credential with the
+ * app's connection_limit) may together hold `logins` times it at the direct door: refused when that would take
+ * every slot this server gives roles but the superuser, which would leave no other app a way in (SECURITY.md,
+ * promise 4; found by test/stack/redteam-15.test.ts). Counted over every credential role of the app, half-made ones
+ * too (the reconciler finishes or removes them).
+ */
+export async function refuseLoginsBeyondServer(client: Queryable, appName: string, logins: number, connectionLimit: number): Promise<void> {
+  const { ceiling } = await connectionCeiling(client);
+  if (logins * connectionLimit > ceiling) throw new CredentialConnectionsError(appName, logins, connectionLimit, ceiling);
 }
 
 /** The app's credentials, by name (never a password). */

@@ -23,7 +23,7 @@ import {
   type AvailableExtension,
   type InstalledExtension,
 } from '../../db/postgres-server/extensions.js';
-import { dumpExtensions, listingWithout } from '../../db/postgres-server/dump-contents.js';
+import { dumpExtensions, listingWithout, systemCatalogAclEntryIds } from '../../db/postgres-server/dump-contents.js';
 import type { Queryable } from '../../db/queryable.js';
 import { PRELOAD_LIBRARY_OF, refusalOf } from '../../shared/extension-policy.js';
 import {
@@ -150,7 +150,8 @@ export async function planDumpExtensions(deps: OperationDeps, client: Queryable,
   const listing = await deps.server.dumpAndRestore.listing(path, file, app);
   const found = dumpExtensions(listing.entries, await superuserNames(client));
   const install: string[] = [];
-  const skip = new Set<number>(found.serviceSchemaEntryIds ?? []);
+  // The service's own privileges on pg_catalog's objects are its to make again, not the dump's (systemCatalogAclEntryIds).
+  const skip = new Set<number>([...(found.serviceSchemaEntryIds ?? []), ...systemCatalogAclEntryIds(listing.entries)]);
   for (const extension of found.extensions) {
     const available = await availableExtension(client, extension.name);
     if (!available) throw new BackupExtensionRefusedError(file, extension.name, 'this Postgres server does not have it');

@@ -3,6 +3,7 @@
 // (src/domain/operations/credentials.ts).
 import { setTimeout as sleep } from 'node:timers/promises';
 import { authenticationTimeoutMs, disableLogin, enableLogin, endSessionsOf, passwordIs, sessionCount, setPassword } from '../../db/postgres-server/app-objects.js';
+import { credentialRoles } from '../../db/postgres-server/credential-objects.js';
 import type { Queryable } from '../../db/queryable.js';
 import { DatabaseUnavailableError } from '../../shared/errors.js';
 import type { AppIdentifiers } from '../../shared/object-names.js';
@@ -20,8 +21,29 @@ export function rotate(deps: OperationDeps, appName: string, request: RequestCon
     appName,
     request,
     { slot: rotationSlot(deps), detail: (result) => ({ sessions_ended: result.sessionsEnded }) },
-    async ({ server: client }, app) => ({ app, ...(await rotateLogin(deps, client, app, app.username, 'rotate')) }),
+    async ({ server: client }, app) => ({ app, ...(await withFullCredentialsRefused(deps, client, app, () => rotateLogin(deps, client, app, app.username, 'rotate'))) }),
   );
+}
+
+/**
+ * Runs `work` (the app's own rotation) while the app's full credentials cannot log in and have no session. A full
+ * credential's sessions are the app's login role (SET role), and a role may set its own password: one such session
+ * kept setting the app's password during the rotation, which then failed (500) and left the app's login refused
+ * until the reconciler let it in again, with that session's password (test/stack/redteam-15.test.ts). Their logins
+ * come back as they were afterwards, whatever happens; a crash meanwhile leaves live credentials without LOGIN,
+ * which the reconciler lets in again (as after a credential's own rotation cut short). Their pooled connections
+ * end with the app's (rotateLogin ends every pooled connection to the app's database).
+ */
+async function withFullCredentialsRefused<T>(deps: OperationDeps, client: Queryable, app: AppIdentifiers, work: () => Promise<T>): Promise<T> {
+  const full = (await credentialRoles(client, app)).filter((credential) => credential.live && credential.access === 'full' && credential.loginAllowed);
+  try {
+    for (const credential of full) await disableLogin(client, credential.role);
+    for (const credential of full) await endAllSessions(client, credential.role);
+    return await work();
+  } finally {
+    for (const credential of full) await enableLogin(client, credential.role);
+    if (full.length > 0) await doorTakesLogins(deps.server, app);
+  }
 }
 
 /**

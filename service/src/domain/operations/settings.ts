@@ -21,6 +21,7 @@ import {
 } from '../app-settings.js';
 import { doorEndsConnections } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
+import { credentialRoles } from '../../db/postgres-server/credential-objects.js';
 import { liveCredentials } from './credentials.js';
 import type { OperationDeps } from './deps.js';
 
@@ -55,7 +56,7 @@ export function changeAppSettings(deps: OperationDeps, appName: string, patch: A
     async (session, app) => {
       const unknown = unknownSettingNames(patch);
       if (unknown.length > 0) throw new SettingNotAllowedError(unknown, ALLOWED_SETTING_NAMES);
-      const next = await patched(session.server, await findAppSettings(session.store, appName), patch, changed);
+      const next = await patched(session.server, await findAppSettings(session.store, appName), patch, changed, (await credentialRoles(session.server, app)).length);
       const limits = mergeRoleLimits(defaultRoleLimits(deps.config), next);
       await saveAppSettingsWhile(session.store, appName, next, async () => {
         await deps.crashPoint('settings:after-save');
@@ -77,7 +78,7 @@ export function changeAppSettings(deps: OperationDeps, appName: string, patch: A
  * The app's stored settings with `patch` applied (records each change in `changed`), after the checks only the
  * server can make; SettingValueRefusedError naming every value it cannot take.
  */
-async function patched(server: Queryable, stored: StoredAppSettings, patch: AppSettingsPatch, changed: Record<string, unknown>): Promise<StoredAppSettings> {
+async function patched(server: Queryable, stored: StoredAppSettings, patch: AppSettingsPatch, changed: Record<string, unknown>, credentials: number): Promise<StoredAppSettings> {
   const next: StoredAppSettings = { role_limits: { ...stored.role_limits }, database_settings: { ...stored.database_settings }, storage_limit_bytes: stored.storage_limit_bytes };
   const problems: string[] = [];
   for (const name of ROLE_LIMIT_NAMES) {
@@ -94,6 +95,11 @@ async function patched(server: Queryable, stored: StoredAppSettings, patch: AppS
     if (connectionLimit > capacity.ceiling) {
       problems.push(
         `connection_limit ${connectionLimit} is more than this server can give an app: at most ${capacity.ceiling} (max_connections ${capacity.maxConnections} less superuser_reserved_connections ${capacity.superuserReserved})`,
+      );
+    } else if (credentials > 0 && (credentials + 1) * connectionLimit > capacity.ceiling) {
+      // Each of the app's extra credentials carries the same limit, on a role of its own (refuseLoginsBeyondServer).
+      problems.push(
+        `connection_limit ${connectionLimit} for each of the app's ${credentials + 1} logins (its own and ${credentials} credentials) is ${(credentials + 1) * connectionLimit} connections together, more than this server can give an app: at most ${capacity.ceiling}`,
       );
     }
   }

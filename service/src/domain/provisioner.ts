@@ -2,7 +2,8 @@
 // Postgres server apps live on (src/db/; today one server, which also holds the system store), the app
 // operations and the background work that starts and stops with the service (once the system's own schema is
 // current, src/db/system-store/migrations.ts): the reconciler (once at start, then
-// every RECONCILE_INTERVAL_MS, refreshing the apps' sizes after it, never two runs at once), the ready pool's
+// every RECONCILE_INTERVAL_MS, never two runs at once), the storage quota's checks (every
+// STORAGE_CHECK_INTERVAL_MS, which also measure the apps' sizes GET /apps lists), the ready pool's
 // refilling, the credential stock, and making pgBackRest's stanza (in the background, until it exists: without it
 // no WAL is archived). The http layer holds one (src/http/plugins/provisioner.ts) and reaches
 // Postgres only through it.
@@ -36,6 +37,7 @@ import { ReadyPool } from './ready-pool.js';
 import { Reconciler } from './reconciler.js';
 import { NO_OFFSITE_COPY, OffsiteCopy } from './backups/offsite-copy.js';
 import { Slots } from './slots.js';
+import { StorageQuota, type StorageQuotaStatus } from './storage-quota.js';
 
 /** Whether Postgres answers (the system store and the server), for GET /health (see SuperuserConnections.checkHealth). */
 export interface HealthCheck {
@@ -80,6 +82,8 @@ export interface ProvisionerStatistics {
   newestAppBackups(): Promise<Array<{ app: string; newestAt: Date | null }>>;
   /** WAL archiving (pg_stat_archiver); undefined without cluster backups. */
   walArchiving(): Promise<{ lastArchivedAt: Date | null; failures: number; lastFailedAt: Date | null } | undefined>;
+  /** The storage quota's last check: apps near or over their limits, enforcements so far. */
+  storage(): StorageQuotaStatus;
 }
 
 /** How long the start waits for the schema check and the server's setup before it starts regardless. */
@@ -143,6 +147,7 @@ export class Provisioner {
   private readonly listing: AppListing;
   private readonly reconciler: Reconciler;
   private readonly schedules: BackupSchedules;
+  private readonly storage: StorageQuota;
   private timer?: NodeJS.Timeout;
   private reconciling?: Promise<void>;
   private readonly stopping = new AbortController();
@@ -180,6 +185,8 @@ export class Provisioner {
     this.schedules = new BackupSchedules({ store, envelope, audit: this.audit, operations: operationDeps, backupFiles, cluster: server.clusterBackup, offsite: new OffsiteCopy(config, log), config, log });
     this.listing.failingBackups = () => this.schedules.status.failingApps;
     this.reconciler = new Reconciler({ store, server, audit: this.audit, readyPool: this.readyPool, config, log, crashPoint });
+    this.storage = new StorageQuota({ store, server, audit: this.audit, config, log, crashPoint, onAppSizes: (sizes) => this.listing.takeSizes(sizes) });
+    this.listing.storageOf = (appName) => this.storage.appStorage(appName);
     const healthOf = (connections: SuperuserConnections) => connections.checkHealth(config.HEALTH_TIMEOUT_MS, config.HEALTH_REUSE_MS);
     // One ping when the store lives on the server (the hot route pays for nothing more), else one each.
     const pooler = () => (server.pooler.enabled ? (server.pooler.isUp() ? 'ok' : 'unavailable') : 'none');
@@ -206,6 +213,7 @@ export class Provisioner {
           return { app: app.app_name, newestAt: backup ? new Date(backup.created_at) : null };
         });
       },
+      storage: () => this.storage.status,
     };
   }
 
@@ -237,6 +245,7 @@ export class Provisioner {
     const clusterBackup = this.server.clusterBackup;
     if (clusterBackup) this.stanzaMaking = this.makeStanza(clusterBackup);
     this.schedules.start();
+    this.storage.start();
     this.timer = setInterval(() => void this.reconcileOnce(), this.config.RECONCILE_INTERVAL_MS);
     this.timer.unref();
   }
@@ -275,6 +284,7 @@ export class Provisioner {
     this.stopping.abort();
     clearInterval(this.timer);
     await this.schedules.stop();
+    await this.storage.stop();
     await this.stanzaMaking;
     await this.readyPool.stop();
     await this.reconciling;
@@ -286,7 +296,6 @@ export class Provisioner {
     this.reconciling ??= this.reconciler
       .run()
       .then((report) => this.log.info({ repaired: report.repaired.length, skipped_busy: report.skippedBusy, failed: report.failed }, 'reconcile finished'))
-      .then(() => this.listing.refreshSizes())
       // A login changed outside the service (an app's own ALTER ROLE … PASSWORD) reaches the door here at the
       // latest; a door that is away is tried again by itself (src/db/pooler/pgbouncer.ts), not counted here.
       .then(() => this.server.pooler.loginsChanged().catch(() => {}))

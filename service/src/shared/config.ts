@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { DEFAULT_ALLOWED_EXTENSIONS, parseAllowedExtensions } from './extension-policy.js';
 import { parseSchedule, ScheduleError } from './schedule.js';
-import { DURATION_PATTERN, SIZE_PATTERN } from './setting-values.js';
+import { DURATION_PATTERN, sizeBytes } from './setting-values.js';
 
 const port = z.coerce.number().int().min(1).max(65535);
 const durationMs = z.coerce.number().int().min(1);
@@ -272,11 +272,6 @@ export const ConfigSchema = z.object({
    * (default): never. It ends PgBouncer's idle server connections to the app too.
    */
   APP_IDLE_SESSION_TIMEOUT: z.string().regex(DURATION_PATTERN, 'use a duration such as 30min, or 0 (off)').default('0'),
-  /**
-   * The storage limit of every app without one of its own (PATCH /apps/:name/settings storage_limit), as a size
-   * such as 1GB. The storage quota (measured, not enforced by Postgres) reads it.
-   */
-  APP_STORAGE_LIMIT: z.string().regex(SIZE_PATTERN, 'use a size such as 1GB or 512MB').default('1GB'),
 
   // --- APP_EXTENSIONS_ALLOWED (src/shared/extension-policy.ts) -----------------------------------------------------
   /**
@@ -296,7 +291,44 @@ export const ConfigSchema = z.object({
   // --- end APP_EXTENSIONS_ALLOWED ------------------------------------------------------------------------------------
   /** How many extra credentials (POST /apps/:name/credentials) one app may have at once. */
   APP_MAX_CREDENTIALS: z.coerce.number().int().min(0).max(100).default(5),
+
+  // --- Storage quota per app (src/domain/storage-quota.ts) -------------------------------------------------------
+  /**
+   * How much disk one app may use: its database and its companion databases together (Postgres has no quota of
+   * its own; the service measures and enforces, README "Storage quota"). A size in Postgres's units (1024-based:
+   * 500MB, 1GB, 2TB), or `off`: no limit for apps without one of their own (PATCH /apps/:name/settings
+   * storage_limit, which still holds). Kept as written (GET /apps/:name/settings shows it); storageLimitBytes reads
+   * it. Default 1GB: the design point is a VM of 1 GB of RAM, where Postgres's cache is 768 MB
+   * (effective_cache_size) and the disk is typically 20 to 50 GB shared by hundreds of apps (an empty app takes
+   * 7.5 MB, 2,000 of them 16 GB: BENCHMARKS.md). An app that outgrows the cache is one to size by hand, and at 1 GB
+   * one runaway app can take 1.2 GB (the hard limit below) plus what it writes between two checks, not the disk.
+   */
+  APP_STORAGE_LIMIT: z
+    .string()
+    .refine((text) => text === 'off' || (sizeBytes(text) ?? 0) > 0, 'use a size such as 500MB or 1GB, or off')
+    .default('1GB'),
+  /** GET /apps/:name and /metrics say "warning" once an app uses this share of its limit. */
+  APP_STORAGE_WARN_PERCENT: z.coerce.number().int().min(1).max(100).default(80),
+  /**
+   * Over its limit an app is made read-only (default_transaction_read_only, which a session can lift for itself);
+   * over this share of its limit its logins are suspended too (CONNECTION LIMIT 0, which it cannot lift), until it
+   * is under its limit again or the limit is raised.
+   */
+  APP_STORAGE_HARD_LIMIT_PERCENT: z.coerce.number().int().min(100).max(1000).default(120),
+  /**
+   * How often the apps' sizes are checked against their limits. Each check measures only the databases that were
+   * written or used since the last one (pg_stat_database, pg_stat_activity), and every database at least every
+   * RECONCILE_INTERVAL_MS; so it stays cheap at 2,000 mostly idle apps. What an app can write between two checks
+   * is the disk reserve to keep (README, "Storage quota": 5 s at the fastest rate measured here, 190 MB/s, is ~1 GB).
+   */
+  STORAGE_CHECK_INTERVAL_MS: durationMs.default(5_000),
+  // --- end storage quota ----------------------------------------------------------------------------------------
 });
+
+/** APP_STORAGE_LIMIT in bytes; undefined for off (no default limit). */
+export function storageLimitBytes(config: Pick<Config, 'APP_STORAGE_LIMIT'>): number | undefined {
+  return config.APP_STORAGE_LIMIT === 'off' ? undefined : sizeBytes(config.APP_STORAGE_LIMIT);
+}
 
 export type Config = z.infer<typeof ConfigSchema>;
 

@@ -61,7 +61,9 @@ describe('GET /apps and GET /apps/:name', () => {
       const one = await t.admin('GET', '/apps/list_b');
       assert.equal(one.status, 200);
       // One app: what the list says, and its backups' state (none yet; its scheduled backups are not failing).
-      assert.deepEqual(one.body, { ...listB, databases: [], newest_backup: null, backup_failing: null, credentials: [] });
+      // …and its storage against its limit (APP_STORAGE_LIMIT's 1GB; no companion database, so its database's size).
+      const storage = { used_bytes: listB.size_bytes, limit_bytes: 2 ** 30, hard_limit_bytes: Math.floor(2 ** 30 * 1.2), state: 'ok' };
+      assert.deepEqual(one.body, { ...listB, databases: [], newest_backup: null, backup_failing: null, credentials: [], storage });
     } finally {
       await session.end();
     }

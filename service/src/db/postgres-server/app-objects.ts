@@ -9,6 +9,7 @@ import { watchLockWaits } from '../../shared/lock-watch.js';
 import { AGENTS_GROUP_ROLE, APP_SQL, APPS_GROUP_ROLE, COMPANION_SQL, WORK_DATABASE_PREFIXES, type ObjectNames } from '../../shared/object-names.js';
 import { SQLSTATE, sqlState } from '../../shared/sqlstate.js';
 import type { DatabaseOpener, Queryable } from '../queryable.js';
+import { storageSettingsSql } from './app-storage.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
@@ -336,8 +337,9 @@ export function loginRoleState(db: Queryable, app: ObjectNames): Promise<LoginRo
  * Puts back what a restore changed about a login role. The dump's code runs with the app's rights, and a role may set
  * its own password and settings: a restored dump could otherwise undo a rotation, or hand the login of the app it
  * is restored into to whoever wrote it (from_deleted_app). The password verifier and the memberships are put back
- * exactly; changed settings are reset, and the service's own (`serviceSettingsSql`) set again (settings the app had
- * made itself are then gone: a dump that changes settings is not a plain dump). Returns what was put back.
+ * exactly; changed settings are reset, and the service's own (`serviceSettingsSql`) set again, the storage quota's
+ * enforcement included (settings the app had made itself are then gone: a dump that changes settings is not a plain
+ * dump). Returns what was put back.
  */
 export async function putBackRoleState(db: Queryable, role: string, before: RoleState, serviceSettingsSql: string): Promise<string[]> {
   const now = await roleState(db, role);
@@ -361,6 +363,9 @@ export async function putBackRoleState(db: Queryable, role: string, before: Role
     );
     for (const { datname } of rows) await db.query(`ALTER ROLE ${ident(role)}${datname ? ` IN DATABASE ${ident(datname)}` : ''} RESET ALL`);
     await db.query(serviceSettingsSql);
+    // What the storage quota enforced before the restore (read-only, suspended) holds after it too.
+    const storageSettings = storageSettingsSql(role, before.settings);
+    if (storageSettings) await db.query(storageSettings);
     putBack.push('settings');
   }
   return putBack;
@@ -488,13 +493,14 @@ export async function appDatabaseSizes(db: Queryable, appNames?: string[]): Prom
  * Every app login role on the server, with its database and its SCRAM verifier when it may log in now (else
  * null): what the apps' door (PgBouncer's auth_file and hba file) admits, and whom it must refuse. Direct members of provisioned_apps only (an agent
  * is a member of an app's login role, never of the group itself), named as app login roles are. A role that cannot
- * log in (a ready set's, or one whose rotation or delete is under way), has no SCRAM verifier, or whose verifier
- * has expired gets null. Never a superuser.
+ * log in (a ready set's, or one whose rotation or delete is under way), may open no session (CONNECTION LIMIT 0: an
+ * app suspended by its storage quota, src/domain/storage-quota.ts), has no SCRAM verifier, or whose verifier has
+ * expired gets null. Never a superuser.
  */
 export async function appLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null; companions: string[] }>> {
   const { rows } = await db.query<{ name: string; database: string; verifier: string | null; companions: string[] }>(
     `SELECT r.rolname AS name, ${APP_SQL.databaseOf(`substring(r.rolname FROM '${APP_SQL.loginRolePattern}')`)} AS database,
-            CASE WHEN r.rolcanlogin AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
+            CASE WHEN r.rolcanlogin AND r.rolconnlimit <> 0 AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
                  THEN r.rolpassword END AS verifier,
             -- Its app's complete companion databases (the login a member of the access role named like each, as
             -- pg_hba.conf's samerole asks): the door admits the login there too.

@@ -7,6 +7,7 @@ import pg from 'pg';
 import { APP_SQL, APPS_GROUP_ROLE, appIdentifiers } from '../../shared/object-names.js';
 import type { Queryable } from '../queryable.js';
 import { roleSettingsSql, type AppRoleLimits } from './app-objects.js';
+import { connectionLimitInForce, connectionLimitSql } from './app-storage.js';
 
 const { escapeIdentifier: ident, escapeLiteral: literal } = pg;
 
@@ -27,9 +28,12 @@ function databaseSettingSql(database: string, { name, value }: DatabaseSetting):
   return `ALTER DATABASE ${ident(database)} SET ${name} = ${written};`;
 }
 
-/** A login role's connection limit and settings (roleSettingsSql): an app's own, or any other login of the app's. */
+/**
+ * A login role's connection limit and settings (roleSettingsSql): an app's own, or any other login of the app's. The
+ * limit goes where the storage quota keeps it while it suspends the role (connectionLimitSql).
+ */
 function loginRoleLimitsSql(role: string, limits: AppRoleLimits): string {
-  return `ALTER ROLE ${ident(role)} WITH CONNECTION LIMIT ${Math.trunc(limits.connectionLimit)};\n${roleSettingsSql(role, limits)}`;
+  return `${connectionLimitSql(role, limits.connectionLimit)}\n${roleSettingsSql(role, limits)}`;
 }
 
 /**
@@ -109,7 +113,8 @@ export async function appSettingsInForce(db: Queryable, appNames?: string[]): Pr
   );
   return rows.map((row) => ({
     appName: row.app_name,
-    connectionLimit: row.connection_limit,
+    // Under a storage suspension (CONNECTION LIMIT 0), the limit the role gets back is the one in force.
+    connectionLimit: connectionLimitInForce(row.connection_limit, row.role_config),
     roleSettings: settingsOf(row.role_config),
     databaseSettings: row.database_config === null ? null : settingsOf(row.database_config),
   }));

@@ -177,14 +177,14 @@ export async function allCredentialRoles(db: Queryable): Promise<CredentialRole[
 
 /**
  * Every credential that the apps' door must know: its login role, the app's main database (the only one the door
- * admits it to), and its SCRAM verifier when it may log in now (live, LOGIN, a SCRAM verifier), else null (the door
- * refuses it). Only credential roles in the apps' group (directly or through the app's login role), never a
+ * admits it to), and its SCRAM verifier when it may log in now (live, LOGIN, not suspended by the storage quota's
+ * CONNECTION LIMIT 0, a SCRAM verifier), else null (the door refuses it). Only credential roles in the apps' group (directly or through the app's login role), never a
  * superuser: see appLoginVerifiers, its twin for the apps' own logins.
  */
 export async function credentialLoginVerifiers(db: Queryable): Promise<Array<{ name: string; database: string; verifier: string | null }>> {
   const { rows } = await db.query<{ name: string; database: string; verifier: string | null }>(
     `SELECT r.rolname AS name, ${APP_SQL.databaseOf(APP_OF_ROLE)} AS database,
-            CASE WHEN r.rolcanlogin AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
+            CASE WHEN r.rolcanlogin AND r.rolconnlimit <> 0 AND r.rolpassword LIKE 'SCRAM-SHA-256$%' AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > now())
                  THEN r.rolpassword END AS verifier
        FROM pg_authid r
       WHERE NOT r.rolsuper AND r.rolname ~ '${CREDENTIAL_SQL.rolePattern}' AND pg_has_role(r.oid, $1, 'MEMBER')

@@ -1,5 +1,5 @@
-// Owns the read-only operations: the apps (with their sizes, measured in the background and kept here), one app,
-// and the backups. Not audited, and under no lock.
+// Owns the read-only operations: the apps (with their sizes, measured in the background by the storage quota's
+// checks and kept here), one app (with its storage against its limit), and the backups. Not audited, and under no lock.
 import { appDatabaseSizes, appSessionCounts } from '../../db/postgres-server/app-objects.js';
 import { companionStates } from '../../db/postgres-server/companion-objects.js';
 import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
@@ -9,6 +9,7 @@ import { AppNotFoundError } from '../../shared/errors.js';
 import { appIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile, BackupFiles } from '../backups/backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
+import type { AppStorage } from '../storage-quota.js';
 import { liveCredentials, type CredentialAccess } from './credentials.js';
 
 /** A ready app as the service lists it. */
@@ -27,6 +28,8 @@ export interface AppDetail extends AppSummary {
   /** Its extra credentials (src/domain/operations/credentials.ts): never a password. */
   credentials: Array<{ name: string; access: CredentialAccess; username: string }>;
   backup_failing: { failures: number; retry_at: string; error: string } | null;
+  /** Its storage (database and companions) against its limit, and what is enforced (src/domain/storage-quota.ts). */
+  storage: AppStorage;
 }
 
 /** Scheduled backups that fail, by app (src/domain/backups/schedules.ts). */
@@ -45,6 +48,8 @@ export class AppListing {
   private sizes = new Map<string, number>();
   /** Told later: the schedules are built after the listing. */
   failingBackups: FailingBackups = () => new Map();
+  /** Told later: one app's storage now (src/domain/storage-quota.ts). */
+  storageOf: (appName: string) => Promise<AppStorage> = () => Promise.reject(new Error('the storage quota is not wired to the listing'));
 
   constructor(store: SystemStore, server: PostgresServer, envelope: OperationEnvelope, backupFiles: BackupFiles) {
     this.store = store;
@@ -53,7 +58,7 @@ export class AppListing {
     this.backupFiles = backupFiles;
   }
 
-  /** Sizes from the last background refresh (refreshSizes); apps made since are measured on the spot. */
+  /** Sizes from the last background measurement (takeSizes); apps made since are measured on the spot. */
   async list(): Promise<AppSummary[]> {
     await this.store.ensureSchema();
     const [apps, sessions] = await Promise.all([readyApps(this.store.pool), appSessionCounts(this.server.pool)]);
@@ -67,12 +72,13 @@ export class AppListing {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes, backups, credentials, companions] = await Promise.all([
+    const [sessions, sizes, backups, credentials, companions, storage] = await Promise.all([
       appSessionCounts(this.server.pool),
       appDatabaseSizes(this.server.pool, [appName]),
       this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
       liveCredentials(this.server.pool, appIdentifiers(appName)),
       companionStates(this.server.pool, appName),
+      this.storageOf(appName),
     ]);
     const size = sizes.get(appName) ?? 0;
     this.sizes.set(appName, size);
@@ -83,12 +89,13 @@ export class AppListing {
       newest_backup: backups[0] ?? null,
       credentials: credentials.map((c) => ({ name: c.credential, access: c.access, username: c.role })),
       backup_failing: failing ? { failures: failing.failures, retry_at: new Date(failing.retryAt).toISOString(), error: failing.code } : null,
+      storage,
     };
   }
 
-  /** Measures every app database's size again (run in the background with the reconciler). */
-  async refreshSizes(): Promise<void> {
-    this.sizes = await appDatabaseSizes(this.server.pool);
+  /** Every app's size (its database and companions), as the storage quota's last check measured it (storage-quota.ts). */
+  takeSizes(sizes: Map<string, number>): void {
+    this.sizes = new Map(sizes);
   }
 
   /** An app is gone: its size with it. */

@@ -1,8 +1,8 @@
 // Owns Prometheus metrics, served at GET /metrics on the service's own port (nginx does not route it):
 // requests and latency per route, outcomes and latency per app operation, connection pool usage, number of apps,
 // ready-pool sets, the apps' door (PgBouncer up or not, and each app's pool there, from SHOW POOLS), backups (each
-// app's newest, WAL archiving, cluster backups, off-site copies, and failures), and the process's own (memory,
-// event loop, GC). Metrics depend on the operations (they
+// app's newest, WAL archiving, cluster backups, off-site copies, and failures), the storage quota (apps near or over
+// their limits, enforcements), and the process's own (memory, event loop, GC). Metrics depend on the operations (they
 // observe them and read the provisioner's statistics); the operations know nothing of metrics.
 import fp from 'fastify-plugin';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
@@ -189,6 +189,57 @@ export default fp(
       },
     });
     ageGauge('pgprov_offsite_copy_last_success_age_seconds', 'Age of the last successful copy of the backups off the machine, since this service started (+Inf without a remote, or until one succeeds)', () => ({ known: true, at: app.statistics.backupSchedules().lastOffsiteCopy }));
+
+    // --- the storage quota (src/domain/storage-quota.ts), from its last check: no query per scrape -------------------
+    // Per app only for apps at their warning threshold or over (or enforced): at 2,000 apps, two series each for
+    // every app would triple this page for numbers GET /apps already lists, while alerts need only those near a limit.
+    new Gauge({
+      name: 'pgprov_app_storage_used_bytes',
+      help: 'Storage of each app at its warning threshold or over, or enforced (its database and companion databases), in bytes',
+      labelNames: ['app'],
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const entry of app.statistics.storage().watched) this.set({ app: entry.app }, entry.used);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_app_storage_limit_bytes',
+      help: 'Storage limit of each app at its warning threshold or over, or enforced, in bytes',
+      labelNames: ['app'],
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const entry of app.statistics.storage().watched) this.set({ app: entry.app }, entry.limit);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_apps_over_storage_limit',
+      help: 'Ready apps using more than their storage limit (read-only, or suspended over the hard limit, once enforced)',
+      registers: [register],
+      collect() {
+        this.set(app.statistics.storage().overLimit);
+      },
+    });
+    new Gauge({
+      name: 'pgprov_apps_storage_used_bytes',
+      help: "Every ready app's storage together (databases and companion databases), in bytes",
+      registers: [register],
+      collect() {
+        this.set(app.statistics.storage().totalUsed);
+      },
+    });
+    new Counter({
+      name: 'pgprov_storage_enforcements_total',
+      help: 'Storage quota enforcements by what they brought an app to: read_only, suspended, writable',
+      labelNames: ['action'],
+      registers: [register],
+      collect() {
+        this.reset();
+        for (const [action, count] of Object.entries(app.statistics.storage().enforcements)) this.inc({ action }, count);
+      },
+    });
+    ageGauge('pgprov_storage_last_check_age_seconds', "Age of the storage quota's last finished check (every STORAGE_CHECK_INTERVAL_MS)", () => ({ known: true, at: app.statistics.storage().lastCheckAt ?? null }));
 
     app.operations.observe((operation, outcome, seconds) => {
       operations.inc({ operation, outcome });

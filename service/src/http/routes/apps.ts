@@ -27,6 +27,16 @@ const AppDetailSchema = AppSchema.extend({
   backup_failing: z.object({ failures: z.number().int(), retry_at: z.string(), error: z.string() }).nullable(),
   /** Its extra credentials (GET /apps/:name/credentials): never a password. */
   credentials: z.array(z.object({ name: z.string(), access: z.enum(['read_only', 'full']), username: z.string() })),
+  /**
+   * Its storage (its database and companion databases) against its limit (README, "Storage quota"): ok; warning
+   * (APP_STORAGE_WARN_PERCENT of the limit or over); read_only (over the limit); suspended (over the hard limit: no login).
+   */
+  storage: z.object({
+    used_bytes: z.number().int(),
+    limit_bytes: z.number().int().nullable(),
+    hard_limit_bytes: z.number().int().nullable(),
+    state: z.enum(['ok', 'warning', 'read_only', 'suspended']),
+  }),
 });
 
 const RestoreBodySchema = z.strictObject(
@@ -73,10 +83,18 @@ const appsRoutes: FastifyPluginAsyncZod<{ config: Config }> = async (app, { conf
 
   app.get(
     '/apps/:name',
-    { schema: { summary: "One app, with its newest backup and whether its scheduled backups fail", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
+    { schema: { summary: "One app, with its newest backup, whether its scheduled backups fail, and its storage against its limit", params: AppNameParamsSchema, response: { 200: AppDetailSchema, ...errorResponses } } },
     async (request) => {
       const detail: AppDetail = await app.operations.get(request.params.name);
-      return { ...appBody(detail), newest_backup: detail.newest_backup, backup_failing: detail.backup_failing, credentials: detail.credentials, databases: detail.databases };
+      const { storage } = detail;
+      return {
+        ...appBody(detail),
+        newest_backup: detail.newest_backup,
+        backup_failing: detail.backup_failing,
+        credentials: detail.credentials,
+        databases: detail.databases,
+        storage: { ...storage, used_bytes: Math.round(storage.used_bytes) },
+      };
     },
   );
 

@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { SERVICE_DIR } from '../../scripts/lib/local-stack.js';
 import { asApp, doorString } from '../helpers/app-sessions.js';
 import { catalogOf } from '../helpers/catalog.js';
-import { rejectionOf } from '../helpers/conditions.js';
+import { eventually, rejectionOf } from '../helpers/conditions.js';
 import { rawRequest } from '../helpers/raw-http.js';
 import type { ProvisionedApp } from '../helpers/service-client.js';
 import { startTestStack, type TestStack } from '../helpers/stack.js';
@@ -168,7 +168,9 @@ describe('installing an extension the operator allows', () => {
     assert.equal((await t.post('/apps/ext_main/extensions', { name: 'pgstattuple' })).status, 401);
     assert.equal((await t.get('/apps/ext_main/extensions')).status, 401);
     assert.deepEqual(await listed('ext_main'), before);
-    assert.deepEqual((await auditOf('ext_main', 'install_extension')).slice(-3).map((row) => row.outcome), ['extension_not_allowed', 'extension_not_allowed', 'extension_not_available']);
+    // A failure is answered at once and audited as soon as it can be: wait for the rows.
+    const installs = await eventually(async () => (await auditOf('ext_main', 'install_extension')).slice(-3).map((row) => row.outcome), (outcomes) => !outcomes.includes('ok'), 30_000);
+    assert.deepEqual(installs, ['extension_not_allowed', 'extension_not_allowed', 'extension_not_available']);
   });
 
   it("removes an extension the service installed, refuses while the app's objects use it (409), and never the app's own (422) or an absent one (404)", async () => {
@@ -187,7 +189,9 @@ describe('installing an extension the operator allows', () => {
     assert.match(String(own.body.message), /the app's own: the app drops it itself/);
     assert.equal((await t.admin('DELETE', '/apps/ext_main/extensions/plpgsql')).status, 422);
     assert.equal((await t.admin('DELETE', '/apps/ext_main/extensions/Bad;Name')).status, 400);
-    assert.deepEqual((await auditOf('ext_main', 'remove_extension')).map((row) => row.outcome), ['extension_in_use', 'ok', 'extension_not_installed', 'extension_not_removable', 'extension_not_removable']);
+    // A failure is answered at once and audited as soon as it can be: wait for all five rows.
+    const removals = await eventually(async () => (await auditOf('ext_main', 'remove_extension')).map((row) => row.outcome), (outcomes) => outcomes.length >= 5, 30_000);
+    assert.deepEqual(removals, ['extension_in_use', 'ok', 'extension_not_installed', 'extension_not_removable', 'extension_not_removable']);
   });
 
   it('answers a wrong method with 405 and Allow, the same through nginx and directly', async () => {

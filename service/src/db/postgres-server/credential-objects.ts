@@ -169,6 +169,11 @@ export async function credentialRoles(db: Queryable, app: AppIdentifiers): Promi
   return rows.flatMap((row) => credentialOf(row) ?? []);
 }
 
+/** The app's live credentials (being made or being removed ones are not). */
+export async function liveCredentials(db: Queryable, app: AppIdentifiers): Promise<Array<CredentialRole & { access: CredentialAccess }>> {
+  return (await credentialRoles(db, app)).filter((c): c is CredentialRole & { access: CredentialAccess } => c.live && c.access !== undefined);
+}
+
 /** Every credential role on the server, of every app (for the reconciler). */
 export async function allCredentialRoles(db: Queryable): Promise<CredentialRole[]> {
   const { rows } = await db.query<CredentialRow>(`SELECT ${CREDENTIAL_COLUMNS} FROM pg_roles r WHERE r.rolname ~ '${CREDENTIAL_SQL.rolePattern}' ORDER BY r.rolname`);

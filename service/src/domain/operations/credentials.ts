@@ -8,6 +8,7 @@ import {
   createCredentialRole,
   credentialRoles,
   grantCredentialAccess,
+  liveCredentials,
   makeCredentialLive,
   putBackCredentialState,
   retireCredential,
@@ -78,10 +79,6 @@ function summaryOf(credential: CredentialRole & { access: CredentialAccess }): C
   return { name: credential.credential, access: credential.access, username: credential.role, created_at: credential.createdAt };
 }
 
-/** The app's live credentials (being made or being removed ones are not). */
-export async function liveCredentials(client: Queryable, app: AppIdentifiers): Promise<Array<CredentialRole & { access: CredentialAccess }>> {
-  return (await credentialRoles(client, app)).filter((c): c is CredentialRole & { access: CredentialAccess } => c.live && c.access !== undefined);
-}
 
 /**
  * Makes a credential: its role, not live yet (NOLOGIN, marked); its grants inside the app's database; then live (LOGIN); then the door admits it. A crash before it is live leaves a marked role, which the

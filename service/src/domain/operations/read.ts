@@ -2,6 +2,7 @@
 // checks and kept here), one app (with its storage against its limit), and the backups. Not audited, and under no lock.
 import { appDatabaseSizes, appSessionCounts } from '../../db/postgres-server/app-objects.js';
 import { companionStates } from '../../db/postgres-server/companion-objects.js';
+import { liveCredentials, type CredentialAccess } from '../../db/postgres-server/credential-objects.js';
 import type { PostgresServer } from '../../db/postgres-server/postgres-server.js';
 import { readyApps, registeredIncarnations, type RegisteredApp } from '../../db/system-store/registry.js';
 import type { SystemStore } from '../../db/system-store/system-store.js';
@@ -10,7 +11,6 @@ import { appIdentifiers } from '../../shared/object-names.js';
 import type { BackupFile, BackupFiles } from '../backups/backup-files.js';
 import type { OperationEnvelope } from '../operation-envelope.js';
 import type { AppStorage } from '../storage-quota.js';
-import { liveCredentials, type CredentialAccess } from './credentials.js';
 
 /** A ready app as the service lists it. */
 export interface AppSummary {

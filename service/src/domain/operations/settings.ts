@@ -21,8 +21,7 @@ import {
 } from '../app-settings.js';
 import { doorEndsConnections } from '../apps-door.js';
 import type { RequestContext } from '../operation-envelope.js';
-import { credentialRoles } from '../../db/postgres-server/credential-objects.js';
-import { liveCredentials } from './credentials.js';
+import { credentialRoles, liveCredentials } from '../../db/postgres-server/credential-objects.js';
 import type { OperationDeps } from './deps.js';
 
 /** The app's settings: in force, its overrides, the defaults. */

@@ -17,7 +17,6 @@ import type { Logger } from 'pino';
 import {
   appDatabaseActivity,
   appDatabaseNames,
-  appStorageBytes,
   databaseSizes,
   endSessionsOfRoles,
   enforceOnLoginRole,
@@ -28,7 +27,9 @@ import {
   type LoginRoleStorage,
   type StorageEnforcement,
 } from '../db/postgres-server/app-storage.js';
+import { appDatabaseSizes } from '../db/postgres-server/app-objects.js';
 import type { PostgresServer } from '../db/postgres-server/postgres-server.js';
+import type { Queryable } from '../db/queryable.js';
 import { allAppSettings, findAppSettings } from '../db/system-store/app-settings.js';
 import { findApp, readyApps, type RegisteredApp } from '../db/system-store/registry.js';
 import { lastStorageActions, type StorageAuditAction } from '../db/system-store/storage-audit.js';
@@ -40,6 +41,12 @@ import type { AuditTrail } from './audit-trail.js';
 import type { CrashPoint } from './crash-points.js';
 
 /** What GET /apps/:name and /metrics say of an app's storage. */
+
+/** One app's storage now: its database and its companions, measured as every size is (appDatabaseSizes). */
+async function usedBy(db: Queryable, appName: string): Promise<number> {
+  return (await appDatabaseSizes(db, [appName])).get(appName) ?? 0;
+}
+
 export type StorageState = 'ok' | 'warning' | 'read_only' | 'suspended';
 
 export interface AppStorage {
@@ -162,7 +169,7 @@ export class StorageQuota {
   /** One app's storage now (GET /apps/:name): measured on the spot, with what is in force on its roles. */
   async appStorage(appName: string): Promise<AppStorage> {
     const { store, server } = this.deps;
-    const [used, settings, roles] = await Promise.all([appStorageBytes(server.pool, appName), findAppSettings(store.pool, appName), loginRoleStorage(server.pool, [appName])]);
+    const [used, settings, roles] = await Promise.all([usedBy(server.pool, appName), findAppSettings(store.pool, appName), loginRoleStorage(server.pool, [appName])]);
     const limits = this.limitsOf(settings.storage_limit_bytes);
     return { used_bytes: used, limit_bytes: limits?.limit ?? null, hard_limit_bytes: limits?.hard ?? null, state: this.stateOf(enforcementOf(roles), used, limits) };
   }
@@ -267,7 +274,7 @@ export class StorageQuota {
           if (found?.state !== 'ready' || found.incarnation !== app.incarnation) return false;
           // Looked at again under the lock: what the check saw may have changed since (the app freed space), or
           // been an operation's middle (a restore puts the login role's settings back before it lets the lock go).
-          const [roles, usedNow] = await Promise.all([loginRoleStorage(client, [name]), appStorageBytes(client, name)]);
+          const [roles, usedNow] = await Promise.all([loginRoleStorage(client, [name]), usedBy(client, name)]);
           if (StorageQuota.decide(usedNow, limits) !== target) return false; // the next check decides afresh
           if (roles.every((role) => roleIsAt(role, target)) && this.lastAudited(app) === AUDIT_ACTION_OF[target]) return true;
           used = usedNow;

@@ -56,16 +56,6 @@ export async function databaseSizes(db: Queryable, oids: number[]): Promise<Map<
   return new Map(rows.filter((row) => row.size !== null).map((row) => [row.oid, row.size!]));
 }
 
-/** One app's storage now: the sizes of its database and of its companions, added up. */
-export async function appStorageBytes(db: Queryable, appName: string): Promise<number> {
-  const { rows } = await db.query<{ used: number }>(
-    `SELECT COALESCE(sum(pg_database_size(oid)), 0)::float8 AS used FROM pg_database
-      WHERE ${IS_APP_DATABASE_SQL('datname')} AND ${APP_OF_DATABASE_SQL('datname')} = $1`,
-    [appName],
-  );
-  return rows[0]?.used ?? 0;
-}
-
 /** What the storage quota enforces on a role: nothing, read-only, or read-only and suspended. */
 export type StorageEnforcement = 'none' | 'read_only' | 'suspended';
 

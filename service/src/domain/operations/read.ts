@@ -72,15 +72,15 @@ export class AppListing {
     await this.store.ensureSchema();
     const [app] = await readyApps(this.store.pool, appName);
     if (!app) throw new AppNotFoundError(appName);
-    const [sessions, sizes, backups, credentials, companions, storage] = await Promise.all([
+    // The storage quota's look measures the app (its database and companions) once: its size is that.
+    const [sessions, backups, credentials, companions, storage] = await Promise.all([
       appSessionCounts(this.server.pool),
-      appDatabaseSizes(this.server.pool, [appName]),
       this.backupFiles.listOf(appIdentifiers(appName), app.incarnation),
       liveCredentials(this.server.pool, appIdentifiers(appName)),
       companionStates(this.server.pool, appName),
       this.storageOf(appName),
     ]);
-    const size = sizes.get(appName) ?? 0;
+    const size = storage.used_bytes;
     this.sizes.set(appName, size);
     const failing = this.failingBackups().get(appName);
     return {
